@@ -1,0 +1,37 @@
+# cnnlab. `make train` and `make test` first install what they need: a virtualenv in .venv
+# with cnnlab (editable) and its pinned dependencies (torch==2.14.1, torchvision==0.29.1).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+# A local copy of CIFAR-10 to import when the cache is empty (used only if the file exists);
+# without one, `cnnlab train` downloads CIFAR-10 with torchvision.
+DATA   ?= ../shared/data/cifar10-jpeg.tar.gz
+
+.PHONY: install train data test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+data: $(STAMP)
+	@if [ -e "$(DATA)" ] && ! $(BIN)/cnnlab data info >/dev/null 2>&1; then $(BIN)/cnnlab data import "$(DATA)"; fi
+
+train: data
+	$(BIN)/cnnlab train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not browser" $(ARGS)
+
+bench: data
+	$(BIN)/python -m tests.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

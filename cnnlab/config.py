@@ -1,0 +1,267 @@
+"""Configuration: the structured schema, composition of `conf/` with Hydra, and validation.
+
+`compose(overrides)` gives the config Hydra builds from `conf/config.yaml` plus the user's
+overrides, type-checked against `Config`. `resolve(cfg)` then checks ranges and what the chosen
+architecture accepts, and fills in the effective value of every knob, so that what is logged is
+what ran.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .errors import CnnlabError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def conf_dir() -> Path:
+    return Path(os.environ.get("CNNLAB_CONF_DIR", PROJECT_ROOT / "conf")).resolve()
+
+
+def runs_dir() -> Path:
+    """Run directories and the default MLflow store: `runs/` of the project, or $CNNLAB_RUNS_DIR."""
+    return Path(os.environ.get("CNNLAB_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 where the hardware runs it fast, else fp16 on CUDA, else fp32
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Scheduler(str, Enum):
+    constant = "constant"
+    step = "step"  # multiply by lr_gamma every lr_step_epochs
+    cosine = "cosine"  # per step, from lr to 0
+    onecycle = "onecycle"  # per step, warm up to lr over the first 25%, then anneal
+
+
+class Pool(str, Enum):
+    max = "max"
+    avg = "avg"
+    min = "min"
+
+
+class Activation(str, Enum):
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    elu = "elu"
+    gelu = "gelu"
+    silu = "silu"
+    mish = "mish"
+    tanh = "tanh"
+    sigmoid = "sigmoid"
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  # cifar10 | synthetic
+    root: Optional[str] = None  # cache directory; null: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab
+    train_fraction: float = 1.0  # seeded, stratified fraction of the training split
+    download: bool = True  # fetch CIFAR-10 with torchvision when it is not in the cache
+    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    md5: str = "c58f30108f718f92721af3b95e74349a"
+    n_train: int = 2000  # synthetic only: training images
+    n_test: int = 500  # synthetic only: test images
+
+
+@dataclass
+class EvalConfig:
+    test_every_epoch: bool = True  # per-epoch test curve; the final test score is always taken
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<runs>/mlflow.db
+
+
+@dataclass
+class Config:
+    arch: Dict[str, Any] = field(default_factory=dict)  # name + architecture parameters
+    data: DataConfig = field(default_factory=DataConfig)
+    experiment: str = "cifar10"  # MLflow experiment, and runs/<experiment>/
+    run_name: Optional[str] = None  # null: <arch>-<date>-<time>-<random>
+    seed: int = 0
+    device: Device = Device.auto
+    precision: Precision = Precision.auto
+    threads: int = 0  # CPU threads for torch; 0: torch's default
+    # the knobs the exercise varies
+    batch_size: int = 128
+    epochs: int = 10
+    lr: float = 1e-3  # peak learning rate
+    optimizer: Optimizer = Optimizer.adam
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0
+    scheduler: Scheduler = Scheduler.constant
+    lr_step_epochs: int = 10  # scheduler=step only
+    lr_gamma: float = 0.1  # scheduler=step only
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (4 px padding) + horizontal flip
+    image_size: int = 32  # inputs are resized to image_size x image_size
+    val_split: float = 0.1  # share of train held out (stratified) to choose the best epoch
+    early_stopping: int = 0  # stop after this many epochs without a better val_acc; 0: off
+    # architecture knobs: null means the architecture's own default
+    dense_units: Optional[int] = None  # 0 removes the hidden dense layer
+    dropout: Optional[float] = None
+    batch_norm: Optional[bool] = None
+    pool: Optional[Pool] = None
+    activation: Optional[Activation] = None
+    width: Optional[float] = None  # channel multiplier
+    depth: Optional[int] = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+KNOBS = ("dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth")
+
+# key -> (is the value valid?, what is valid)
+_RANGES = {
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "lr_step_epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "image_size": (lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"),
+    "val_split": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "early_stopping": (lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
+    "threads": (lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)"),
+    "dense_units": (lambda v: v >= 0, "an integer >= 0 (0 removes the hidden dense layer)"),
+    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "width": (lambda v: v > 0, "a number > 0"),
+    "depth": (lambda v: v >= 1, "an integer >= 1"),
+    "data.train_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "data.n_train": (lambda v: v >= 10, "an integer >= 10"),
+    "data.n_test": (lambda v: v >= 10, "an integer >= 10"),
+}
+
+_schema_registered = False
+
+
+def _register_schema() -> None:
+    global _schema_registered
+    if not _schema_registered:
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().store(name="cnnlab_schema", node=Config)
+        _schema_registered = True
+
+
+def _hydra_message(exc: BaseException) -> str:
+    """Hydra wraps the useful part ('could not be converted to Float') in a cause: keep both."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        if text and text not in parts:
+            parts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return ": ".join(parts)
+
+
+def compose(overrides: List[str]):
+    """The config of `conf/config.yaml` with Hydra `overrides`; bad input raises CnnlabError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    directory = conf_dir()
+    if not (directory / "config.yaml").is_file():
+        raise CnnlabError(f"No config.yaml in {directory}: set CNNLAB_CONF_DIR to cnnlab's conf/ directory.")
+    _register_schema()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise CnnlabError(f"Bad config override(s) {' '.join(overrides)!s}: {_hydra_message(exc)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def check_ranges(cfg) -> None:
+    from omegaconf import OmegaConf
+
+    for key, (ok, valid) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not ok(value):
+            raise CnnlabError(f"{key}={value} is out of range: it must be {valid}.")
+    if not cfg.arch.get("name"):
+        raise CnnlabError("No architecture chosen: pass arch=<name> (see `cnnlab models`).")
+
+
+def resolve(cfg):
+    """Check `cfg` fully and return a copy with every knob and arch parameter made explicit."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .models import get_arch
+
+    check_ranges(cfg)
+    spec = get_arch(cfg.arch.name)
+    cfg = cfg.copy()
+    for knob in KNOBS:
+        if cfg[knob] is not None and knob not in spec.knobs:
+            takes = ", ".join(spec.knobs) or "none"
+            raise CnnlabError(
+                f"arch={spec.name} does not take {knob}={cfg[knob]}: it has no such part. "
+                f"The knobs it takes are: {takes}."
+            )
+    given = {k: v for k, v in cfg.arch.items() if k != "name"}
+    try:
+        params = OmegaConf.merge(OmegaConf.structured(spec.params_schema), given)
+    except OmegaConfBaseException as exc:
+        valid = ", ".join(f"arch.{p}" for p in spec.params) or "none"
+        raise CnnlabError(
+            f"Bad architecture parameter for arch={spec.name}: {_hydra_message(exc)}. "
+            f"Its parameters are: {valid}."
+        ) from None
+    with open_dict(cfg):
+        for knob in spec.knobs:
+            if cfg[knob] is None:
+                cfg[knob] = spec.defaults[knob]
+        cfg.arch = {"name": spec.name, **OmegaConf.to_container(params)}
+    check_ranges(cfg)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'data': {'name': 'x'}} -> {'data.name': 'x'}: how params are logged and compared."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,105 @@
+"""The architecture registry.
+
+Adding an architecture is one module in this package with a builder decorated by `@register`,
+plus one `conf/arch/<name>.yaml` holding its training recipe. A builder takes the input shape
+(`num_classes`, `in_channels`, `image_size`) and keyword-only knobs; its signature is the single
+source of what the architecture accepts and of its defaults:
+
+- keywords named like the common knobs (`dense_units`, `dropout`, `batch_norm`, `pool`,
+  `activation`, `width`, `depth`) are the knobs it honours, set from top-level config keys;
+- any other keyword is an architecture parameter, set as `arch.<name>=...`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import typing
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable, Dict, Tuple
+
+from ..config import KNOBS
+from ..errors import CnnlabError
+
+INPUTS = ("num_classes", "in_channels", "image_size")
+_REGISTRY: Dict[str, "ArchSpec"] = {}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    builder: Callable
+    defaults: Dict[str, Any]  # every knob and parameter the builder takes, with this arch's default
+    description: str
+
+    @property
+    def knobs(self) -> Tuple[str, ...]:
+        return tuple(k for k in KNOBS if k in self.defaults)
+
+    @property
+    def params(self) -> Tuple[str, ...]:
+        return tuple(k for k in self.defaults if k not in KNOBS)
+
+    @property
+    def params_schema(self) -> type:
+        """A dataclass of the architecture parameters, for OmegaConf to type-check `arch.*`."""
+        hints = typing.get_type_hints(self.builder)
+        fields = [(p, hints.get(p, Any), field(default=self.defaults[p])) for p in self.params]
+        return make_dataclass(f"{self.name}_params", fields)
+
+    def build(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, **kwargs):
+        unknown = set(kwargs) - set(self.defaults)
+        if unknown:
+            raise CnnlabError(f"arch={self.name} takes no {', '.join(sorted(unknown))}.")
+        return self.builder(
+            num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+            **{**self.defaults, **kwargs},
+        )
+
+
+def register(name: str, description: str = "", **preset: Any) -> Callable:
+    """Register `builder` as architecture `name`; `preset` overrides its keyword defaults."""
+
+    def decorate(builder: Callable) -> Callable:
+        signature = inspect.signature(builder)
+        defaults = {
+            p.name: p.default
+            for p in signature.parameters.values()
+            if p.name not in INPUTS and p.default is not inspect.Parameter.empty
+        }
+        missing = set(preset) - set(defaults)
+        if missing:
+            raise TypeError(f"{builder.__name__} has no keyword(s) {sorted(missing)} to preset")
+        doc = description or (builder.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name] = ArchSpec(name, builder, {**defaults, **preset}, doc)
+        return builder
+
+    return decorate
+
+
+def _load_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def registry() -> Dict[str, ArchSpec]:
+    if not _REGISTRY:
+        _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_arch(name: str) -> ArchSpec:
+    archs = registry()
+    if name not in archs:
+        raise CnnlabError(f"Unknown architecture {name!r}. Valid: {', '.join(archs)}.")
+    return archs[name]
+
+
+def build_model(cfg, num_classes: int = 10, in_channels: int = 3):
+    """The model of a resolved config (see config.resolve)."""
+    spec = get_arch(cfg.arch.name)
+    kwargs = {k: cfg[k] for k in spec.knobs}
+    kwargs.update({k: cfg.arch[k] for k in spec.params})
+    kwargs = {k: (v.value if hasattr(v, "value") else v) for k, v in kwargs.items()}  # enums -> str
+    return spec.build(num_classes=num_classes, in_channels=in_channels, image_size=cfg.image_size, **kwargs)

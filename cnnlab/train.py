@@ -1,0 +1,422 @@
+"""Training: a resolved config in, a trained model, a run directory and an MLflow run out.
+
+`train()` reads top to bottom: set up torch, load and split the data, build the model, open
+the run, loop over epochs (train, validate, test, checkpoint), then record the final scores.
+A signal ends the run as KILLED (exit 130/143), an exception or a NaN loss as FAILED.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from . import __version__
+from .config import PROJECT_ROOT, flatten, resolve, runs_dir, to_dict
+from .console import Reporter
+from .errors import CnnlabError, Diverged, Interrupted
+
+
+@dataclass
+class Result:
+    run_id: Optional[str]
+    run_dir: Path
+    status: str  # FINISHED | FAILED | KILLED
+    metrics: Dict[str, float]  # final scores
+    history: List[Dict[str, float]] = field(default_factory=list)  # one dict per epoch
+    wall_seconds: float = 0.0
+    tracking_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- torch set-up
+
+
+def tune_malloc() -> None:
+    """Keep freed activation buffers in the heap: glibc otherwise returns every large block to the
+    OS and the next step page-faults it back, which nearly halves CPU training speed for small CNNs."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not give the heap back
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError("device=cuda but torch sees no CUDA GPU here. Valid: auto, cpu (or mps on Apple).")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CnnlabError("device=mps but this machine has no Apple GPU. Valid: auto, cpu (or cuda with a GPU).")
+    return torch.device(name)
+
+
+def pick_precision(name: str, device) -> Optional["torch.dtype"]:
+    """The autocast dtype, or None for fp32."""
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+            name = "bf16"
+        else:
+            name = "fp32"
+    if name == "fp16" and device.type == "cpu":
+        raise CnnlabError("precision=fp16 is for GPUs; on the CPU use bf16 or fp32.")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def setup_torch(cfg):
+    import torch
+
+    tune_malloc()
+    torch.set_flush_denormal(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device.value)
+    amp_dtype = pick_precision(cfg.precision.value, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, amp_dtype
+
+
+@contextmanager
+def signals_as_exceptions():
+    """SIGINT/SIGTERM raise Interrupted once; later signals wait until the run is recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------- pieces of the loop
+
+
+def make_optimizer(cfg, model):
+    import torch
+
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg, optimizer, steps_per_epoch: int):
+    """A per-step scheduler, or None for a constant learning rate."""
+    import torch
+
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs * steps_per_epoch, cfg.lr_gamma)
+    return None
+
+
+def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False):
+    """(loss, accuracy, confusion matrix or None) over `batches`."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    device = batches.x.device
+    loss_sum = torch.zeros((), device=device)
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        for x, y in batches:
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            pred = logits.argmax(1)
+            correct += (pred == y).sum()
+            if confusion:
+                matrix += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+    n = max(1, len(batches.y))
+    model.train()
+    cm = matrix.view(num_classes, num_classes).cpu() if confusion else None
+    return loss_sum.item() / n, correct.item() / n, cm
+
+
+def count_flops(model, in_channels: int, image_size: int, device) -> int:
+    """Forward FLOPs for one image, counted by torch's own FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def new_run_dir(experiment: str, arch: str, run_name: Optional[str] = None) -> Path:
+    """runs/<experiment>/<arch>-<date>-<time>-<random>: unique even for runs started in the same second."""
+    parent = runs_dir() / experiment
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        name = run_name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        path = parent / name
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if run_name:
+                raise CnnlabError(f"run_name={run_name}: {path} already exists; choose another name.") from None
+    raise RuntimeError(f"could not create a fresh run directory under {parent}")
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=5)
+        if out.returncode != 0:
+            return None
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def save_checkpoint(path: Path, model, cfg_dict: dict, epoch: int, metrics: dict, optimizer=None) -> None:
+    """A state_dict checkpoint (never a pickled module); load with torch.load(weights_only=True)."""
+    import torch
+
+    state = {"model": model.state_dict(), "config": cfg_dict, "epoch": epoch, "metrics": metrics}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def confusion_png(matrix, classes: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = matrix.max().item() or 1
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            v = matrix[i, j].item()
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optional[Callable] = None,
+          parent_run_id: Optional[str] = None, tags: Optional[dict] = None, quiet: bool = False) -> Result:
+    """Train `cfg` (as composed; resolved here) and record it.
+
+    dataset: an already loaded data.Dataset (sweep workers load once and reuse it).
+    on_epoch(epoch, metrics): called after each epoch; may raise to stop the run (pruning).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from . import data as data_mod
+    from . import tracking
+    from .models import build_model
+
+    started = time.perf_counter()
+    cfg = resolve(cfg)
+    device, amp_dtype = setup_torch(cfg)
+    torch.manual_seed(cfg.seed)
+
+    # data: everything on the device, as uint8
+    ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
+    splits = data_mod.split(ds, cfg.val_split, cfg.data.train_fraction, cfg.seed)
+    num_classes = len(ds.classes)
+    channels_last = device.type != "mps"
+    to_dev = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    common = dict(mean=ds.mean, std=ds.std, image_size=cfg.image_size, channels_last=channels_last)
+    train_batches = data_mod.Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
+                                     augment=cfg.augment, drop_last=len(splits.y_train) > cfg.batch_size,
+                                     seed=cfg.seed, **common)
+    eval_size = max(cfg.batch_size, 500)
+    val_batches = data_mod.Batches(to_dev(splits.x_val), to_dev(splits.y_val), eval_size, **common)
+    test_batches = data_mod.Batches(to_dev(splits.x_test), to_dev(splits.y_test), eval_size, **common)
+
+    # model
+    try:
+        model = build_model(cfg, num_classes=num_classes, in_channels=splits.x_train.shape[1])
+    except (RuntimeError, ValueError) as exc:
+        raise CnnlabError(f"arch={cfg.arch.name} cannot be built for image_size={cfg.image_size} "
+                          f"with these knobs: {exc}") from None
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = count_flops(model, splits.x_train.shape[1], cfg.image_size, device)
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer, len(train_batches))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    # run directory and MLflow run
+    cfg_dict = to_dict(cfg)
+    run_dir = new_run_dir(cfg.experiment, cfg.arch.name, cfg.run_name)
+    (run_dir / ".hydra").mkdir()
+    from omegaconf import OmegaConf
+
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg_dict))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
+    (run_dir / "model.txt").write_text(f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n")
+    report = Reporter(run_dir / "train.log", quiet=quiet)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    run_tags = {
+        "cnnlab.version": __version__, "cnnlab.device": str(device), "cnnlab.precision": precision,
+        "cnnlab.torch": torch.__version__, "cnnlab.overrides": " ".join(overrides), "cnnlab.run_dir": str(run_dir),
+        "mlflow.source.name": "cnnlab train", "mlflow.source.type": "LOCAL", **(tags or {}),
+    }
+    commit = git_commit()
+    if commit:
+        run_tags["mlflow.source.git.commit"] = commit
+    run = tracking.Run(cfg.tracking.uri, cfg.experiment, run_dir.name, run_tags, parent_run_id=parent_run_id)
+    sizes = {"split.train": len(splits.y_train), "split.val": len(splits.y_val), "split.test": len(splits.y_test)}
+    run.log_params({**flatten(cfg_dict), **sizes})
+    run.log_metrics({"params": n_params, "flops": flops})
+    report.line(f"run {run_dir.name} ({run.run_id}): {cfg.arch.name}, {n_params:,} params, {flops / 1e6:.1f} MFLOPs/img, "
+                f"{sizes['split.train']:,} train / {sizes['split.val']:,} val / {sizes['split.test']:,} test, "
+                f"{device} {precision}")
+
+    history: List[Dict[str, float]] = []
+    best = {"val_acc": -1.0, "epoch": 0}
+    best_path, last_path = run_dir / "best.pt", run_dir / "last.pt"
+    epoch = 0
+    with signals_as_exceptions():
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                # ---- train one epoch
+                model.train()
+                t0 = time.perf_counter()
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), dtype=torch.long, device=device)
+                seen = 0
+                with report.epoch(epoch, cfg.epochs, len(train_batches)) as update:
+                    for step, (x, y) in enumerate(train_batches, 1):
+                        with torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                            logits = model(x)
+                            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                        optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                        if scheduler is not None:
+                            scheduler.step()
+                        loss_sum += loss.detach() * len(y)
+                        correct += (logits.argmax(1) == y).sum()
+                        seen += len(y)
+                        if step % 20 == 0:
+                            update(step, loss_sum.item() / seen, correct.item() / seen,
+                                   seen / (time.perf_counter() - t0))
+                train_time = time.perf_counter() - t0
+                metrics = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+                if not math.isfinite(metrics["train_loss"]):
+                    raise Diverged(f"the training loss became {metrics['train_loss']} in epoch {epoch}; "
+                                   f"try a lower lr (now {cfg.lr})")
+                # ---- validate (and test, for the curve)
+                if len(splits.y_val):
+                    metrics["val_loss"], metrics["val_acc"], _ = evaluate(model, val_batches, amp_dtype, num_classes)
+                if cfg.eval.test_every_epoch:
+                    metrics["test_loss"], metrics["test_acc"], _ = evaluate(model, test_batches, amp_dtype,
+                                                                            num_classes)
+                metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time=time.perf_counter() - t0,
+                               img_per_s=seen / train_time)
+                history.append({"epoch": epoch, **metrics})
+                run.log_metrics(metrics, step=epoch)
+                report.line(f"epoch {epoch}/{cfg.epochs} " + " ".join(
+                    f"{k} {v:.4g}" if k != "img_per_s" else f"{v:,.0f} img/s" for k, v in metrics.items()))
+                # ---- keep the best (by val_acc; the last epoch when there is no validation split)
+                score = metrics.get("val_acc", epoch)
+                if score > best["val_acc"]:
+                    best = {"val_acc": score, "epoch": epoch}
+                    save_checkpoint(best_path, model, cfg_dict, epoch, metrics)
+                save_checkpoint(last_path, model, cfg_dict, epoch, metrics, optimizer)
+                if on_epoch is not None:
+                    on_epoch(epoch, metrics)
+                if cfg.early_stopping and epoch - best["epoch"] >= cfg.early_stopping:
+                    report.line(f"early stop: no better val_acc for {cfg.early_stopping} epochs")
+                    break
+
+            # ---- final scores: the best checkpoint on the test set
+            state = torch.load(best_path, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            test_loss, test_acc, matrix = evaluate(model, test_batches, amp_dtype, num_classes, confusion=True)
+            chosen = history[state["epoch"] - 1]
+            per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float()).tolist()
+            final = {
+                "test_acc": test_acc, "test_loss": test_loss, "best_epoch": state["epoch"],
+                "train_acc_final": chosen["train_acc"], "val_acc_best": chosen.get("val_acc", float("nan")),
+                "wall_time": time.perf_counter() - started, "epochs_run": epoch,
+                **{f"test_acc_{c}": a for c, a in zip(ds.classes, per_class)},
+            }
+            with open(run_dir / "per_class.csv", "w") as f:
+                f.write("class,test_acc,support\n")
+                for c, a, n in zip(ds.classes, per_class, matrix.sum(1).tolist()):
+                    f.write(f"{c},{a:.4f},{n}\n")
+            confusion_png(matrix, ds.classes, run_dir / "confusion.png")
+            run.log_metrics(final, step=epoch)
+            report.line(f"done: test_acc {test_acc:.4f} (best epoch {state['epoch']}, val_acc "
+                        f"{chosen.get('val_acc', float('nan')):.4f}) in {final['wall_time']:.0f} s; {run_dir}")
+            run.log_artifacts([run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "overrides.yaml"], "config")
+            run.log_artifacts([run_dir / "per_class.csv", run_dir / "confusion.png", run_dir / "model.txt",
+                               run_dir / "train.log"])
+            run.log_artifacts([best_path], "checkpoint")
+            run.end("FINISHED")
+            return Result(run.run_id, run_dir, "FINISHED", final, history, time.perf_counter() - started, run.seconds)
+        except Interrupted as exc:
+            save_checkpoint(last_path, model, cfg_dict, epoch, history[-1] if history else {}, optimizer)
+            report.line(f"interrupted (signal {exc.exit_code - 128}) in epoch {epoch}: run KILLED, "
+                        f"last checkpoint {last_path}")
+            run.set_tags({"cnnlab.end_reason": f"signal {exc.exit_code - 128} in epoch {epoch}"})
+            run.end("KILLED")
+            raise
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            report.line(f"failed in epoch {epoch}: {reason}")
+            run.set_tags({"cnnlab.end_reason": reason[:5000]})
+            run.end("FAILED")
+            raise

@@ -1,0 +1,221 @@
+"""Importing CIFAR-10 copies into the cache, loading, splitting and batching."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab import data
+from cnnlab.errors import CnnlabError
+
+CLASSES = ("cat", "dog", "frog")
+
+
+def make_folder(root: Path, n_train: int = 4, n_test: int = 2, fmt: str = "png") -> Path:
+    """train/<class>/*.png and test/<class>/*.png, each image a flat colour keyed by class and index."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:04d}.{fmt}")
+    return root
+
+
+def cifar_python_archive(path: Path, per_batch: int = 6) -> tuple[Path, np.ndarray]:
+    """A miniature cifar-10-python.tar.gz: the official layout and pickle format."""
+    src = path.parent / "cifar-10-batches-py"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    images = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        images.append(x)
+        with open(src / name, "wb") as f:
+            pickle.dump({"data": x, "labels": [i % 10 for i in range(per_batch)], "batch_label": name}, f, protocol=2)
+    with open(src / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(data.CIFAR10_CLASSES), "num_cases_per_batch": per_batch}, f, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    shutil.rmtree(src)
+    return path, np.concatenate(images[:5])
+
+
+def load_cache():
+    return data.load(SimpleNamespace(name="cifar10", root=None, download=False))
+
+
+@pytest.mark.parametrize("kind", ["dir", "tar.gz", "tar", "zip"])
+def test_import_image_folder(tmp_path, kind):
+    folder = make_folder(tmp_path / "src" / "cifar10-jpeg")
+    if kind == "dir":
+        path = folder
+    elif kind == "zip":
+        path = tmp_path / "c.zip"
+        with zipfile.ZipFile(path, "w") as z:
+            for f in folder.rglob("*.png"):
+                z.write(f, f.relative_to(folder.parent).as_posix())
+    else:
+        path = tmp_path / f"c.{kind}"
+        with tarfile.open(path, "w:gz" if kind == "tar.gz" else "w") as tar:
+            tar.add(folder, arcname="cifar10-jpeg")
+    info = data.import_dataset(path)
+    assert (info["train"], info["test"], info["classes"]) == (12, 6, list(CLASSES))
+    ds = load_cache()
+    assert ds.x_train.shape == (12, 3, 32, 32) and ds.x_train.dtype == torch.uint8
+    assert ds.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # pixels survive exactly (PNG is lossless)
+    first = np.asarray(Image.open(folder / "train" / "cat" / "0000.png")).transpose(2, 0, 1)
+    assert np.array_equal(ds.x_train[0].numpy(), first)
+    assert data.cache_info()["sha256"] == ("" if kind == "dir" else hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_import_official_python_archive(tmp_path):
+    path, train_images = cifar_python_archive(tmp_path / "cifar-10-python.tar.gz")
+    info = data.import_dataset(path)
+    assert (info["train"], info["test"]) == (30, 6)
+    ds = load_cache()
+    assert ds.classes == data.CIFAR10_CLASSES
+    assert np.array_equal(ds.x_train.numpy().reshape(30, -1), train_images)
+    assert ds.y_train[:6].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_official_archive_refuses_foreign_pickles(tmp_path):
+    src = tmp_path / "cifar-10-batches-py"
+    src.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (src / name).write_bytes(pickle.dumps({"data": SimpleNamespace()}))
+    with pytest.raises(CnnlabError, match="not a readable CIFAR batch"):
+        data.import_dataset(src)
+
+
+def test_corrupt_and_truncated_inputs_keep_the_good_cache(tmp_path):
+    good = make_folder(tmp_path / "good")
+    data.import_dataset(good)
+    cache = data.data_root() / data.CACHE_NAME
+    before = cache.read_bytes()
+
+    archive = tmp_path / "c.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(good, arcname="x")
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"\x1f\x8b" + bytes(range(256)) * 10)
+    bad_image = make_folder(tmp_path / "bad")
+    (bad_image / "train" / "cat" / "0001.png").write_bytes(b"not a png")
+    no_test = make_folder(tmp_path / "notest")
+    shutil.rmtree(no_test / "test")
+
+    for path, needle in [(truncated, "corrupt or truncated"), (garbage, "tar"), (bad_image, "not a readable image"),
+                         (no_test, "no test images"), (tmp_path / "missing.zip", "does not exist")]:
+        with pytest.raises(CnnlabError, match=needle):
+            data.import_dataset(path)
+        assert cache.read_bytes() == before
+    assert not list(cache.parent.glob(".cifar10-*"))  # no temporary files left behind
+
+
+def test_mixed_image_sizes_are_refused(tmp_path):
+    folder = make_folder(tmp_path / "f")
+    Image.new("RGB", (16, 16)).save(folder / "test" / "dog" / "9999.png")
+    with pytest.raises(CnnlabError, match="differ in size"):
+        data.import_dataset(folder)
+
+
+@pytest.fixture
+def http_archive(tmp_path):
+    """A miniature cifar-10-python.tar.gz served over HTTP on loopback: (url, md5)."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    path, _ = cifar_python_archive(served / "cifar-10-python.tar.gz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz", hashlib.md5(path.read_bytes()).hexdigest()
+    server.shutdown()
+
+
+def test_download_uses_torchvision_with_checksum(http_archive):
+    url, md5 = http_archive
+    ds = data.load(SimpleNamespace(name="cifar10", root=None, download=True, url=url, md5=md5))
+    assert len(ds.y_train) == 30
+    assert not (data.data_root() / "cifar-10-python.tar.gz").exists()  # the archive is removed after import
+
+
+def test_bad_checksum_or_offline_says_how_to_import(http_archive):
+    url, _ = http_archive
+    bad_md5 = SimpleNamespace(name="cifar10", root=None, download=True, url=url, md5="0" * 32)
+    offline = SimpleNamespace(name="cifar10", root=None, download=True, url="http://127.0.0.1:9/cifar.tar.gz",
+                              md5="0" * 32)
+    for cfg in (bad_md5, offline):
+        with pytest.raises(CnnlabError) as info:
+            data.load(cfg)
+        message = str(info.value)
+        assert "cnnlab data import PATH" in message and str(data.data_root()) in message
+    with pytest.raises(CnnlabError, match="data.download=false"):
+        data.load(SimpleNamespace(name="cifar10", root=None, download=False))
+
+
+def test_stratified_split_is_seeded_disjoint_and_balanced():
+    ds = data.synthetic(1000, 100)
+    s1 = data.split(ds, 0.2, seed=3)
+    s2 = data.split(ds, 0.2, seed=3)
+    s3 = data.split(ds, 0.2, seed=4)
+    assert torch.equal(s1.x_val, s2.x_val) and not torch.equal(s1.x_val, s3.x_val)
+    assert len(s1.y_val) == 200 and len(s1.y_train) == 800
+    assert torch.bincount(s1.y_val).tolist() == [20] * 10
+    # no image is in both train and val
+    train_keys = {bytes(x.numpy()) for x in s1.x_train}
+    assert not any(bytes(x.numpy()) in train_keys for x in s1.x_val)
+    quick = data.split(ds, 0.2, train_fraction=0.25, seed=3)
+    assert torch.bincount(quick.y_train).tolist() == [20] * 10
+    assert torch.equal(quick.x_val, s1.x_val)  # the fraction never changes the validation set
+
+
+def test_batches_shuffle_every_epoch_and_cover_everything():
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 4, 4).contiguous()
+    y = torch.arange(10)
+    batches = data.Batches(x, y, 4, mean=(0, 0, 0), std=(1 / 255,) * 3, shuffle=True, image_size=4)
+    epochs = [torch.cat([yb for _, yb in batches]) for _ in range(3)]
+    assert len(batches) == 3 and all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+    xb, yb = next(iter(data.Batches(x, y, 4, mean=(0, 0, 0), std=(1 / 255,) * 3, image_size=4)))
+    assert torch.equal(xb[:, 0, 0, 0], yb.float())  # normalisation: (x - 0) / (1/255 * 255)
+
+
+def test_crop_flip_is_a_shift_or_mirror_of_the_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(1, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    out = data.random_crop_flip(x, 2, g)
+    assert out.shape == x.shape
+    for img, src in zip(out, x):
+        matches = []
+        for flip in (False, True):
+            s = src.flip(-1) if flip else src
+            padded = torch.nn.functional.pad(s, (2, 2, 2, 2))
+            matches += [torch.equal(img, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5)]
+        assert any(matches)
+    assert not torch.equal(out, x)
+
+
+def test_synthetic_is_deterministic_and_learnable_shape():
+    a, b = data.synthetic(100, 20, seed=0), data.synthetic(100, 20, seed=0)
+    assert torch.equal(a.x_train, b.x_train) and a.x_train.shape == (100, 3, 32, 32)
+    assert torch.bincount(a.y_train).tolist() == [10] * 10

@@ -1,0 +1,128 @@
+"""Every registered architecture: builds, gives (N, classes) logits, trains a step, honours its knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cnnlab.config import KNOBS, compose, conf_dir, resolve
+from cnnlab.errors import CnnlabError
+from cnnlab.models import build_model, get_arch, registry
+from cnnlab.models.layers import MinPool2d
+
+ARCHS = sorted(registry())
+
+# a value different from any architecture's default, per knob
+CHANGED = {"dense_units": 37, "dropout": 0.3, "pool": None, "activation": "gelu", "width": 1.5, "depth": None,
+           "batch_norm": None}
+
+
+def test_registry_and_conf_arch_match():
+    yaml_names = {p.stem for p in (conf_dir() / "arch").glob("*.yaml")}
+    assert yaml_names == set(ARCHS)
+    for stem in yaml_names:
+        assert OmegaConf.load(conf_dir() / "arch" / f"{stem}.yaml").arch.name == stem
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_builds_and_trains_one_step(name):
+    torch.manual_seed(0)
+    model = get_arch(name).build()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    logits = model(x)
+    assert logits.shape == (4, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_through_the_config_with_other_class_count(name):
+    cfg = resolve(compose([f"arch={name}"]))
+    model = build_model(cfg, num_classes=7)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def _modules(model):
+    return [type(m) for m in model.modules()]
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("knob", KNOBS)
+def test_knob_takes_effect_or_is_rejected(name, knob):
+    spec = get_arch(name)
+    if knob not in spec.knobs:
+        with pytest.raises(CnnlabError, match=f"does not take {knob}"):
+            resolve(compose([f"arch={name}", f"{knob}=1"]))
+        return
+    default = spec.defaults[knob]
+    if knob == "batch_norm":
+        value = not default
+    elif knob == "pool":
+        value = "min" if default != "min" else "max"
+    elif knob == "depth":
+        value = default + 1
+    else:
+        value = CHANGED[knob]
+    base, changed = spec.build(), spec.build(**{knob: value})
+    assert repr(base) != repr(changed)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    if knob == "batch_norm":
+        assert (nn.BatchNorm2d in _modules(changed)) == value
+    elif knob == "dropout":
+        assert any(isinstance(m, nn.Dropout) and m.p == value for m in changed.modules())
+    elif knob == "pool":
+        assert MinPool2d in _modules(changed)
+    elif knob == "activation":
+        assert nn.GELU in _modules(changed)
+    elif knob in ("width", "depth", "dense_units"):
+        assert count(changed) != count(base)
+    assert changed(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_min_pool_is_negated_max_pool():
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(MinPool2d(2)(x), -nn.functional.max_pool2d(-x, 2))
+    assert torch.equal(MinPool2d(2)(x), x.unfold(2, 2, 2).unfold(3, 2, 2).amin(dim=(-1, -2)))
+
+
+def test_dense_units_zero_removes_the_hidden_layer():
+    with_dense = get_arch("tf_cnn").build(dense_units=64)
+    without = get_arch("tf_cnn").build(dense_units=0)
+    linears = lambda m: [l for l in m.modules() if isinstance(l, nn.Linear)]  # noqa: E731
+    assert len(linears(with_dense)) == 2 and len(linears(without)) == 1
+
+
+def test_tf_cnn_is_the_tutorial_model():
+    model = get_arch("tf_cnn").build()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 64]
+    assert sum(p.numel() for p in model.parameters()) == 122_570  # the TF tutorial's model.summary()
+
+
+def test_lenet5_follows_the_lecture_table():
+    model = get_arch("lenet5").build(in_channels=1)
+    shapes = []
+    x = torch.zeros(1, 1, 32, 32)
+    for layer in model[0]:
+        x = layer(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert (6, 28, 28) in shapes and (6, 14, 14) in shapes and (16, 10, 10) in shapes and (16, 5, 5) in shapes
+    assert shapes[-1] == (120,)
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [120, 84, 10]
+
+
+def test_too_small_image_is_a_clear_error():
+    from cnnlab.train import train
+
+    with pytest.raises(CnnlabError, match="image_size"):
+        train(compose(["data=synthetic", "data.n_train=50", "data.n_test=20", "image_size=8", "epochs=1"]), quiet=True)
