@@ -45,6 +45,89 @@ def train(
     typer.echo(f"test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} run_dir={result.run_dir}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False,
+        help="Fixed overrides plus a search space in Hydra's grammar (lr=0.1,0.01 dropout='interval(0,0.5)' "
+             "'lr=tag(log,interval(1e-4,1e-1))' depth='range(1,4)'); sweep=NAME loads conf/sweep/NAME.yaml."),
+    strategy: Optional[str] = typer.Option(None, help="grid | random | optuna | list  [default: grid]"),
+    trials: Optional[int] = typer.Option(None, help="random/optuna: number of trials  [default: 10]"),
+    repeats: Optional[int] = typer.Option(None, help="Seeds per configuration (seed, seed+1, ...)."),
+    workers: int = typer.Option(1, help="Trials run at once, each in its own process (CPU threads are split)."),
+    sampler: Optional[str] = typer.Option(None, help="optuna: tpe | random | cmaes | gp | qmc  [default: tpe]"),
+    pruner: Optional[str] = typer.Option(None, help="optuna: median | hyperband | none  [default: none]"),
+    metric: Optional[str] = typer.Option(None, help="Objective: val_acc | val_loss  [default: val_acc]"),
+    direction: Optional[str] = typer.Option(None, help="maximize | minimize  [default: from the metric]"),
+    sampler_seed: Optional[int] = typer.Option(None, help="Seed of the random/optuna sampler."),
+    name: Optional[str] = typer.Option(None, help="Sweep name (the parent run); default: derived from the spec."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (postgresql://...) shared across machines; "
+                                                     "default: a journal file in the sweep's run directory."),
+    join: Optional[str] = typer.Option(None, help="Join the running Optuna sweep NAME in --storage (another machine)."),
+    force: bool = typer.Option(False, "--force", help="Run every trial again, even FINISHED ones."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial list and run nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; one line per finished trial."),
+) -> None:
+    """Run many trainings of one base config (grid, random, Optuna), resumable, as parent/child MLflow runs."""
+    from .sweep import Sweep, load_joined_spec, load_spec
+
+    if join:
+        if not storage:
+            raise CnnlabError("--join NAME needs --storage URL: the database the sweep was started with.")
+        spec = load_joined_spec(join, storage)
+    else:
+        spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=repeats, sampler=sampler,
+                         pruner=pruner, metric=metric, direction=direction, seed=sampler_seed, name=name)
+    runner = Sweep(spec, workers=workers, storage=storage, force=force, join=bool(join), quiet=quiet)
+    result = runner.run(dry_run=dry_run)
+    if dry_run:
+        typer.echo(f"sweep {result['name']} ({spec.strategy}): {len(result['trials']) or 'Optuna asks'} trial(s)")
+        for t in result["trials"]:
+            typer.echo(f"  {t.id:>4}  {' '.join(t.overrides)}")
+        if spec.strategy == "optuna":
+            typer.echo(f"  space: {' '.join(spec.space)}; budget {spec.trials or 10}; sampler {spec.sampler}; "
+                       f"pruner {spec.pruner}")
+        return
+    _print_sweep(spec, result)
+    outcomes = result.get("outcomes", [])
+    if outcomes and all(o.state == "FAILED" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _print_sweep(spec, result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    if result["ran"] == 0:
+        console.print(f"sweep {result['name']}: nothing to run, {result['skipped']} trial(s) already FINISHED "
+                      "(--force runs them again)")
+    else:
+        console.print(f"sweep {result['name']}: ran {result['ran']} trial(s), skipped {result['skipped']} already FINISHED")
+    summary = result["summary"]
+    table = Table(title=f"{result['name']}: per configuration, mean ± std over seeds ({spec.metric} chooses)")
+    for col in ("#", "params", "seeds", spec.metric, "test_acc", "trials"):
+        table.add_column(col)
+    for i, g in enumerate(summary["groups"], 1):
+        test = "" if g["test_mean"] is None else f"{g['test_mean']:.4f} ± {g['test_std']:.4f}"
+        table.add_row(str(i), g["params"] or "(base)", str(g["n"]), f"{g['mean']:.4f} ± {g['std']:.4f}", test,
+                      " ".join(g["trials"]))
+    console.print(table)
+    failed = [r for r in summary["rows"] if r["state"] in ("FAILED", "KILLED")]
+    pruned = sum(r["state"] == "PRUNED" for r in summary["rows"])
+    if pruned:
+        console.print(f"{pruned} trial(s) pruned")
+    for r in failed:
+        console.print(f"{r['trial']} {r['state']}: {r['reason'] or '-'}", markup=False)
+    if summary["groups"]:
+        best = summary["groups"][0]
+        test = "" if best["test_mean"] is None else f", test_acc {best['test_mean']:.4f}"
+        console.print(f"best: {' '.join(best['trials'])} ({best['params'] or 'base'}) {spec.metric} {best['mean']:.4f}"
+                      f"{test}; parent run {summary['parent_run_id']}", markup=False)
+
+
 @data_app.command("import")
 def data_import(
     path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),

@@ -174,8 +174,10 @@ def _hydra_message(exc: BaseException) -> str:
     parts, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        if text and text not in parts:
+        lines = [line.strip() for line in str(exc).splitlines()]
+        # drop OmegaConf's bookkeeping lines (full_key, object_type) and unformatted templates
+        text = " ".join(l for l in lines if l and not l.startswith(("full_key:", "object_type=", "reference_type=")))
+        if text and "$VALUE" not in text and text not in parts:
             parts.append(text)
         exc = exc.__cause__ or exc.__context__
     return ": ".join(parts)

@@ -19,3 +19,7 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by signal {signum}")
         self.exit_code = 128 + signum
+
+
+class Pruned(Exception):
+    """A sweep's pruner stopped the trial early: the run ends KILLED, tagged cnnlab.state=PRUNED."""

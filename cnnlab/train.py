@@ -22,14 +22,14 @@ from typing import Callable, Dict, List, Optional, Sequence
 from . import __version__
 from .config import PROJECT_ROOT, flatten, resolve, runs_dir, to_dict
 from .console import Reporter
-from .errors import CnnlabError, Diverged, Interrupted
+from .errors import CnnlabError, Diverged, Interrupted, Pruned
 
 
 @dataclass
 class Result:
     run_id: Optional[str]
     run_dir: Path
-    status: str  # FINISHED | FAILED | KILLED
+    status: str  # FINISHED | FAILED | KILLED | PRUNED
     metrics: Dict[str, float]  # final scores
     history: List[Dict[str, float]] = field(default_factory=list)  # one dict per epoch
     wall_seconds: float = 0.0
@@ -184,20 +184,22 @@ def count_flops(model, in_channels: int, image_size: int, device) -> int:
     return int(counter.get_total_flops())
 
 
-def new_run_dir(experiment: str, arch: str, run_name: Optional[str] = None) -> Path:
-    """runs/<experiment>/<arch>-<date>-<time>-<random>: unique even for runs started in the same second."""
-    parent = runs_dir() / experiment
+def new_run_dir(parent: Path, name: str) -> Path:
+    """parent/name, or parent/name-2, -3, ... when taken: never reuses a directory."""
     parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        name = run_name or f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        path = parent / name
+    for i in range(1, 1000):
+        path = parent / (name if i == 1 else f"{name}-{i}")
         try:
             path.mkdir()
             return path
         except FileExistsError:
-            if run_name:
-                raise CnnlabError(f"run_name={run_name}: {path} already exists; choose another name.") from None
+            continue
     raise RuntimeError(f"could not create a fresh run directory under {parent}")
+
+
+def default_run_name(arch: str) -> str:
+    """<arch>-<date>-<time>-<random>: unique even for runs started in the same second."""
+    return f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def git_commit() -> Optional[str]:
@@ -250,11 +252,14 @@ def confusion_png(matrix, classes: Sequence[str], path: Path) -> None:
 
 
 def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optional[Callable] = None,
-          parent_run_id: Optional[str] = None, tags: Optional[dict] = None, quiet: bool = False) -> Result:
+          parent_run_id: Optional[str] = None, tags: Optional[dict] = None, run_root: Optional[Path] = None,
+          quiet: bool = False) -> Result:
     """Train `cfg` (as composed; resolved here) and record it.
 
     dataset: an already loaded data.Dataset (sweep workers load once and reuse it).
-    on_epoch(epoch, metrics): called after each epoch; may raise to stop the run (pruning).
+    on_epoch(epoch, metrics): called after each epoch; raising errors.Pruned stops the run as PRUNED.
+    run_root: directory for the run directory (default runs/<experiment>/); its name is cfg.run_name
+    or <arch>-<date>-<time>-<random>.
     """
     import torch
     import torch.nn.functional as F
@@ -297,7 +302,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
 
     # run directory and MLflow run
     cfg_dict = to_dict(cfg)
-    run_dir = new_run_dir(cfg.experiment, cfg.arch.name, cfg.run_name)
+    run_dir = new_run_dir(run_root or runs_dir() / cfg.experiment, cfg.run_name or default_run_name(cfg.arch.name))
     (run_dir / ".hydra").mkdir()
     from omegaconf import OmegaConf
 
@@ -390,6 +395,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
             final = {
                 "test_acc": test_acc, "test_loss": test_loss, "best_epoch": state["epoch"],
                 "train_acc_final": chosen["train_acc"], "val_acc_best": chosen.get("val_acc", float("nan")),
+                "val_loss_best": min((h["val_loss"] for h in history if "val_loss" in h), default=float("nan")),
                 "wall_time": time.perf_counter() - started, "epochs_run": epoch,
                 **{f"test_acc_{c}": a for c, a in zip(ds.classes, per_class)},
             }
@@ -405,18 +411,29 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
             run.log_artifacts([run_dir / "per_class.csv", run_dir / "confusion.png", run_dir / "model.txt",
                                run_dir / "train.log"])
             run.log_artifacts([best_path], "checkpoint")
+            run.set_tags({"cnnlab.state": "FINISHED"})
             run.end("FINISHED")
-            return Result(run.run_id, run_dir, "FINISHED", final, history, time.perf_counter() - started, run.seconds)
+            return Result(run.run_id, run_dir, "FINISHED", {**final, "params": n_params, "flops": flops}, history,
+                          time.perf_counter() - started, run.seconds)
         except Interrupted as exc:
             save_checkpoint(last_path, model, cfg_dict, epoch, history[-1] if history else {}, optimizer)
             report.line(f"interrupted (signal {exc.exit_code - 128}) in epoch {epoch}: run KILLED, "
                         f"last checkpoint {last_path}")
-            run.set_tags({"cnnlab.end_reason": f"signal {exc.exit_code - 128} in epoch {epoch}"})
+            run.set_tags({"cnnlab.state": "KILLED",
+                          "cnnlab.end_reason": f"signal {exc.exit_code - 128} in epoch {epoch}"})
             run.end("KILLED")
             raise
+        except Pruned as exc:
+            report.line(f"pruned after epoch {epoch}: {exc}")
+            run.set_tags({"cnnlab.state": "PRUNED", "cnnlab.end_reason": f"pruned after epoch {epoch}: {exc}"})
+            run.end("KILLED")
+            last = history[-1] if history else {}
+            return Result(run.run_id, run_dir, "PRUNED", {**last, "epochs_run": epoch, "params": n_params,
+                                                          "flops": flops}, history,
+                          time.perf_counter() - started, run.seconds)
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}"
             report.line(f"failed in epoch {epoch}: {reason}")
-            run.set_tags({"cnnlab.end_reason": reason[:5000]})
+            run.set_tags({"cnnlab.state": "FAILED", "cnnlab.end_reason": reason[:5000]})
             run.end("FAILED")
             raise

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cnnlab.config import compose, runs_dir
-from cnnlab.train import new_run_dir, train
+from cnnlab.train import default_run_name, new_run_dir, train
 
 SMALL = ["data=synthetic", "data.n_train=600", "data.n_test=200", "batch_size=50"]
 
@@ -92,9 +92,11 @@ def test_early_stopping_and_other_image_size():
     assert result.metrics["epochs_run"] == 2  # val_acc cannot improve with lr=1e-9
 
 
-def test_run_dirs_never_collide():
-    names = {new_run_dir("exp", "tf_cnn").name for _ in range(20)}
-    assert len(names) == 20
+def test_run_dirs_never_collide(tmp_path):
+    names = {default_run_name("tf_cnn") for _ in range(50)}  # same second, different names
+    assert len(names) == 50
+    dirs = {new_run_dir(tmp_path / "exp", "T3") for _ in range(3)}  # a taken name gets a suffix
+    assert sorted(d.name for d in dirs) == ["T3", "T3-2", "T3-3"]
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

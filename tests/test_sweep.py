@@ -1,0 +1,182 @@
+"""`cnnlab sweep`: expansion, validation, resume/dedupe, failure isolation, signals, workers, Optuna."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cnnlab.config import runs_dir
+from cnnlab.errors import CnnlabError
+from cnnlab.sweep import Sweep, expand, load_spec
+
+TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
+
+
+def children(client, experiment="cifar10"):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "cnnlab.sweep_parent" in r.data.tags]
+    kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, kids
+
+
+def test_grid_expands_to_the_cartesian_product():
+    spec = load_spec(["lr=0.1,0.01", "dropout=0,0.5", "epochs=1"])
+    trials = expand(spec)
+    assert [t.id for t in trials] == ["T0", "T1", "T2", "T3"]
+    assert [t.params for t in trials] == [{"lr": "0.1", "dropout": "0"}, {"lr": "0.1", "dropout": "0.5"},
+                                          {"lr": "0.01", "dropout": "0"}, {"lr": "0.01", "dropout": "0.5"}]
+    assert all(t.overrides[-1] == "epochs=1" for t in trials)  # command-line fixed overrides come last
+    assert len({t.key for t in trials}) == 4
+
+
+def test_range_choice_and_repeats():
+    spec = load_spec(["depth=range(1,3)", "arch=vgg_small", "activation=choice(relu,gelu)"], repeats=2)
+    trials = expand(spec)
+    assert len(trials) == 2 * 2 * 2
+    assert [t.params.get("seed") for t in trials[:2]] == ["0", "1"]
+    assert trials[0].group == trials[1].group and trials[0].key != trials[1].key
+
+
+def test_random_is_seeded_and_respects_bounds():
+    args = ["lr=tag(log,interval(1e-4,1e-1))", "dense_units=int(interval(16,512))", "dropout=0,0.5"]
+    a = expand(load_spec(args, strategy="random", trials=6, seed=3))
+    b = expand(load_spec(args, strategy="random", trials=6, seed=3))
+    assert [t.overrides for t in a] == [t.overrides for t in b] and len(a) == 6
+    for t in a:
+        values = dict(o.split("=", 1) for o in t.overrides)
+        assert 1e-4 <= float(values["lr"]) <= 1e-1 and 16 <= int(values["dense_units"]) <= 512
+
+
+def test_named_sweep_file_and_command_line_win():
+    spec = load_spec(["sweep=exercise", "epochs=1"])
+    assert spec.strategy == "list" and spec.name == "exercise"
+    trials = expand(spec)
+    assert len(trials) == 8 and trials[0].params == {}
+    assert all(t.overrides[-1] == "epochs=1" for t in trials)
+
+
+@pytest.mark.parametrize("args, options, needle", [
+    (["no_such_key=1,2"], {}, "no_such_key"),
+    (["lr=choice()"], {}, "empty choice"),
+    (["dropout=interval(0,0.5)"], {}, "cannot be a grid"),
+    (["depth=range(a,b)"], {}, "range"),
+    (["lr=0.1,0.01"], {"pruner": "median"}, "needs --strategy optuna"),
+    (["lr=0.1,0.01", "lr=0.5"], {}, "both fixed and swept"),
+    (["lr=0.1,0.01"], {"strategy": "bayes"}, "Unknown sweep strategy"),
+    (["lr=0.1,0.01"], {"metric": "test_acc"}, "the test set is never used to choose"),
+    (["sweep=nope"], {}, "No sweep named 'nope'"),
+    (["epochs=1"], {}, "Nothing to sweep"),
+    (["dropout=0,1.5"], {}, "dropout=1.5 is out of range"),
+])
+def test_bad_specs_fail_before_anything_runs(args, options, needle):
+    with pytest.raises(CnnlabError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        Sweep(load_spec(args, **options)).plan()
+    assert not (runs_dir() / "mlflow.db").exists()
+
+
+def test_cli_bad_sweep_exits_2(cli):
+    code, _, err = cli("sweep", "dropout=interval(0,0.5)", *TINY)
+    assert code == 2 and "cannot be a grid" in err and "Traceback" not in err
+
+
+def test_grid_sweep_records_parent_and_children_then_resumes_with_nothing(cli, mlflow_client):
+    code, out, err = cli("sweep", "lr=0.003,0.001", "dropout=0,0.5", *TINY, "-q")
+    assert code == 0, err
+    parents, kids = children(mlflow_client)
+    assert len(parents) == 1 and len(kids) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["strategy"] == "grid"
+    assert sorted(k.info.run_name for k in kids) == ["T0", "T1", "T2", "T3"]
+    assert all(k.info.status == "FINISHED" and k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
+    assert "best_val_acc" in parent.data.metrics and parent.data.metrics["n_finished"] == 4
+    assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)} >= {"summary.csv", "sweep.yaml"}
+    code, out, _ = cli("sweep", "lr=0.003,0.001", "dropout=0,0.5", *TINY, "-q")
+    assert code == 0 and "nothing to run, 4 trial(s) already FINISHED" in out
+    assert len(children(mlflow_client)[1]) == 4
+
+
+def test_failed_trial_does_not_stop_the_sweep(cli, mlflow_client):
+    code, out, _ = cli("sweep", "lr=1e30,0.001", "optimizer=sgd", *TINY, "-q")
+    assert code == 0
+    _, kids = children(mlflow_client)
+    states = {float(json.loads(k.data.tags["cnnlab.swept"])["lr"]): k.info.status for k in kids}
+    assert states == {1e30: "FAILED", 0.001: "FINISHED"}
+    assert "T0 FAILED" in out and "Diverged" in out
+    # every trial failing is a failed command
+    code, _, _ = cli("sweep", "lr=1e30,1e31", "optimizer=sgd", *TINY, "-q")
+    assert code == 1
+
+
+def test_sigterm_kills_cleanly_and_rerun_completes_only_the_rest(mlflow_client):
+    args = [sys.executable, "-m", "cnnlab.cli", "sweep", "lr=0.003,0.001,0.0003", "dropout=0,0.5",
+            "data=synthetic", "data.n_train=600", "epochs=2", "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finished = 0
+    while finished < 2:
+        line = proc.stdout.readline()
+        assert line, "sweep ended early"
+        finished += " FINISHED " in line
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    parents, kids = children(mlflow_client)
+    assert parents[0].info.status == "KILLED"
+    assert not [k for k in kids if k.info.status == "RUNNING"]
+    done_before = sum(k.info.status == "FINISHED" for k in kids)
+    assert 2 <= done_before < 6
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"ran {6 - done_before} trial(s), skipped {done_before} already FINISHED" in rerun.stdout
+    parents, kids = children(mlflow_client)
+    assert parents[0].info.status == "FINISHED"
+    assert sum(k.info.status == "FINISHED" for k in kids) == 6
+
+
+def test_two_workers_on_a_fresh_store(cli):
+    from cnnlab import tracking
+
+    assert not (runs_dir() / "mlflow.db").exists()
+    code, out, err = cli("sweep", "lr=0.003,0.001", "dropout=0,0.25,0.5", *TINY, "--workers", "2", "-q")
+    assert code == 0, err
+    _, kids = children(tracking.client())
+    assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
+    assert len({k.data.tags["cnnlab.trial_key"] for k in kids}) == 6
+
+
+def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
+    import optuna
+
+    args = ["sweep", "--strategy", "optuna", "--trials", "8", "--pruner", "median", "lr=tag(log,interval(1e-5,1e-2))",
+            "data=synthetic", "data.n_train=300", "epochs=4", "--name", "opt", "-q"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    _, kids = children(mlflow_client)
+    assert len(kids) == 8
+    states = [k.data.tags["cnnlab.state"] for k in kids]
+    assert states.count("FINISHED") >= 4 and set(states) <= {"FINISHED", "PRUNED"}
+    journal = runs_dir() / "cifar10" / "opt" / "optuna.journal"
+    study = optuna.load_study(study_name="opt", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len(study.trials) == 8
+    # a bigger budget continues the same study
+    code, out, _ = cli(*[a if a != "8" else "10" for a in args])
+    assert code == 0 and "ran 2 trial(s)" in out
+    assert len(children(mlflow_client)[1]) == 10
+
+
+def test_join_through_a_database_storage(tmp_path, cli, mlflow_client):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    base = ["sweep", "--strategy", "optuna", "--trials", "3", "dropout=interval(0,0.5)", *TINY, "--name", "shared",
+            "--storage", url, "-q"]
+    assert cli(*base)[0] == 0
+    code, out, err = cli("sweep", "--join", "shared", "--storage", url, "-q")
+    assert code == 0, err
+    assert "ran 0 trial(s)" in out or "nothing to run" in out  # the budget was already spent
+    code, _, err = cli("sweep", "--join", "nosuch", "--storage", url)
+    assert code == 2 and "No Optuna study named 'nosuch'" in err
