@@ -128,6 +128,134 @@ def _print_sweep(spec, result) -> None:
                       f"{test}; parent run {summary['parent_run_id']}", markup=False)
 
 
+FILTERS = {
+    "experiment": "MLflow experiment(s) to read (repeatable).",
+    "sweep": "Only the trials of this sweep.",
+    "status": "Only runs in this state: FINISHED, FAILED, KILLED, PRUNED, RUNNING (repeatable).",
+    "since": "Only runs started on or after this date (2026-11-24).",
+    "until": "Only runs started on or before this date.",
+    "arch": "Only runs of this architecture (repeatable).",
+    "sort": "Order rows by: start (default), val_acc, test_acc, train_acc, lr, batch_size, epochs, wall_time, params, flops.",
+    "top": "Only the first N rows (after sorting).",
+    "baseline": "Run id or name that ARCHITECTURE CHANGES compares with (default: the sweep's base config, "
+                "else the previous run).",
+}
+
+
+def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, reverse=False, ui_url=None):
+    from . import export, tracking
+
+    client = tracking.client()
+    runs, experiments = export.collect(client, experiment or ["cifar10"], sweep, status or [], since, until, arch or [])
+    log = export.build(client, runs, experiments, baseline, **({"ui_url": ui_url} if ui_url else {}))
+    return export.sort_top(log, sort, top, reverse)
+
+
+@app.command("export-log")
+def export_log(
+    path: Path = typer.Argument(..., help="Output file: .xlsx (the full workbook), .csv or .md (the log table)."),
+    experiment: Optional[List[str]] = typer.Option(None, help=FILTERS["experiment"] + "  [default: cifar10]"),
+    sweep: Optional[str] = typer.Option(None, help=FILTERS["sweep"]),
+    status: Optional[List[str]] = typer.Option(None, help=FILTERS["status"]),
+    since: Optional[str] = typer.Option(None, help=FILTERS["since"]),
+    until: Optional[str] = typer.Option(None, help=FILTERS["until"]),
+    arch: Optional[List[str]] = typer.Option(None, help=FILTERS["arch"]),
+    baseline: Optional[str] = typer.Option(None, help=FILTERS["baseline"]),
+    sort: Optional[str] = typer.Option(None, help=FILTERS["sort"]),
+    top: Optional[int] = typer.Option(None, help=FILTERS["top"]),
+    ui_url: str = typer.Option("http://127.0.0.1:5000", help="Base URL of the MLflow UI for the run links."),
+    force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
+) -> None:
+    """Write the training log of the recorded runs, in the exercise's format (Excel, CSV or Markdown)."""
+    from . import export
+
+    export.check_destination(path, force)  # before reading anything
+    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=ui_url)
+    export.write(log, path, force=force)
+    typer.echo(f"wrote {len(log.table)} run(s) to {path}")
+
+
+@app.command()
+def runs(
+    experiment: Optional[List[str]] = typer.Option(None, help=FILTERS["experiment"] + "  [default: cifar10]"),
+    sweep: Optional[str] = typer.Option(None, help=FILTERS["sweep"]),
+    status: Optional[List[str]] = typer.Option(None, help=FILTERS["status"]),
+    since: Optional[str] = typer.Option(None, help=FILTERS["since"]),
+    until: Optional[str] = typer.Option(None, help=FILTERS["until"]),
+    arch: Optional[List[str]] = typer.Option(None, help=FILTERS["arch"]),
+    baseline: Optional[str] = typer.Option(None, help=FILTERS["baseline"]),
+    sort: Optional[str] = typer.Option(None, help=FILTERS["sort"]),
+    top: Optional[int] = typer.Option(None, help=FILTERS["top"]),
+    only_changed: bool = typer.Option(False, "--only-changed", help="Only the columns whose values vary."),
+) -> None:
+    """The training log in the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .export import changed_columns
+
+    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top)
+    compact = ["ID", "ARCH", "BATCH SIZE", "EPOCH", "LR", "DATA SETS", "ARCHITECTURE CHANGES", "ACC TRAIN",
+               "ACC VAL", "ACC TEST", *log.target_cols, "TARGET ACC AVG", "MFLOPS", "WALL TIME (S)", "STATUS"]
+    table = log.table[[c for c in compact if c in log.table.columns]]
+    if only_changed:
+        table = table[changed_columns(table)]
+    out = Table(title=f"{len(table)} run(s)", show_lines=False)
+    for name in table.columns:
+        out.add_column(name.title().replace("Acc ", "acc ").replace("(S)", "(s)"),
+                       justify="right" if table[name].dtype.kind in "if" else "left",
+                       overflow="fold", max_width=40 if name == "ARCHITECTURE CHANGES" else None)
+    for i, row in enumerate(table.itertuples(index=False)):
+        cells = []
+        for name, v in zip(table.columns, row):
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("")
+            elif name.startswith("ACC ") or name == "TARGET ACC AVG":
+                cells.append(f"{v:.4f}")
+            else:
+                cells.append(f"{v:g}" if isinstance(v, float) else str(v))
+        out.add_row(*cells, style="bold" if i == log.best else None)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(160, console.width))  # piped: don't fold the table into 80 columns
+    console.print(out)
+
+
+@app.command()
+def evaluate(
+    run: str = typer.Argument(..., help="Run id or run name."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="targets=[gaussian_noise,blur,...] severity=3"),
+) -> None:
+    """Evaluate a recorded run's best checkpoint on target sets (shifted test sets) and log the scores to it."""
+    from .targets import NAMES, evaluate_run
+
+    targets, severity = list(NAMES[:-1]), 3
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        if key == "targets":
+            targets = [t.strip() for t in value.strip("[]").split(",") if t.strip()]
+        elif key == "severity" and value.isdigit() and 1 <= int(value) <= 5:
+            severity = int(value)
+        else:
+            raise CnnlabError(f"Bad argument {item!r}: expected targets=[name,...] ({', '.join(NAMES)}) "
+                              "or severity=1..5.")
+    for name, acc in evaluate_run(run, targets, severity).items():
+        typer.echo(f"{name} {acc:.4f}")
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; anything but 127.0.0.1 exposes your runs "
+                                               "to the network."),
+    experiment: str = typer.Option("cifar10", help="Experiment whose runs table the printed URL opens."),
+) -> None:
+    """Start the MLflow UI on this project's store and print the URL of the experiment's runs table."""
+    from .ui import serve
+
+    raise typer.Exit(serve(port=port, host=host, experiment=experiment))
+
+
 @data_app.command("import")
 def data_import(
     path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),

@@ -87,6 +87,8 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     test_every_epoch: bool = True  # per-epoch test curve; the final test score is always taken
+    targets: List[str] = field(default_factory=list)  # shifted test sets, e.g. [gaussian_noise,blur,cifar10_1]
+    severity: int = 3  # corruption severity 1-5
 
 
 @dataclass
@@ -155,6 +157,7 @@ _RANGES = {
     "data.train_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "data.n_train": (lambda v: v >= 10, "an integer >= 10"),
     "data.n_test": (lambda v: v >= 10, "an integer >= 10"),
+    "eval.severity": (lambda v: 1 <= v <= 5, "an integer from 1 to 5"),
 }
 
 _schema_registered = False
@@ -225,6 +228,9 @@ def resolve(cfg):
     from .models import get_arch
 
     check_ranges(cfg)
+    from .targets import check as check_targets
+
+    check_targets(list(cfg.eval.targets))
     spec = get_arch(cfg.arch.name)
     cfg = cfg.copy()
     for knob in KNOBS:

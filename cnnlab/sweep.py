@@ -501,7 +501,14 @@ class Sweep:
                       "overrides": " ".join(spec["overrides"]), "configs": json.dumps(spec["configs"])[:6000]}
             from mlflow.entities import Param
 
-            self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+            from .config import compose, flatten, resolve, to_dict
+
+            base = flatten(to_dict(resolve(compose(self.spec.overrides + self.spec.cli_overrides))))
+            params.update({f"base.{k}": v for k, v in base.items()})  # what ARCHITECTURE CHANGES compares with
+            params["cli_overrides"] = " ".join(spec["cli_overrides"])
+            items = [Param(k, str(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.parent_id, params=items[i:i + 100])
         self.exp_id = exp_id
         self.root.mkdir(parents=True, exist_ok=True)
         from omegaconf import OmegaConf

@@ -80,15 +80,16 @@ def pick_precision(name: str, device) -> Optional["torch.dtype"]:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
-def setup_torch(cfg):
+def setup_torch(device_name: str = "auto", precision: str = "auto", threads: int = 0):
+    """(device, autocast dtype or None) with the fast settings for it."""
     import torch
 
     tune_malloc()
     torch.set_flush_denormal(True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device.value)
-    amp_dtype = pick_precision(cfg.precision.value, device)
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(device_name)
+    amp_dtype = pick_precision(precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -270,7 +271,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
 
     started = time.perf_counter()
     cfg = resolve(cfg)
-    device, amp_dtype = setup_torch(cfg)
+    device, amp_dtype = setup_torch(cfg.device.value, cfg.precision.value, cfg.threads)
     torch.manual_seed(cfg.seed)
 
     # data: everything on the device, as uint8
@@ -399,6 +400,13 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                 "wall_time": time.perf_counter() - started, "epochs_run": epoch,
                 **{f"test_acc_{c}": a for c, a in zip(ds.classes, per_class)},
             }
+            if cfg.eval.targets:
+                from .targets import evaluate_targets
+
+                final.update(evaluate_targets(model, list(cfg.eval.targets), ds, data_mod.data_root(cfg.data.root),
+                                              batch_size=eval_size, amp_dtype=amp_dtype, device=device,
+                                              channels_last=channels_last, image_size=cfg.image_size,
+                                              severity=cfg.eval.severity, seed=cfg.seed))
             with open(run_dir / "per_class.csv", "w") as f:
                 f.write("class,test_acc,support\n")
                 for c, a, n in zip(ds.classes, per_class, matrix.sum(1).tolist()):

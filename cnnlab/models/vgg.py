@@ -28,10 +28,10 @@ def _stage(cin: int, cout: int, depth: int, *, pool: str, batch_norm: bool, act:
 def vgg_small(*, num_classes: int, in_channels: int, image_size: int, dense_units: int = 256,
               dropout: float = 0.2, batch_norm: bool = True, pool: str = "max", activation: str = "relu",
               width: float = 1.0, depth: int = 2) -> nn.Module:
-    """VGG-style CIFAR net: 3 stages (64-128-256) of `depth` 3x3 convs with a 2x2 pool, global max pool, dense head."""
+    """VGG-style CIFAR net: 3 stages (64-256-256) of `depth` 3x3 convs with a 2x2 pool, global max pool, dense head."""
     layers: list[nn.Module] = []
     cin = in_channels
-    for base in (64, 128, 256):
+    for base in (64, 256, 256):
         cout = channels(base, width)
         layers += _stage(cin, cout, depth, pool=pool, batch_norm=batch_norm, act=activation)
         cin = cout

@@ -1,0 +1,83 @@
+"""`cnnlab ui`: the MLflow UI on this project's store, stopped with its whole process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from .errors import CnnlabError, Interrupted
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table (MLflow 3 opens experiments in a GenAI view otherwise)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise CnnlabError(f"The MLflow UI exited at start (code {proc.returncode}); is the port already in use?")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise CnnlabError(f"The MLflow UI did not answer at {url} within {timeout:.0f} s.")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's whole process group (uvicorn and its workers), SIGKILL if it lingers."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10", ready=None) -> int:
+    """Run the UI until Ctrl-C/SIGTERM; `ready(url)` is called once it answers. Returns the exit code."""
+    from . import tracking
+
+    uri = tracking.tracking_uri()
+    client = tracking.client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments()]
+        raise CnnlabError(f"Unknown experiment {experiment!r} in {uri}. Known: {', '.join(names) or 'none yet'}.")
+    if host not in LOCAL_HOSTS:
+        print(f"warning: binding {host}: anyone who can reach this machine can read (and change) your runs.",
+              file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+    def on_term(signum, frame):
+        raise Interrupted(signum)
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        _wait_until_up(base, proc)
+        url = runs_url(base, exp.experiment_id)
+        print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
+        if ready is not None:
+            ready(url)
+        proc.wait()
+        return proc.returncode or 0
+    except (KeyboardInterrupt, Interrupted) as exc:
+        return getattr(exc, "exit_code", 130)
+    finally:
+        _stop(proc)
+        signal.signal(signal.SIGTERM, old)
