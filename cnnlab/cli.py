@@ -145,7 +145,7 @@ FILTERS = {
 def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, reverse=False, ui_url=None):
     from . import export, tracking
 
-    client = tracking.client()
+    client = tracking.client(create=False)
     runs, experiments = export.collect(client, experiment or ["cifar10"], sweep, status or [], since, until, arch or [])
     log = export.build(client, runs, experiments, baseline, **({"ui_url": ui_url} if ui_url else {}))
     return export.sort_top(log, sort, top, reverse)
@@ -195,16 +195,20 @@ def runs(
     from .export import changed_columns
 
     log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top)
-    compact = ["ID", "ARCH", "BATCH SIZE", "EPOCH", "LR", "DATA SETS", "ARCHITECTURE CHANGES", "ACC TRAIN",
-               "ACC VAL", "ACC TEST", *log.target_cols, "TARGET ACC AVG", "MFLOPS", "WALL TIME (S)", "STATUS"]
-    table = log.table[[c for c in compact if c in log.table.columns]]
+    compact = {"ID": "id", "ARCH": "arch", "BATCH SIZE": "batch", "EPOCH": "epochs", "LR": "lr",
+               "DATA SETS": "data", "ARCHITECTURE CHANGES": "changes", "ACC TRAIN": "train acc",
+               "ACC VAL": "val acc", "ACC TEST": "test acc", "TARGET ACC AVG": "target acc", "MFLOPS": "MFLOPs",
+               "WALL TIME (S)": "time (s)", "STATUS": "status"}
+    table = log.table[list(compact)]
+    if table["TARGET ACC AVG"].isna().all():
+        table = table.drop(columns="TARGET ACC AVG")
     if only_changed:
         table = table[changed_columns(table)]
     out = Table(title=f"{len(table)} run(s)", show_lines=False)
     for name in table.columns:
-        out.add_column(name.title().replace("Acc ", "acc ").replace("(S)", "(s)"),
-                       justify="right" if table[name].dtype.kind in "if" else "left",
-                       overflow="fold", max_width=40 if name == "ARCHITECTURE CHANGES" else None)
+        numeric = table[name].dtype.kind in "if"
+        out.add_column(compact[name], justify="right" if numeric else "left", no_wrap=name != "ARCHITECTURE CHANGES",
+                       overflow="fold", min_width=24 if name == "ARCHITECTURE CHANGES" else None)
     for i, row in enumerate(table.itertuples(index=False)):
         cells = []
         for name, v in zip(table.columns, row):

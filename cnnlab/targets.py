@@ -41,7 +41,7 @@ def corrupt(x, name: str, severity: int = 3, seed: int = 0):
 
     level = SEVERITIES[name][0][severity - 1]
     if name == "jpeg":
-        return torch.stack([TF.jpeg(img, quality=int(level)) for img in x])
+        return torch.stack([_jpeg(img, int(level)) for img in x.cpu()]).to(x.device)
     if name == "pixelate":
         h, w = x.shape[-2:]
         small = TF.resize(x, [max(1, int(h * level)), max(1, int(w * level))], antialias=True)
@@ -60,6 +60,19 @@ def corrupt(x, name: str, severity: int = 3, seed: int = 0):
             noisy = TF.gaussian_noise(TF.to_dtype(x, torch.float32, scale=True), sigma=level, clip=True)
         return TF.to_dtype(noisy, torch.uint8, scale=True)
     raise ValueError(name)
+
+
+def _jpeg(img, quality: int):
+    """One uint8 CHW image re-encoded as JPEG with PIL."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
+    return torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()).permute(2, 0, 1)
 
 
 def cifar10_1(root: Path):
@@ -112,7 +125,7 @@ def evaluate_run(run_ref: str, names: List[str], severity: int = 3, tracking_uri
     from .train import setup_torch
 
     check(names)
-    client = tracking.client(tracking_uri)
+    client = tracking.client(tracking_uri, create=False)
     run = _find_run(client, run_ref)
     run_dir = Path(run.data.tags.get("cnnlab.run_dir", ""))
     checkpoint = run_dir / "best.pt"

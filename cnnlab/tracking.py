@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 from .config import runs_dir
+from .errors import CnnlabError
 
 BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 
@@ -22,21 +23,25 @@ def tracking_uri(uri: Optional[str] = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs_dir() / 'mlflow.db'}"
 
 
-def client(uri: Optional[str] = None):
+def client(uri: Optional[str] = None, create: bool = True):
     """A client on the store; creates a local SQLite store (schema included) on first use.
 
     Call it once in the parent before starting parallel workers: several processes creating
-    the same SQLite schema at once corrupt it.
+    the same SQLite schema at once corrupt it. Readers pass create=False: no store, no runs.
     """
     import logging
 
+    uri = tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not create and not path.exists():
+            raise CnnlabError(f"No runs recorded yet: there is no MLflow store at {path}. Train something first "
+                              "(`cnnlab train`), or point $CNNLAB_RUNS_DIR / $MLFLOW_TRACKING_URI at your store.")
+        path.parent.mkdir(parents=True, exist_ok=True)
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     c = MlflowClient(tracking_uri=uri)
     c.search_experiments(max_results=1)  # creates and migrates the schema now, not in a worker
     return c

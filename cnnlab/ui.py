@@ -52,7 +52,7 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10"
     from . import tracking
 
     uri = tracking.tracking_uri()
-    client = tracking.client(uri)
+    client = tracking.client(uri, create=False)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]

@@ -1,0 +1,230 @@
+"""export-log, runs and evaluate: the training log from what MLflow holds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnlab import export
+from cnnlab.export import describe_changes
+
+BASE = {"arch.name": "tf_cnn", "dense_units": 64, "dropout": 0.0, "batch_norm": False, "pool": "max",
+        "activation": "relu", "optimizer": "adam", "lr": 3e-4, "batch_size": 50}
+EXERCISE_CHANGES = {
+    "T0": "baseline", "T1": "no architecture change", "T2": "no architecture change",
+    "T3": "no architecture change", "T4": "Increase dense units 64→500", "T5": "Removed dense layer",
+    "T6": "Increase dense units 64→500; added dropout 0.5",
+    "T7": "Increase dense units 64→500; added dropout 0.5; batch norm on",
+}
+TINY_DATA = ["data=synthetic", "data.n_train=300", "data.n_test=100"]
+
+
+def test_changes_read_like_the_course():
+    assert describe_changes(BASE, {**BASE, "dense_units": 500}) == "Increase dense units 64→500"
+    assert describe_changes(BASE, {**BASE, "dense_units": 0}) == "Removed dense layer"
+    assert describe_changes(BASE, {**BASE, "dense_units": 500, "dropout": 0.5, "batch_norm": True}) == \
+        "Increase dense units 64→500; added dropout 0.5; batch norm on"
+    assert describe_changes(BASE, {**BASE, "lr": 1e-3, "batch_size": 100}) == ""  # own columns, not changes
+    assert describe_changes(BASE, {**BASE, "pool": "min", "activation": "gelu"}) == \
+        "Min pooling instead of max; activation relu→gelu"
+    assert describe_changes({**BASE, "dropout": 0.5}, BASE) == "Removed dropout"
+    assert describe_changes(BASE, {**BASE, "arch.name": "vgg_small", "arch.blocks": 3}) == \
+        "Architecture tf_cnn→vgg_small; arch.blocks None→3"
+
+
+@pytest.fixture(scope="module")
+def exercise_store(tmp_path_factory):
+    """The exercise sweep on tiny synthetic data, plus two standalone runs in another experiment (built once)."""
+    from cnnlab.cli import main
+
+    root = tmp_path_factory.mktemp("exercise")
+    env = {"CNNLAB_RUNS_DIR": str(root / "runs"), "CNNLAB_DATA_DIR": str(root / "data")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        commands = [["sweep", "sweep=exercise", *TINY_DATA, "-q"]]
+        for extra in (["dropout=0.3"], ["dropout=0.3", "batch_norm=true", "eval.targets=[blur,contrast]"]):
+            commands.append(["train", *TINY_DATA, "epochs=1", "experiment=solo", *extra, "-q"])
+        for args in commands:
+            proc = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return env
+
+
+@pytest.fixture
+def exercise(exercise_store, cli, monkeypatch):
+    """`cli` on the exercise store."""
+    for k, v in exercise_store.items():
+        monkeypatch.setenv(k, v)
+    return cli
+
+
+def test_exercise_workbook(exercise, tmp_path):
+    cli = exercise
+    out = tmp_path / "runs.xlsx"
+    code, stdout, err = cli("export-log", str(out), "--sweep", "exercise")
+    assert code == 0, err
+    assert "wrote 8 run(s)" in stdout
+    table = pd.read_excel(out, sheet_name="Training log", header=1)
+    assert list(table["ID"]) == [f"T{i}" for i in range(8)]
+    assert dict(zip(table["ID"], table["ARCHITECTURE CHANGES"])) == EXERCISE_CHANGES
+    assert list(table["BATCH SIZE"]) == [50, 100, 100, 100, 100, 100, 100, 100]
+    assert list(table["EPOCH"]) == [5, 5, 10, 10, 10, 10, 10, 10]
+    assert list(table["LR"]) == [3e-4, 3e-4, 3e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3]
+    assert set(table["IMAGE SIZE"]) == {"32x32"} and set(table["TEST SPLIT"]) == {"val 10% / test 100"}
+    assert set(table["DATA SETS"]) == {"synthetic (270 train)"}
+    assert list(table["FILE"]) == [f"cifar10/exercise/T{i}" for i in range(8)]
+    # values read back exactly as built
+    from cnnlab import tracking
+
+    client = tracking.client()
+    runs, exps = export.collect(client, ["cifar10"], sweep="exercise")
+    built = export.build(client, runs, exps).table
+    pd.testing.assert_frame_equal(table, built.astype(table.dtypes.to_dict()), check_dtype=False)
+    acc = table[["ACC TRAIN", "ACC VAL", "ACC TEST"]].mean(axis=1)
+    assert (abs(acc - table["ACC AVG"]) < 1e-9).all()
+
+    from openpyxl import load_workbook
+
+    wb = load_workbook(out)
+    assert wb.sheetnames == ["Training log", "Curves", "Per class", "Sweeps"]
+    ws = wb["Training log"]
+    merged = {str(r) for r in ws.merged_cells.ranges}
+    headers = {ws.cell(row=1, column=int(r.min_col)).value: str(r) for r in ws.merged_cells.ranges}
+    assert "Source Dataset" in headers and headers["Source Dataset"] in merged
+    assert ws.freeze_panes == "B3" and ws.auto_filter.ref.startswith("A2:")
+    assert ws.row_dimensions[2].height >= 30
+    assert len(ws.conditional_formatting) >= 4  # a colour scale per accuracy column
+    link_col = [c.value for c in ws[2]].index("MLFLOW") + 1
+    assert ws.cell(row=3, column=link_col).hyperlink.target.startswith("http://127.0.0.1:5000/#/experiments/")
+    best_row = int(table["ACC VAL"].idxmax()) + 3
+    assert ws.cell(row=best_row, column=1).font.b and ws.cell(row=best_row, column=1).fill.fgColor.rgb.endswith("FFF2CC")
+    curves = pd.read_excel(out, sheet_name="Curves")
+    assert set(curves["ID"]) == set(table["ID"]) and len(curves) == 5 + 5 + 6 * 10
+    assert len(wb["Curves"]._charts) == 3
+    per_class = pd.read_excel(out, sheet_name="Per class")
+    assert list(per_class.columns) == ["ID"] + [f"class{i}" for i in range(10)]
+    sweeps = pd.read_excel(out, sheet_name="Sweeps")
+    assert len(sweeps) == 8 and set(sweeps["SWEEP"]) == {"exercise"} and (sweeps["SEEDS"] == 1).all()
+
+
+@pytest.mark.skipif(shutil.which("soffice") is None and shutil.which("libreoffice") is None,
+                    reason="LibreOffice is not installed")
+def test_libreoffice_renders_the_workbook(exercise, tmp_path):
+    out = tmp_path / "runs.xlsx"
+    assert exercise("export-log", str(out), "--sweep", "exercise")[0] == 0
+    office = shutil.which("soffice") or shutil.which("libreoffice")
+    subprocess.run([office, "--headless", "--convert-to", "pdf", "--outdir", str(tmp_path), str(out)],
+                   check=True, capture_output=True, timeout=180)
+    pdf = tmp_path / "runs.pdf"
+    assert pdf.exists() and pdf.stat().st_size > 5000 and pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_standalone_runs_compare_with_the_previous_run_and_show_targets(exercise, tmp_path):
+    out = tmp_path / "solo.csv"
+    code, _, err = exercise("export-log", str(out), "--experiment", "solo")
+    assert code == 0, err
+    table = pd.read_csv(out)
+    assert list(table["ARCHITECTURE CHANGES"]) == ["baseline", "Batch norm on"]
+    assert table.loc[1, "ACC BLUR"] > 0 and table.loc[1, "ACC CONTRAST"] > 0
+    assert table.loc[1, "TARGET ACC AVG"] == pytest.approx((table.loc[1, "ACC BLUR"] + table.loc[1, "ACC CONTRAST"]) / 2)
+    assert pd.isna(table.loc[0, "ACC BLUR"])  # not measured: blank, not 0
+    md = tmp_path / "solo.md"
+    assert exercise("export-log", str(md), "--experiment", "solo", "--baseline", table.loc[1, "RUN ID"])[0] == 0
+    text = md.read_text()
+    assert text.count("\n| T") == 2 and "Batch norm off" in text and "| baseline |" in text
+
+
+def test_evaluate_logs_target_scores_into_the_run(exercise):
+    from cnnlab import tracking
+
+    client = tracking.client()
+    exp = client.get_experiment_by_name("solo")
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])[0]
+    code, out, err = exercise("evaluate", run.info.run_name, "targets=[gaussian_noise,jpeg]", "severity=5")
+    assert code == 0, err
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert 0 <= metrics["target_acc_gaussian_noise"] <= 1 and "target_acc_jpeg" in metrics
+    assert f"target_acc_jpeg {metrics['target_acc_jpeg']:.4f}" in out
+    code, _, err = exercise("evaluate", run.info.run_name, "targets=[fog]")
+    assert code == 2 and "Unknown target set(s) fog" in err
+    code, _, err = exercise("evaluate", "no-such-run")
+    assert code == 2 and "No run with id or name" in err
+
+
+def test_runs_table_sort_top_and_only_changed(exercise):
+    code, out, err = exercise("runs", "--sweep", "exercise", "--sort", "val_acc", "--top", "3", "--only-changed")
+    assert code == 0, err
+    assert "3 run(s)" in out
+    header = out.splitlines()[2]
+    assert "changes" in header and "test acc" in header
+    assert "arch" not in header and "data" not in header and "status" not in header  # same in every row
+    code, out, _ = exercise("runs", "--experiment", "solo")
+    assert "2 run(s)" in out and "Batch norm" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["export-log", "x.pdf"], "unknown format .pdf"),
+    (["export-log", "/no/such/dir/x.xlsx"], "does not exist"),
+    (["export-log", "x.xlsx", "--experiment", "nope"], "Unknown experiment(s) nope"),
+    (["export-log", "x.xlsx", "--status", "DONE"], "Unknown status DONE"),
+    (["export-log", "x.xlsx", "--since", "yesterday"], "expected a date"),
+    (["runs", "--sort", "colour"], "valid keys are"),
+])
+def test_bad_export_input_exits_2(cli, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    assert cli("train", *TINY_DATA, "epochs=1", "-q")[0] == 0
+    code, _, err = cli(*args)
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_empty_store_and_unwritable_directory(cli, tmp_path):
+    code, _, err = cli("export-log", str(tmp_path / "a.xlsx"))
+    assert code == 2 and "No runs recorded yet" in err
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # reading never creates a store
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        code, _, err = cli("export-log", str(locked / "a.xlsx"))
+        assert code == 2 and "not writable" in err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_never_clobbers_and_writes_atomically(cli, tmp_path, monkeypatch):
+    assert cli("train", *TINY_DATA, "epochs=1", "-q")[0] == 0
+    out = tmp_path / "log.xlsx"
+    out.write_bytes(b"precious")
+    code, _, err = cli("export-log", str(out))
+    assert code == 2 and "--force" in err and out.read_bytes() == b"precious"
+
+    def crash(log, path):
+        Path(path).write_bytes(b"half a workbook")
+        raise RuntimeError("disk full")
+
+    from cnnlab import tracking
+
+    client = tracking.client()
+    runs, exps = export.collect(client)
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+        patched.setattr(export, "_write_xlsx", crash)
+        export.write(export.build(client, runs, exps), out, force=True)
+    assert out.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".log.xlsx")] == []
+    assert cli("export-log", str(out), "--force")[0] == 0
+    assert out.read_bytes()[:2] == b"PK"  # a real workbook now

@@ -1,0 +1,116 @@
+"""`cnnlab ui`: serves this project's store on loopback, prints the runs-table URL, stops with its group."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ui(cli):
+    """A trained run, then `cnnlab ui` in a subprocess: yields (url, run name, process)."""
+    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
+    from cnnlab import tracking
+
+    client = tracking.client()
+    run = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])[0]
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("MLflow UI: "):
+        proc.kill()
+        pytest.fail(f"cnnlab ui printed {line!r}; stderr: {proc.stderr.read()}")
+    yield line.split(": ", 1)[1].strip(), run, proc, port
+    if proc.poll() is None:
+        proc.kill()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_ui_url_api_and_clean_stop(ui):
+    url, run, proc, port = ui
+    assert url == (f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs"
+                   "?workflowType=machine_learning")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
+                                     data=json.dumps({"experiment_ids": [run.info.experiment_id]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        names = [r["info"]["run_name"] for r in json.load(response)["runs"]]
+    assert names == [run.info.run_name]
+    assert not listening_on_other_interfaces(port)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while listening(port) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not listening(port)  # the server's whole process group is gone
+    leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
+    assert leftovers == []
+
+
+def listening_on_other_interfaces(port: int) -> bool:
+    """True if the port also answers on a non-loopback address of this machine."""
+    try:
+        addresses = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    except socket.gaierror:
+        return False
+    for address in addresses - {"127.0.0.1"}:
+        if address.startswith("127."):
+            continue
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex((address, port)) == 0:
+                return True
+    return False
+
+
+def test_ui_unknown_experiment_is_a_clear_error(cli):
+    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
+    code, _, err = cli("ui", "--experiment", "nope")
+    assert code == 2 and "Unknown experiment 'nope'" in err
+
+
+def chromium() -> str:
+    """The system Chromium, installed with apt when missing (the check installs what it needs)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Chromium is missing and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, check=True, capture_output=True,
+                   timeout=1200)
+    return shutil.which("chromium")
+
+
+@pytest.mark.browser
+def test_a_real_browser_finds_the_runs(ui, tmp_path):
+    url, run, proc, port = ui
+    browser = chromium()
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000",
+         "--window-size=1600,1000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180).stdout
+    assert run.info.run_name in dom, dom[-2000:]
