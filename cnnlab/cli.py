@@ -260,6 +260,62 @@ def ui(
     raise typer.Exit(serve(port=port, host=host, experiment=experiment))
 
 
+@app.command()
+def models() -> None:
+    """The architectures: parameters, FLOPs per 32x32 image, the knobs each takes, what it is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .describe import human, model_table
+
+    table = Table(title="architectures (3x32x32 input, 10 classes; recipes in conf/arch/<name>.yaml)")
+    for col in ("arch", "params", "FLOPs/img", "knobs", "description"):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs/img") else "left",
+                         overflow="fold", no_wrap=col == "arch")
+    for row in model_table():
+        knobs = ", ".join(row["knobs"] + [f"arch.{p}" for p in row["arch_params"]])
+        table.add_row(row["arch"], human(row["params"]), human(row["flops"]), knobs, row["description"])
+    Console().print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def describe(
+    args: Optional[List[str]] = typer.Argument(
+        None, show_default=False,
+        help="arch=NAME plus image_size=, num_classes=, in_channels= and knobs (dropout=0.5, arch.growth_rate=24)."),
+) -> None:
+    """The per-layer table of the lectures: output shape, activations and their memory, parameters, FLOPs.
+
+    Describes the architecture as defined (its builder's defaults), not a training recipe.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .describe import BYTES, build, human, layers, parse_args
+
+    name, inputs, knobs = parse_args(args or [])
+    size, in_channels = inputs.get("image_size", 32), inputs.get("in_channels", 3)
+    rows = layers(build(name, inputs, knobs), in_channels, size)
+    title = (f"{name}: {in_channels}x{size}x{size} input, {inputs.get('num_classes', 10)} classes"
+             + (f", {' '.join(f'{k}={v}' for k, v in knobs.items())}" if knobs else ""))
+    table = Table(title=title)
+    for col in ("layer", "type", "output", "activations", "memory", "params", "FLOPs"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for r in rows:
+        table.add_row(r.name, r.label, "x".join(map(str, r.shape)), f"{r.activations:,}",
+                      human(r.activations * BYTES) + "B", f"{r.params:,}", human(r.flops))
+    params, acts, flops = (sum(getattr(r, k) for r in rows) for k in ("params", "activations", "flops"))
+    table.add_section()
+    table.add_row("total", "", "", f"{acts:,}", human(acts * BYTES) + "B", f"{params:,}", human(flops))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(140, console.width))
+    console.print(table)
+    console.print(f"parameters: {params:,} = {human(params * BYTES)}B (x{BYTES} bytes, fp32); "
+                  f"activations: {acts:,} per image = {human(acts * BYTES)}B forward; "
+                  f"FLOPs: {human(flops)} per image ({human(flops / 2)} multiply-adds)")
+
+
 @data_app.command("import")
 def data_import(
     path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),

@@ -53,6 +53,13 @@ class Scheduler(str, Enum):
     step = "step"  # multiply by lr_gamma every lr_step_epochs
     cosine = "cosine"  # per step, from lr to 0
     onecycle = "onecycle"  # per step, warm up to lr over the first 25%, then anneal
+    triangle = "triangle"  # per step, linear 0.2*lr -> lr over the first 23%, then linear to 0.07*lr
+
+
+class Flip(str, Enum):
+    random = "random"  # each image flipped with probability 1/2 every epoch
+    alternating = "alternating"  # random in epoch 1, then each image flipped every other epoch
+    none = "none"
 
 
 class Pool(str, Enum):
@@ -63,6 +70,7 @@ class Pool(str, Enum):
 
 class Activation(str, Enum):
     relu = "relu"
+    relu6 = "relu6"
     leaky_relu = "leaky_relu"
     elu = "elu"
     gelu = "gelu"
@@ -114,14 +122,20 @@ class Config:
     momentum: float = 0.9  # sgd only
     nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
+    decoupled_wd: bool = False  # decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does
+    ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay per step; 0: off
+    compile: bool = False  # torch.compile the model; compile time is logged apart from training time
     scheduler: Scheduler = Scheduler.constant
     lr_step_epochs: int = 10  # scheduler=step only
     lr_gamma: float = 0.1  # scheduler=step only
     label_smoothing: float = 0.0
-    augment: bool = True  # random crop (4 px padding) + horizontal flip
+    augment: bool = True  # random crop (translate px of padding) + horizontal flip
+    translate: int = 4  # augment: random translation by up to this many pixels (zero padding)
+    flip: Flip = Flip.random  # augment: horizontal flips
     image_size: int = 32  # inputs are resized to image_size x image_size
     val_split: float = 0.1  # share of train held out (stratified) to choose the best epoch
     early_stopping: int = 0  # stop after this many epochs without a better val_acc; 0: off
+    tta: bool = False  # final test score averaged over mirrored and 1-pixel-shifted views (6 passes)
     # architecture knobs: null means the architecture's own default
     dense_units: Optional[int] = None  # 0 removes the hidden dense layer
     dropout: Optional[float] = None
@@ -150,6 +164,8 @@ _RANGES = {
     "val_split": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "early_stopping": (lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
     "threads": (lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)"),
+    "translate": (lambda v: 0 <= v <= 16, "an integer in [0, 16]"),
+    "ema": (lambda v: 0 <= v < 1, "a number in [0, 1) (0 turns it off)"),
     "dense_units": (lambda v: v >= 0, "an integer >= 0 (0 removes the hidden dense layer)"),
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "width": (lambda v: v > 0, "a number > 0"),

@@ -59,6 +59,12 @@ class Dataset:
     std: Tuple[float, ...]
     name: str = "cifar10"
 
+    def to(self, device) -> "Dataset":
+        """The same data set with its tensors on `device` (sweep workers keep it on their GPU)."""
+        from dataclasses import replace
+
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
+
 
 # ---------------------------------------------------------------- reading an input
 
@@ -314,7 +320,7 @@ def stratified_split(y, fraction: float, seed: int):
     taken, rest = [], []
     for c in torch.unique(y):
         idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
+        idx = idx[torch.randperm(len(idx), generator=g).to(idx.device)]
         k = int(round(fraction * len(idx)))
         taken.append(idx[:k])
         rest.append(idx[k:])
@@ -346,15 +352,19 @@ def split(ds: Dataset, val_split: float, train_fraction: float = 1.0, seed: int 
 # ---------------------------------------------------------------- batches
 
 
-def random_crop_flip(x, pad: int, generator):
-    """Random crop with zero padding `pad` and random horizontal flip of a uint8 batch, per image."""
+def random_crop_flip(x, pad: int, generator, flip=None):
+    """Random crop with zero padding `pad` and horizontal flip of a uint8 batch, per image.
+
+    flip: a bool mask of the images to mirror; None draws one (probability 1/2 each).
+    """
     import torch
     import torch.nn.functional as F
 
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
-    flip = torch.rand(n, generator=generator).to(x.device) < 0.5
+    if flip is None:
+        flip = torch.rand(n, generator=generator).to(x.device) < 0.5
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = dx[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -366,16 +376,21 @@ class Batches:
     """Batches of (normalised float images, labels) from uint8 tensors already on `device`."""
 
     def __init__(self, x, y, batch_size: int, *, mean, std, shuffle: bool = False, augment: bool = False,
-                 image_size: int = 32, channels_last: bool = False, drop_last: bool = False, seed: int = 0):
+                 translate: int = 4, flip: str = "random", image_size: int = 32, channels_last: bool = False,
+                 drop_last: bool = False, seed: int = 0):
         import torch
 
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
+        self.translate, self.flip = translate, flip
         self.image_size = image_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        # alternating flips: a random first choice per image, then the opposite every other epoch
+        self.flip_first = (torch.rand(len(y), generator=self.generator) < 0.5).to(x.device)
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -392,8 +407,14 @@ class Batches:
             idx = order[sl] if order is not None else sl
             xb, yb = self.x[idx], self.y[idx]
             if self.augment:
-                xb = random_crop_flip(xb, 4, self.generator)
+                flip = None
+                if self.flip == "alternating":
+                    flip = self.flip_first[idx] ^ bool(self.epoch % 2)
+                elif self.flip == "none":
+                    flip = torch.zeros(len(yb), dtype=torch.bool, device=xb.device)
+                xb = random_crop_flip(xb, self.translate, self.generator, flip)
             xb = (xb.float() - self.mean) / self.std
             if self.image_size != xb.shape[-1]:
                 xb = F.interpolate(xb, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
             yield xb.contiguous(memory_format=self.memory_format), yb
+        self.epoch += 1

@@ -27,7 +27,7 @@ EXPERIMENT_COLS = ["ID", "BATCH SIZE", "FILE", "DATA SETS", "TEST SPLIT", "EPOCH
 SOURCE_COLS = ["ACC TRAIN", "ACC VAL", "ACC TEST", "ACC AVG"]
 TARGET_AVG = "TARGET ACC AVG"
 EXTRA_COLS = ["ARCH", "PARAMS", "MFLOPS", "WALL TIME (S)", "STATUS", "RUN ID", "MLFLOW"]
-CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc")
 # config keys whose changes ARCHITECTURE CHANGES describes (the others have columns of their own)
 CHANGE_KEYS = ("arch.name", "dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth",
                "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "label_smoothing", "augment",
@@ -572,7 +572,7 @@ def _write_curves(wb, log: Log) -> None:
         return
     ids = list(dict.fromkeys(log.curves["ID"]))
     col = {name: i + 1 for i, name in enumerate(log.curves.columns)}
-    for n, (metric, title) in enumerate((("val_acc", "validation accuracy"), ("test_acc", "test accuracy"),
+    for n, (metric, title) in enumerate((("val_acc", "validation accuracy"), ("epoch_test_acc", "test accuracy"),
                                          ("val_loss", "validation loss"))):
         chart = ScatterChart()
         shown = ids[:MAX_SERIES]

@@ -315,14 +315,18 @@ _WORKER: Dict[str, Any] = {}
 
 
 def _dataset(cfg):
-    """The data set of `cfg`, loaded once per process and reused by every trial that asks for it."""
+    """The data set of `cfg`, loaded once per process and reused by every trial that asks for it; on a GPU
+    it is moved there once, so trials start without copying it."""
     from . import data
+    from .train import pick_device
 
     d = cfg.data
-    key = (d.name, d.root, d.n_train, d.n_test, cfg.seed if d.name == "synthetic" else None)
+    device = pick_device(cfg.device.value)
+    key = (d.name, d.root, d.n_train, d.n_test, cfg.seed if d.name == "synthetic" else None, str(device))
     cache = _WORKER.setdefault("datasets", {})
     if key not in cache:
-        cache[key] = data.load(d, seed=cfg.seed)
+        ds = data.load(d, seed=cfg.seed)
+        cache[key] = ds.to(device) if device.type == "cuda" else ds
     return cache[key]
 
 

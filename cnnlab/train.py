@@ -122,15 +122,29 @@ def signals_as_exceptions():
 
 
 def make_optimizer(cfg, model):
+    """The optimizer; with decoupled_wd, weight decay is applied after each step (p -= lr_t * wd * p) instead
+    of entering the gradient (AdamW's rule; for adamw it is always so)."""
     import torch
 
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]
+    coupled = 0.0 if cfg.decoupled_wd else cfg.weight_decay
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                              weight_decay=coupled)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=coupled)
+    else:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.decoupled_wd and cfg.weight_decay:
+        wd = cfg.weight_decay
+
+        @torch.no_grad()
+        def decay(optimizer, args, kwargs) -> None:
+            for group in optimizer.param_groups:
+                torch._foreach_mul_(group["params"], 1 - group["lr"] * wd)
+
+        opt.register_step_post_hook(decay)
+    return opt
 
 
 def make_scheduler(cfg, optimizer, steps_per_epoch: int):
@@ -144,11 +158,31 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int):
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs * steps_per_epoch, cfg.lr_gamma)
+    if cfg.scheduler == "triangle":  # airbench's: 0.2 -> 1 over the first 23% of steps, then down to 0.07
+        def triangle(step: int) -> float:
+            t = step / max(1, total)
+            return 0.2 + 0.8 * t / 0.23 if t < 0.23 else 1 - 0.93 * (t - 0.23) / 0.77
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, triangle)
     return None
 
 
-def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False):
-    """(loss, accuracy, confusion matrix or None) over `batches`."""
+def tta_logits(model, x):
+    """Test-time augmentation: the mirror pair, averaged with the mirror pairs of the image shifted one pixel
+    up-left and down-right (reflect padding): six forward passes, weighted 1/2, 1/4, 1/4."""
+    import torch.nn.functional as F
+
+    def mirror(inputs):
+        return 0.5 * (model(inputs).float() + model(inputs.flip(-1)).float())
+
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = 0.5 * (mirror(padded[..., :h, :w]) + mirror(padded[..., 2:, 2:]))
+    return 0.5 * mirror(x) + 0.5 * shifted
+
+
+def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False, tta: bool = False):
+    """(loss, accuracy, confusion matrix or None) over `batches`; tta=True averages flipped and shifted views."""
     import torch
     import torch.nn.functional as F
 
@@ -159,7 +193,7 @@ def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = Fals
     correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
         for x, y in batches:
-            logits = model(x).float()
+            logits = tta_logits(model, x) if tta else model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             pred = logits.argmax(1)
             correct += (pred == y).sum()
@@ -169,6 +203,35 @@ def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = Fals
     model.train()
     cm = matrix.view(num_classes, num_classes).cpu() if confusion else None
     return loss_sum.item() / n, correct.item() / n, cm
+
+
+def _plain(model):
+    """The module whose state_dict a checkpoint holds: a compiled model's original."""
+    return getattr(model, "_orig_mod", model)
+
+
+def compile_model(model, eval_model, batches, amp_dtype):
+    """torch.compile the training and evaluation models and compile them now, on one batch, so that the
+    compile time is measured apart from training. Returns (train model, eval model, seconds)."""
+    import torch
+
+    start = time.perf_counter()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # the warm-up must not train anything
+    compiled = torch.compile(model)
+    compiled_eval = compiled if eval_model is model else torch.compile(eval_model)
+    x, y = next(iter(batches))
+    device = x.device
+    with torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = compiled(x)
+        (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    compiled_eval.eval()
+    with torch.inference_mode(), torch.autocast(device.type, amp_dtype or torch.float32,
+                                                enabled=amp_dtype is not None):
+        compiled_eval(x)
+    compiled_eval.train()
+    model.load_state_dict(saved)
+    return compiled, compiled_eval, time.perf_counter() - start
 
 
 def count_flops(model, in_channels: int, image_size: int, device) -> int:
@@ -282,8 +345,8 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
     to_dev = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     common = dict(mean=ds.mean, std=ds.std, image_size=cfg.image_size, channels_last=channels_last)
     train_batches = data_mod.Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
-                                     augment=cfg.augment, drop_last=len(splits.y_train) > cfg.batch_size,
-                                     seed=cfg.seed, **common)
+                                     augment=cfg.augment, translate=cfg.translate, flip=cfg.flip.value,
+                                     drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed, **common)
     eval_size = max(cfg.batch_size, 500)
     val_batches = data_mod.Batches(to_dev(splits.x_val), to_dev(splits.y_val), eval_size, **common)
     test_batches = data_mod.Batches(to_dev(splits.x_test), to_dev(splits.y_test), eval_size, **common)
@@ -295,11 +358,24 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
         raise CnnlabError(f"arch={cfg.arch.name} cannot be built for image_size={cfg.image_size} "
                           f"with these knobs: {exc}") from None
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if hasattr(model, "prepare"):  # layers set from data (airbench's patch whitening)
+        sample = data_mod.Batches(train_batches.x[:5000], train_batches.y[:5000], 5000, **common)
+        model.prepare(next(iter(sample))[0])
     n_params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, splits.x_train.shape[1], cfg.image_size, device)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, len(train_batches))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    eval_model = ema.module if ema is not None else model  # what is validated, tested and checkpointed
+    compile_time = 0.0
+    step_model = model
+    if cfg.compile:
+        step_model, eval_model, compile_time = compile_model(model, eval_model, train_batches, amp_dtype)
 
     # run directory and MLflow run
     cfg_dict = to_dict(cfg)
@@ -344,14 +420,22 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                 with report.epoch(epoch, cfg.epochs, len(train_batches)) as update:
                     for step, (x, y) in enumerate(train_batches, 1):
                         with torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                            logits = model(x)
+                            logits = step_model(x)
+                            aux: tuple = ()
+                            if isinstance(logits, tuple):  # auxiliary heads (GoogLeNet) in training mode
+                                logits, *aux = logits
                             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                            for extra in aux:
+                                loss = loss + model.aux_weight * F.cross_entropy(
+                                    extra.float(), y, label_smoothing=cfg.label_smoothing)
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                         scaler.step(optimizer)
                         scaler.update()
                         if scheduler is not None:
                             scheduler.step()
+                        if ema is not None:
+                            ema.update_parameters(model)
                         loss_sum += loss.detach() * len(y)
                         correct += (logits.argmax(1) == y).sum()
                         seen += len(y)
@@ -365,10 +449,12 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                                    f"try a lower lr (now {cfg.lr})")
                 # ---- validate (and test, for the curve)
                 if len(splits.y_val):
-                    metrics["val_loss"], metrics["val_acc"], _ = evaluate(model, val_batches, amp_dtype, num_classes)
+                    metrics["val_loss"], metrics["val_acc"], _ = evaluate(eval_model, val_batches, amp_dtype,
+                                                                          num_classes)
                 if cfg.eval.test_every_epoch:
-                    metrics["test_loss"], metrics["test_acc"], _ = evaluate(model, test_batches, amp_dtype,
-                                                                            num_classes)
+                    # the curve; "test_acc" itself is the final score of the chosen checkpoint
+                    metrics["epoch_test_loss"], metrics["epoch_test_acc"], _ = evaluate(
+                        eval_model, test_batches, amp_dtype, num_classes)
                 metrics.update(lr=optimizer.param_groups[0]["lr"], epoch_time=time.perf_counter() - t0,
                                img_per_s=seen / train_time)
                 history.append({"epoch": epoch, **metrics})
@@ -379,8 +465,8 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                 score = metrics.get("val_acc", epoch)
                 if score > best["val_acc"]:
                     best = {"val_acc": score, "epoch": epoch}
-                    save_checkpoint(best_path, model, cfg_dict, epoch, metrics)
-                save_checkpoint(last_path, model, cfg_dict, epoch, metrics, optimizer)
+                    save_checkpoint(best_path, _plain(eval_model), cfg_dict, epoch, metrics)
+                save_checkpoint(last_path, _plain(eval_model), cfg_dict, epoch, metrics, optimizer)
                 if on_epoch is not None:
                     on_epoch(epoch, metrics)
                 if cfg.early_stopping and epoch - best["epoch"] >= cfg.early_stopping:
@@ -389,21 +475,24 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
 
             # ---- final scores: the best checkpoint on the test set
             state = torch.load(best_path, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            test_loss, test_acc, matrix = evaluate(model, test_batches, amp_dtype, num_classes, confusion=True)
+            _plain(eval_model).load_state_dict(state["model"])
+            test_loss, test_acc, matrix = evaluate(eval_model, test_batches, amp_dtype, num_classes, confusion=True,
+                                                   tta=cfg.tta)
             chosen = history[state["epoch"] - 1]
             per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float()).tolist()
             final = {
                 "test_acc": test_acc, "test_loss": test_loss, "best_epoch": state["epoch"],
                 "train_acc_final": chosen["train_acc"], "val_acc_best": chosen.get("val_acc", float("nan")),
                 "val_loss_best": min((h["val_loss"] for h in history if "val_loss" in h), default=float("nan")),
+                **({"no_tta_test_acc": chosen["epoch_test_acc"]} if cfg.tta and "epoch_test_acc" in chosen else {}),
                 "wall_time": time.perf_counter() - started, "epochs_run": epoch,
+                "train_time": sum(h["epoch_time"] for h in history), "compile_time": compile_time,
                 **{f"test_acc_{c}": a for c, a in zip(ds.classes, per_class)},
             }
             if cfg.eval.targets:
                 from .targets import evaluate_targets
 
-                final.update(evaluate_targets(model, list(cfg.eval.targets), ds, data_mod.data_root(cfg.data.root),
+                final.update(evaluate_targets(eval_model, list(cfg.eval.targets), ds, data_mod.data_root(cfg.data.root),
                                               batch_size=eval_size, amp_dtype=amp_dtype, device=device,
                                               channels_last=channels_last, image_size=cfg.image_size,
                                               severity=cfg.eval.severity, seed=cfg.seed))
@@ -412,6 +501,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                 for c, a, n in zip(ds.classes, per_class, matrix.sum(1).tolist()):
                     f.write(f"{c},{a:.4f},{n}\n")
             confusion_png(matrix, ds.classes, run_dir / "confusion.png")
+            final["tracking_time"] = run.seconds  # MLflow's share of the wall time so far
             run.log_metrics(final, step=epoch)
             report.line(f"done: test_acc {test_acc:.4f} (best epoch {state['epoch']}, val_acc "
                         f"{chosen.get('val_acc', float('nan')):.4f}) in {final['wall_time']:.0f} s; {run_dir}")
@@ -424,7 +514,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
             return Result(run.run_id, run_dir, "FINISHED", {**final, "params": n_params, "flops": flops}, history,
                           time.perf_counter() - started, run.seconds)
         except Interrupted as exc:
-            save_checkpoint(last_path, model, cfg_dict, epoch, history[-1] if history else {}, optimizer)
+            save_checkpoint(last_path, _plain(eval_model), cfg_dict, epoch, history[-1] if history else {}, optimizer)
             report.line(f"interrupted (signal {exc.exit_code - 128}) in epoch {epoch}: run KILLED, "
                         f"last checkpoint {last_path}")
             run.set_tags({"cnnlab.state": "KILLED",

@@ -110,15 +110,14 @@ def test_tf_cnn_is_the_tutorial_model():
 
 def test_lenet5_follows_the_lecture_table():
     model = get_arch("lenet5").build(in_channels=1)
-    shapes = []
+    shapes = {}
     x = torch.zeros(1, 1, 32, 32)
-    for layer in model[0]:
+    for name, layer in model.named_children():
         x = layer(x)
-        shapes.append(tuple(x.shape[1:]))
-    assert (6, 28, 28) in shapes and (6, 14, 14) in shapes and (16, 10, 10) in shapes and (16, 5, 5) in shapes
-    assert shapes[-1] == (120,)
-    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
-    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [120, 84, 10]
+        shapes[name] = tuple(x.shape[1:])
+    assert shapes["C1"] == (6, 28, 28) and shapes["S2"] == (6, 14, 14)
+    assert shapes["C3"] == (16, 10, 10) and shapes["S4"] == (16, 5, 5)
+    assert shapes["C5"] == (120,) and shapes["F6"] == (84,) and shapes["output"] == (10,)
 
 
 def test_too_small_image_is_a_clear_error():
@@ -126,3 +125,58 @@ def test_too_small_image_is_a_clear_error():
 
     with pytest.raises(CnnlabError, match="image_size"):
         train(compose(["data=synthetic", "data.n_train=50", "data.n_test=20", "image_size=8", "epochs=1"]), quiet=True)
+
+
+def test_describe_vgg16_is_the_lecture_table(cli):
+    code, out, err = cli("describe", "arch=vgg16", "image_size=224", "num_classes=1000")
+    assert code == 0, err
+    assert "138,357,544" in out and "15,237,608" in out  # 138M parameters, 15.2M activations per image
+    for shape in ("64x224x224", "64x112x112", "128x112x112", "256x56x56", "512x28x28", "512x14x14", "512x7x7"):
+        assert shape in out
+    assert out.count("Conv2d 3x3") == 13 and out.count("MaxPool2d") == 5
+
+
+def test_describe_lenet_is_the_lecture_table(cli):
+    code, out, err = cli("describe", "arch=lenet5", "in_channels=1")
+    assert code == 0, err
+    lines = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    for layer, shape in {"C1": "6x28x28", "S2": "6x14x14", "C3": "16x10x10", "S4": "16x5x5", "C5": "120",
+                         "F6": "84", "output": "10"}.items():
+        assert f" {shape} " in lines[layer], layer
+
+
+def test_describe_knobs_change_the_table_and_bad_ones_are_refused(cli):
+    _, plain, _ = cli("describe", "arch=densenet_bc")
+    _, wider, _ = cli("describe", "arch=densenet_bc", "arch.growth_rate=24")
+    assert plain != wider
+    code, _, err = cli("describe", "arch=resnet20", "pool=max")
+    assert code == 2 and "takes no pool" in err and "arch.shortcut" in err
+    code, _, err = cli("describe", "arch=resnet20", "depth=21")
+    assert code == 2 and "6n+2" in err
+
+
+def test_models_lists_every_architecture(cli):
+    code, out, err = cli("models")
+    assert code == 0, err
+    for name in ARCHS:
+        assert name in out
+    assert "270.0K" in out or "269.7K" in out  # resnet20's 0.27M parameters
+
+
+def test_published_parameter_counts():
+    count = lambda name: sum(p.numel() for p in get_arch(name).build().parameters())  # noqa: E731
+    assert count("resnet20") == 269_722 and count("resnet56") == 853_018  # He et al.: 0.27M, 0.85M
+    assert round(count("resnet110") / 1e6, 1) == 1.7 and round(count("densenet_bc") / 1e6, 1) == 0.8
+    assert round(count("mobilenet_v2") / 1e6, 1) == 2.2
+
+
+def test_googlenet_auxiliary_heads_train():
+    from cnnlab.train import train
+
+    result = train(compose(["arch=googlenet", "width=0.25", "+arch.aux_logits=true", "data=synthetic",
+                            "data.n_train=100", "data.n_test=20", "epochs=1", "batch_size=50"]), quiet=True)
+    assert result.status == "FINISHED"
+    model = get_arch("googlenet").build(width=0.25, aux_logits=True)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -32,11 +32,12 @@ def test_train_records_params_metrics_artifacts(cli, mlflow_client):
     assert run.info.status == "FINISHED"
     assert run.data.params["dropout"] == "0.25" and run.data.params["arch.name"] == "tf_cnn"
     assert run.data.params["data.name"] == "synthetic" and run.data.params["split.train"] == "540"
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "lr", "epoch_time", "img_per_s"):
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_acc", "lr", "epoch_time", "img_per_s"):
         assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, key)][:2] == [1, 2], key
     metrics = run.data.metrics
     assert metrics["params"] == 122_570 and metrics["flops"] > 1e6 and metrics["wall_time"] > 0
     assert 0 <= metrics["test_acc"] <= 1 and "test_acc_class3" in metrics
+    assert len(mlflow_client.get_metric_history(run.info.run_id, "test_acc")) == 1  # the final score, once
     tags = run.data.tags
     assert tags["cnnlab.overrides"] == " ".join(SMALL + ["epochs=2", "dropout=0.25"])
     assert tags["cnnlab.precision"] in ("bf16", "fp32") and tags["cnnlab.torch"] == torch.__version__
@@ -72,7 +73,7 @@ def test_checkpoint_reproduces_test_accuracy():
 
 def test_same_seed_same_metrics_other_seed_other_metrics():
     runs = [train(compose(SMALL + ["epochs=2", f"seed={s}"]), quiet=True) for s in (1, 1, 2)]
-    curve = lambda r: [(h["train_loss"], h["val_acc"], h["test_acc"]) for h in r.history]  # noqa: E731
+    curve = lambda r: [(h["train_loss"], h["val_acc"], h["epoch_test_acc"]) for h in r.history]  # noqa: E731
     assert curve(runs[0]) == curve(runs[1])
     assert curve(runs[0]) != curve(runs[2])
 

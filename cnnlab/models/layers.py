@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True),
+    "relu6": lambda: nn.ReLU6(inplace=True),
     "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
     "elu": lambda: nn.ELU(inplace=True),
     "gelu": nn.GELU,
@@ -89,3 +90,29 @@ def flat_features(module: nn.Module, in_channels: int, image_size: int) -> int:
     if min(shape) < 1:
         raise ValueError(f"image_size={image_size} is too small: the feature map vanishes")
     return int(torch.Size(shape).numel())
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: channel weights from globally pooled features (EfficientNet, MobileNetV3)."""
+
+    def __init__(self, channels: int, reduced: int, act: str = "silu"):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.act = activation(act)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.adaptive_avg_pool2d(x, 1)
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(w))))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: interleave the channels of `groups` groups."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def check_choice(name: str, value, valid) -> None:
+    """Refuse a knob value the architecture cannot take, naming the valid ones."""
+    if value not in valid:
+        raise ValueError(f"{name}={value} is not supported here; valid: {', '.join(str(v) for v in valid)}")

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
+
+def _cli_train(overrides) -> str:
+    """`cnnlab train OVERRIDES` in a fresh process, as a user runs it; returns the MLflow run id."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.cli", "train", "experiment=bench", *overrides, "-q"],
+                          capture_output=True, text=True, check=True)
+    return re.search(r"run_id=(\w+)", proc.stdout).group(1)
+
 
 def _train(overrides, dataset=None):
     from cnnlab.config import compose
@@ -17,7 +30,7 @@ def bench_train(report, accuracy: bool = False) -> None:
     from cnnlab import data, tracking
     from cnnlab.models import get_arch
 
-    from . import matmul_peak
+    from .common import matmul_peak
     from .tutorial import TutorialCIFAR, throughput
 
     report.add("matmul_fp32_gflops", round(matmul_peak("float32")), f"fp32 matmul peak: {matmul_peak('float32'):.0f} GFLOP/s")
@@ -38,17 +51,18 @@ def bench_train(report, accuracy: bool = False) -> None:
                    f"(3 x {run.metrics['flops'] / 1e6:.0f} MFLOP x img/s), {gflops / peak:.0%} of the bf16 matmul peak")
         report.add(f"{arch}_speedup", round(ours / tutorial, 2), f"{arch} speed-up over the tutorial: {ours / tutorial:.2f}x")
 
-    # MLflow overhead and the exercise's acceptance run: the default tf_cnn, 10 epochs, full data
-    run = _train(["arch=tf_cnn", "epochs=10"])
-    share = run.tracking_seconds / run.wall_seconds
+    # MLflow overhead and the exercise's acceptance run: `cnnlab train arch=tf_cnn epochs=10` as a user runs it
+    run_id = _cli_train(["arch=tf_cnn", "epochs=10"])
     client = tracking.client()
-    points = {k: len(client.get_metric_history(run.run_id, k)) for k in ("train_loss", "val_acc", "test_acc", "lr")}
-    status = client.get_run(run.run_id).info.status
-    report.add("tf_cnn_test_acc", round(run.metrics["test_acc"], 4),
-               f"cnnlab train arch=tf_cnn epochs=10: test_acc {run.metrics['test_acc']:.4f} in {run.wall_seconds:.0f} s; "
-               f"MLflow run {status} with {points} points per metric")
-    report.add("tracking_share", round(share, 4), f"MLflow tracking: {run.tracking_seconds:.2f} s of {run.wall_seconds:.0f} s "
-               f"wall = {share:.2%} (import, store, params, 10 epoch batches, artifacts)")
+    run = client.get_run(run_id)
+    m = run.data.metrics
+    points = {k: len(client.get_metric_history(run_id, k)) for k in ("train_loss", "val_acc", "epoch_test_acc", "lr")}
+    share = m["tracking_time"] / m["wall_time"]
+    report.add("tf_cnn_test_acc", round(m["test_acc"], 4),
+               f"cnnlab train arch=tf_cnn epochs=10: test_acc {m['test_acc']:.4f} in {m['wall_time']:.0f} s; "
+               f"MLflow run {run.info.status} with {points} points per metric")
+    report.add("tracking_share", round(share, 4), f"MLflow tracking: {m['tracking_time']:.2f} s of {m['wall_time']:.0f} s "
+               f"wall = {share:.2%} (mlflow import, store, params, one batch per epoch, final metrics)")
     if accuracy:
         run = _train(["arch=vgg_small"])
         report.add("vgg_small_test_acc", round(run.metrics["test_acc"], 4),
@@ -56,4 +70,241 @@ def bench_train(report, accuracy: bool = False) -> None:
                    f"test_acc {run.metrics['test_acc']:.4f} in {run.wall_seconds / 60:.1f} min")
 
 
-ALL = {"train": bench_train}
+def step_throughput(model, batches, amp_dtype, seconds: float = 6.0, warmup: int = 2) -> float:
+    """Training images per second of cnnlab's step (SGD, autocast, channels_last) over `batches`."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    model.train()
+    seen, start, n = 0, None, 0
+    while True:
+        for x, y in batches:
+            if n == warmup:
+                seen, start = 0, time.perf_counter()
+            with torch.autocast("cpu", amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = model(x)
+                out = out[0] if isinstance(out, tuple) else out
+                loss = F.cross_entropy(out.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n += 1
+            if start is not None:
+                seen += len(y)
+                if time.perf_counter() - start > seconds and n >= warmup + 3:
+                    return seen / (time.perf_counter() - start)
+
+
+def bench_zoo(report, accuracy: bool = False) -> None:
+    """Issue 5: training throughput and achieved GFLOP/s of every architecture on this CPU."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cnnlab import data
+    from cnnlab.describe import model_table
+    from cnnlab.models import get_arch
+    from cnnlab.train import setup_torch
+
+    from .common import matmul_peak
+
+    device, amp_dtype = setup_torch("cpu", "auto")
+    peak = matmul_peak("bfloat16")
+    report.add("matmul_bf16_gflops", round(peak), f"bf16 matmul peak (2048x2048): {peak:.0f} GFLOP/s")
+    ds = data.load(SimpleNamespace(name="cifar10", root=None, download=False))
+    x, y = ds.x_train[:2048], ds.y_train[:2048]
+    batches = data.Batches(x, y, 128, mean=ds.mean, std=ds.std, shuffle=True, augment=True, channels_last=True)
+    for row in model_table():
+        torch.manual_seed(0)
+        model = get_arch(row["arch"]).build().to(memory_format=torch.channels_last)
+        ips = step_throughput(model, batches, amp_dtype)
+        gflops = ips * 3 * row["flops"] / 1e9  # a training step costs about three forward passes
+        report.add(f"zoo_{row['arch']}", {"img_s": round(ips, 1), "mflops": round(row["flops"] / 1e6, 1),
+                                          "gflops": round(gflops, 1)},
+                   f"{row['arch']:15s} {row['params'] / 1e6:6.2f}M params {row['flops'] / 1e6:8.1f} MFLOP/img "
+                   f"{ips:8.1f} img/s  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of bf16 peak "
+                   f"({45000 / ips / 60:5.1f} min per 45k-image epoch)")
+    if accuracy:
+        from cnnlab import tracking
+
+        targets = {"resnet20": 0.87, "vgg11": 0.88, "mobilenet_v2": 0.85}
+        for arch in os.environ.get("CNNLAB_BENCH_ARCHS", ",".join(targets)).split(","):
+            m = tracking.client().get_run(_cli_train([f"arch={arch}"])).data.metrics
+            target = f" (target {targets[arch]:.2f})" if arch in targets else ""
+            report.add(f"zoo_acc_{arch}", {"epochs": int(m["epochs_run"]), "minutes": round(m["wall_time"] / 60, 1),
+                                           "test_acc": round(m["test_acc"], 4)},
+                       f"cnnlab train arch={arch} (default recipe): {int(m['epochs_run'])} epochs, "
+                       f"{m['wall_time'] / 60:.1f} min, test_acc {m['test_acc']:.4f}{target}")
+
+
+def _sweep(args, **options):
+    from cnnlab.sweep import Sweep, load_spec
+
+    return Sweep(load_spec(["experiment=bench-sweep", *args], **options), quiet=True).run()
+
+
+def _epochs_used(result) -> int:
+    return sum(len(o.history) for o in result["outcomes"])
+
+
+def bench_sweep(report, accuracy: bool = False) -> None:
+    """Issue 3: Optuna + median pruning against a grid at equal epochs; the exercise sweep against a plain Hydra
+    --multirun of a one-file tutorial script."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from cnnlab.config import conf_dir
+
+    common = ["arch=tf_cnn", "data.train_fraction=0.2", "epochs=4", "eval.test_every_epoch=false"]
+    stamp = time.strftime("%H%M%S")
+    start = time.perf_counter()
+    grid = _sweep([*common, "lr=1e-4,3e-4,1e-3,3e-3,1e-2", "dense_units=64,256", "dropout=0,0.4"],
+                  name=f"bench-grid-{stamp}")
+    grid_s = time.perf_counter() - start
+    start = time.perf_counter()
+    opt = _sweep([*common, "lr=tag(log,interval(1e-4,1e-2))", "dense_units=32,64,128,256",
+                  "dropout=interval(0,0.5)"], strategy="optuna", trials=20, pruner="median",
+                 name=f"bench-optuna-{stamp}")
+    opt_s = time.perf_counter() - start
+    for label, result, seconds in (("grid (20 configs)", grid, grid_s), ("optuna TPE + median pruner (20 trials)", opt,
+                                                                          opt_s)):
+        best = result["summary"]["groups"][0]
+        pruned = sum(o.state == "PRUNED" for o in result["outcomes"])
+        report.add(f"sweep_{label.split()[0]}", {"best_val_acc": round(best["mean"], 4),
+                                                 "test_acc": round(best["test_mean"], 4),
+                                                 "epochs": _epochs_used(result), "pruned": pruned,
+                                                 "seconds": round(seconds)},
+                   f"{label}: best val_acc {best['mean']:.4f} ({best['params']}), its test_acc "
+                   f"{best['test_mean']:.4f}; {_epochs_used(result)} epochs trained, {pruned} pruned, {seconds:.0f} s "
+                   f"(tf_cnn, 20% of train, 4 epochs per trial)")
+
+    # the exercise: cnnlab sweep against Hydra --multirun of the tutorial script, same configs and epochs
+    start = time.perf_counter()
+    ours = _sweep(["sweep=exercise", "data.train_fraction=0.2", "eval.test_every_epoch=false"],
+                  name=f"bench-exercise-{stamp}")
+    ours_s = time.perf_counter() - start
+    spec = OmegaConf.load(conf_dir() / "sweep" / "exercise.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "conf"
+        (conf / "trial").mkdir(parents=True)
+        base = {"seed": 0, "val_split": 0.1, "train_fraction": 0.2, "batch_size": 64, "epochs": 10, "lr": 1e-3,
+                "dense_units": 64, "dropout": 0.0, "batch_norm": False}
+        for o in spec.overrides[1:]:
+            k, v = o.split("=")
+            base[k] = type(base[k])(float(v)) if k != "batch_norm" else v == "true"
+        (conf / "config.yaml").write_text(OmegaConf.to_yaml({"defaults": ["_self_", {"trial": "t0"}], **base}))
+        names = []
+        for i, config in enumerate(spec.configs):
+            values = {}
+            for o in config:
+                k, v = o.split("=")
+                values[k] = v == "true" if v in ("true", "false") else type(base[k])(float(v))
+            (conf / "trial" / f"t{i}.yaml").write_text("# @package _global_\n" + OmegaConf.to_yaml(values))
+            names.append(f"t{i}")
+        script = Path(__file__).with_name("tutorial_hydra.py")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(script), "--config-dir", str(conf), "--multirun",
+                        f"trial={','.join(names)}", f"hydra.sweep.dir={tmp}/multirun"], check=True,
+                       capture_output=True, text=True, cwd=script.parent)
+        hydra_s = time.perf_counter() - start
+        hydra_acc = [json.loads((Path(tmp) / "multirun" / str(i) / "result.json").read_text())["test_acc"]
+                     for i in range(len(names))]
+    ours_acc = {r["trial"]: r["test_acc"] for r in ours["summary"]["rows"]}
+    ours_acc = [ours_acc[f"T{i}"] for i in range(len(names))]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    report.add("exercise_cnnlab_s", round(ours_s), f"exercise sweep (8 trials, 20% of train): cnnlab sweep {ours_s:.0f} s, "
+               f"mean test_acc {mean(ours_acc):.4f}, best {max(ours_acc):.4f}")
+    report.add("exercise_hydra_s", round(hydra_s), f"the same 8 configs as a Hydra --multirun of a one-file tutorial "
+               f"script (DataLoader, per-image transforms, fp32): {hydra_s:.0f} s, mean test_acc {mean(hydra_acc):.4f}, "
+               f"best {max(hydra_acc):.4f}")
+    report.add("exercise_speedup", round(hydra_s / ours_s, 2), f"sweep speed-up: {hydra_s / ours_s:.2f}x; per trial "
+               f"cnnlab/tutorial test_acc: " + ", ".join(f"T{i} {a:.3f}/{b:.3f}" for i, (a, b) in
+                                                        enumerate(zip(ours_acc, hydra_acc))))
+
+
+def bench_export(report, accuracy: bool = False) -> None:
+    """Issue 4: export-log of 1,000 runs logged straight into a fresh store."""
+    import random
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from cnnlab import export, tracking
+    from cnnlab.config import compose, flatten, resolve, to_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["CNNLAB_RUNS_DIR"] = tmp
+        try:
+            client = tracking.client()
+            exp = tracking.experiment_id(client, "cifar10")
+            base = flatten(to_dict(resolve(compose([]))))
+            rng = random.Random(0)
+            start = time.perf_counter()
+            for i in range(1000):
+                params = {**base, "lr": rng.choice([3e-4, 1e-3, 3e-3]), "dense_units": rng.choice([0, 64, 500]),
+                          "dropout": rng.choice([0.0, 0.5]), "batch_norm": rng.choice([True, False]),
+                          "split.train": 45000, "split.val": 5000, "split.test": 10000}
+                run = client.create_run(exp, run_name=f"synthetic-{i}", tags={"cnnlab.state": "FINISHED"})
+                now = int(time.time() * 1000)
+                metrics = [Metric(k, rng.random(), now, e) for e in range(1, 11)
+                           for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_acc")]
+                metrics += [Metric(k, rng.random(), now, 10) for k in
+                            ["test_acc", "val_acc_best", "train_acc_final", "wall_time"] +
+                            [f"test_acc_class{c}" for c in range(10)]]
+                client.log_batch(run.info.run_id, metrics=metrics,
+                                 params=[Param(k, str(v)) for k, v in list(params.items())[:100]],
+                                 tags=[RunTag("cnnlab.run_dir", f"{tmp}/cifar10/synthetic-{i}")])
+                client.set_terminated(run.info.run_id, "FINISHED")
+            setup = time.perf_counter() - start
+            for suffix in (".xlsx", ".csv"):
+                start = time.perf_counter()
+                runs, exps = export.collect(client)
+                export.write(export.build(client, runs, exps), Path(tmp) / f"runs{suffix}")
+                seconds = time.perf_counter() - start
+                report.add(f"export_1000_{suffix[1:]}_s", round(seconds, 2),
+                           f"export-log of 1,000 runs (10 epochs each) to {suffix}: {seconds:.1f} s "
+                           f"(logging them took {setup:.0f} s)")
+        finally:
+            os.environ.pop("CNNLAB_RUNS_DIR", None)
+
+
+def bench_fast(report, accuracy: bool = False) -> None:
+    """Issue 6: time to accuracy of recipe=fast94 on this CPU (train time and compile time apart)."""
+    from cnnlab import tracking
+
+    for extra in ([], ["compile=true"]) if accuracy else ([],):
+        run_id = _cli_train(["recipe=fast94", *extra])
+        client = tracking.client()
+        m = client.get_run(run_id).data.metrics
+        acc = {h.step: h.value for h in client.get_metric_history(run_id, "epoch_test_acc")}
+        times = {h.step: h.value for h in client.get_metric_history(run_id, "epoch_time")}
+        elapsed, curve = 0.0, []
+        for epoch in sorted(acc):
+            elapsed += times[epoch]
+            curve.append((epoch, round(elapsed, 1), acc[epoch]))
+        reached = {t: next((s for _, s, a in curve if a >= t), None) for t in (0.85, 0.90, 0.91, 0.93, 0.94)}
+        label = "recipe=fast94" + (" " + " ".join(extra) if extra else "")
+        report.add(f"fast94{'_compile' if extra else ''}", {"test_acc": round(m["test_acc"], 4),
+                                                            "train_s": round(m["train_time"], 1),
+                                                            "compile_s": round(m["compile_time"], 1),
+                                                            "wall_s": round(m["wall_time"], 1), "curve": curve,
+                                                            "seconds_to": reached},
+                   f"{label}: final test_acc {m['test_acc']:.4f} (TTA) after {int(m['epochs_run'])} epochs; training "
+                   f"{m['train_time']:.0f} s, compile {m['compile_time']:.0f} s, wall {m['wall_time']:.0f} s; seconds of "
+                   f"training to reach " + ", ".join(f"{t:.2f}: {v if v is not None else 'not reached'}"
+                                                   for t, v in reached.items())
+                   + "; curve (epoch, s, acc without TTA): " + ", ".join(f"({e}, {t:.0f}, {a:.3f})" for e, t, a in curve))
+
+
+ALL = {"train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "export": bench_export, "fast": bench_fast}

@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmark sections."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from cnnlab.config import PROJECT_ROOT
+
+REPORTS = PROJECT_ROOT / "reports"
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
+    """GFLOP/s of an n x n matmul on this CPU, the roofline the training figures are read against."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(3):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return reps * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+
+
+class Report:
+    def __init__(self, name: str):
+        self.name, self.lines, self.figures = name, [], {}
+
+    def add(self, key: str, value, text: str) -> None:
+        self.figures[key] = value
+        self.lines.append(text)
+        print(text, flush=True)
+
+    def write(self) -> Path:
+        import torch
+
+        REPORTS.mkdir(exist_ok=True)
+        header = (f"# bench {self.name}\n\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
+                  f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+        path = REPORTS / f"bench-{self.name}.md"
+        path.write_text(header + "\n".join(f"- {line}" for line in self.lines) + "\n")
+        (REPORTS / f"bench-{self.name}.json").write_text(json.dumps(self.figures, indent=1))
+        return path

@@ -1,0 +1,95 @@
+"""The time-to-accuracy techniques (issue 6): each is a knob that does what it says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab import data
+from cnnlab.config import compose, resolve
+from cnnlab.models import build_model, get_arch
+from cnnlab.models.airbench import Whiten
+from cnnlab.train import make_optimizer, make_scheduler, train, tta_logits
+
+TINY = ["data=synthetic", "data.n_train=400", "data.n_test=100", "epochs=2", "batch_size=100"]
+
+
+def test_fast94_recipe_composes_the_techniques():
+    cfg = resolve(compose(["recipe=fast94"]))
+    assert cfg.arch.name == "airbench" and cfg.arch.whiten and cfg.arch.dirac
+    assert (cfg.flip, cfg.translate, cfg.scheduler, cfg.tta, cfg.val_split) == ("alternating", 2, "triangle", True, 0.0)
+    assert cfg.label_smoothing == 0.2 and cfg.nesterov
+
+
+def test_whitening_layer_whitens_patches():
+    images = data.synthetic(200, 10).x_train.float() / 255
+    layer = Whiten(3)
+    layer.fit(images)
+    out = torch.nn.functional.conv2d(images - images.mean((0, 2, 3), keepdim=True), layer.weight)
+    flat = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    cov = flat.T @ flat / len(flat)
+    assert torch.allclose(cov.diagonal(), torch.ones(12), atol=0.15)  # unit variance along each eigenvector
+    assert not layer.weight.requires_grad
+
+
+def test_airbench_dirac_init_starts_as_identity():
+    model = get_arch("airbench").build(whiten=False)
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    x = torch.randn(1, conv.in_channels, 8, 8)
+    assert torch.allclose(conv(x)[:, :conv.in_channels], x + (conv.bias[:conv.in_channels, None, None]
+                                                            if conv.bias is not None else 0), atol=1e-5)
+
+
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    x = torch.arange(8 * 3 * 4 * 4, dtype=torch.uint8).view(8, 3, 4, 4)
+    batches = data.Batches(x, torch.arange(8), 8, mean=(0, 0, 0), std=(1 / 255,) * 3, augment=True, translate=0,
+                           flip="alternating", image_size=4)
+    epochs = [next(iter(batches))[0] for _ in range(3)]
+    for a, b in zip(epochs, epochs[1:]):
+        assert all(torch.equal(i, j.flip(-1)) for i, j in zip(a, b))  # every image changes side each epoch
+    assert torch.equal(epochs[0], epochs[2])
+
+
+def test_triangle_schedule_and_decoupled_weight_decay():
+    cfg = resolve(compose(["optimizer=sgd", "lr=1.0", "scheduler=triangle", "epochs=1", "weight_decay=0.1",
+                           "decoupled_wd=true", "momentum=0"]))
+    model = torch.nn.Linear(2, 1, bias=False)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2) and max(lrs) == pytest.approx(1.0, abs=0.02) and lrs.index(max(lrs)) == 23
+    assert lrs[-1] == pytest.approx(0.07, abs=0.02)
+    # no gradient: only the decoupled decay moves the weights, by lr_t * wd each step
+    model.weight.data.fill_(1.0)
+    model.weight.grad = torch.zeros_like(model.weight)
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step()
+    assert model.weight.data.flatten().tolist() == pytest.approx([1 - 0.5 * 0.1] * 2)
+
+
+def test_tta_averages_mirrored_and_shifted_views():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x = torch.randn(2, 3, 8, 8)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, padded[..., :8, :8], padded[..., 2:, 2:]]
+    mirror = lambda v: 0.5 * (model(v) + model(v.flip(-1)))  # noqa: E731
+    expected = 0.5 * mirror(views[0]) + 0.25 * (mirror(views[1]) + mirror(views[2]))
+    assert torch.allclose(tta_logits(model, x), expected, atol=1e-6)
+
+
+def test_fast_recipe_trains_end_to_end_with_ema():
+    result = train(compose(["recipe=fast94", *TINY, "ema=0.9", "width=0.25"]), quiet=True)
+    assert result.status == "FINISHED"
+    assert "no_tta_test_acc" in result.metrics and result.metrics["compile_time"] == 0
+    assert [h.get("val_acc") for h in result.history] == [None, None]  # val_split=0: all of train trains
+
+
+@pytest.mark.slow
+def test_compile_time_is_measured_apart():
+    result = train(compose(["arch=tf_cnn", *TINY, "compile=true"]), quiet=True)
+    assert result.status == "FINISHED" and result.metrics["compile_time"] > 0
+    assert result.metrics["train_time"] < result.metrics["wall_time"]
