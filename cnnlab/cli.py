@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -12,7 +12,7 @@ from .errors import CnnlabError, Diverged, Interrupted
 
 app = typer.Typer(
     help="Run, track and compare CNN experiments on CIFAR-10.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
 )
 data_app = typer.Typer(help="Bring CIFAR-10 into the local cache and inspect it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -51,14 +51,14 @@ def sweep(
         None, show_default=False,
         help="Fixed overrides plus a search space in Hydra's grammar (lr=0.1,0.01 dropout='interval(0,0.5)' "
              "'lr=tag(log,interval(1e-4,1e-1))' depth='range(1,4)'); sweep=NAME loads conf/sweep/NAME.yaml."),
-    strategy: Optional[str] = typer.Option(None, help="grid | random | optuna | list  [default: grid]"),
-    trials: Optional[int] = typer.Option(None, help="random/optuna: number of trials  [default: 10]"),
+    strategy: Optional[str] = typer.Option(None, help="grid | random | optuna | list (default: grid)"),
+    trials: Optional[int] = typer.Option(None, help="random/optuna: number of trials (default: 10)"),
     repeats: Optional[int] = typer.Option(None, help="Seeds per configuration (seed, seed+1, ...)."),
     workers: int = typer.Option(1, help="Trials run at once, each in its own process (CPU threads are split)."),
-    sampler: Optional[str] = typer.Option(None, help="optuna: tpe | random | cmaes | gp | qmc  [default: tpe]"),
-    pruner: Optional[str] = typer.Option(None, help="optuna: median | hyperband | none  [default: none]"),
-    metric: Optional[str] = typer.Option(None, help="Objective: val_acc | val_loss  [default: val_acc]"),
-    direction: Optional[str] = typer.Option(None, help="maximize | minimize  [default: from the metric]"),
+    sampler: Optional[str] = typer.Option(None, help="optuna: tpe | random | cmaes | gp | qmc (default: tpe)"),
+    pruner: Optional[str] = typer.Option(None, help="optuna: median | hyperband | none (default: none)"),
+    metric: Optional[str] = typer.Option(None, help="Objective: val_acc | val_loss (default: val_acc)"),
+    direction: Optional[str] = typer.Option(None, help="maximize | minimize (default: from the metric)"),
     sampler_seed: Optional[int] = typer.Option(None, help="Seed of the random/optuna sampler."),
     name: Optional[str] = typer.Option(None, help="Sweep name (the parent run); default: derived from the spec."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (postgresql://...) shared across machines; "
@@ -101,7 +101,10 @@ def _print_sweep(spec, result) -> None:
     console = Console(highlight=False)
     for note in result["notes"]:
         console.print(f"note: {note}")
-    if result["ran"] == 0:
+    if result["ran"] == 0 and spec.strategy == "optuna":
+        console.print(f"sweep {result['name']}: nothing to run, the Optuna study already has its {spec.trials or 10} "
+                      "trial(s) (a larger --trials continues it)")
+    elif result["ran"] == 0:
         console.print(f"sweep {result['name']}: nothing to run, {result['skipped']} trial(s) already FINISHED "
                       "(--force runs them again)")
     else:
@@ -128,18 +131,22 @@ def _print_sweep(spec, result) -> None:
                       f"{test}; parent run {summary['parent_run_id']}", markup=False)
 
 
-FILTERS = {
-    "experiment": "MLflow experiment(s) to read (repeatable).",
-    "sweep": "Only the trials of this sweep.",
-    "status": "Only runs in this state: FINISHED, FAILED, KILLED, PRUNED, RUNNING (repeatable).",
-    "since": "Only runs started on or after this date (2026-11-24).",
-    "until": "Only runs started on or before this date.",
-    "arch": "Only runs of this architecture (repeatable).",
-    "sort": "Order rows by: start (default), val_acc, test_acc, train_acc, lr, batch_size, epochs, wall_time, params, flops.",
-    "top": "Only the first N rows (after sorting).",
-    "baseline": "Run id or name that ARCHITECTURE CHANGES compares with (default: the sweep's base config, "
-                "else the previous run).",
-}
+# the filters export-log and runs share (Typer reads the option from the annotation)
+Experiments = Annotated[Optional[List[str]], typer.Option(
+    "--experiment", help="MLflow experiment(s) to read (repeatable; default: cifar10).")]
+SweepName = Annotated[Optional[str], typer.Option("--sweep", help="Only the trials of this sweep.")]
+Statuses = Annotated[Optional[List[str]], typer.Option(
+    "--status", help="Only runs in this state: FINISHED, FAILED, KILLED, PRUNED, RUNNING (repeatable).")]
+Since = Annotated[Optional[str], typer.Option("--since", help="Only runs started on or after this date (2026-11-24).")]
+Until = Annotated[Optional[str], typer.Option("--until", help="Only runs started on or before this date.")]
+Archs = Annotated[Optional[List[str]], typer.Option("--arch", help="Only runs of this architecture (repeatable).")]
+Baseline = Annotated[Optional[str], typer.Option(
+    "--baseline", help="Run id or name that ARCHITECTURE CHANGES compares with (default: the sweep's base config, "
+                       "else the previous run).")]
+Sort = Annotated[Optional[str], typer.Option(
+    "--sort", help="Order rows by: start (default), val_acc, test_acc, train_acc, lr, batch_size, epochs, wall_time, "
+                   "params, flops.")]
+Top = Annotated[Optional[int], typer.Option("--top", help="Only the first N rows (after sorting).")]
 
 
 def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, reverse=False, ui_url=None):
@@ -154,15 +161,8 @@ def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, rev
 @app.command("export-log")
 def export_log(
     path: Path = typer.Argument(..., help="Output file: .xlsx (the full workbook), .csv or .md (the log table)."),
-    experiment: Optional[List[str]] = typer.Option(None, help=FILTERS["experiment"] + "  [default: cifar10]"),
-    sweep: Optional[str] = typer.Option(None, help=FILTERS["sweep"]),
-    status: Optional[List[str]] = typer.Option(None, help=FILTERS["status"]),
-    since: Optional[str] = typer.Option(None, help=FILTERS["since"]),
-    until: Optional[str] = typer.Option(None, help=FILTERS["until"]),
-    arch: Optional[List[str]] = typer.Option(None, help=FILTERS["arch"]),
-    baseline: Optional[str] = typer.Option(None, help=FILTERS["baseline"]),
-    sort: Optional[str] = typer.Option(None, help=FILTERS["sort"]),
-    top: Optional[int] = typer.Option(None, help=FILTERS["top"]),
+    experiment: Experiments = None, sweep: SweepName = None, status: Statuses = None, since: Since = None,
+    until: Until = None, arch: Archs = None, baseline: Baseline = None, sort: Sort = None, top: Top = None,
     ui_url: str = typer.Option("http://127.0.0.1:5000", help="Base URL of the MLflow UI for the run links."),
     force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
 ) -> None:
@@ -177,15 +177,8 @@ def export_log(
 
 @app.command()
 def runs(
-    experiment: Optional[List[str]] = typer.Option(None, help=FILTERS["experiment"] + "  [default: cifar10]"),
-    sweep: Optional[str] = typer.Option(None, help=FILTERS["sweep"]),
-    status: Optional[List[str]] = typer.Option(None, help=FILTERS["status"]),
-    since: Optional[str] = typer.Option(None, help=FILTERS["since"]),
-    until: Optional[str] = typer.Option(None, help=FILTERS["until"]),
-    arch: Optional[List[str]] = typer.Option(None, help=FILTERS["arch"]),
-    baseline: Optional[str] = typer.Option(None, help=FILTERS["baseline"]),
-    sort: Optional[str] = typer.Option(None, help=FILTERS["sort"]),
-    top: Optional[int] = typer.Option(None, help=FILTERS["top"]),
+    experiment: Experiments = None, sweep: SweepName = None, status: Statuses = None, since: Since = None,
+    until: Until = None, arch: Archs = None, baseline: Baseline = None, sort: Sort = None, top: Top = None,
     only_changed: bool = typer.Option(False, "--only-changed", help="Only the columns whose values vary."),
 ) -> None:
     """The training log in the terminal."""

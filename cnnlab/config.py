@@ -123,6 +123,7 @@ class Config:
     nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
     decoupled_wd: bool = False  # decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does
+    norm_lr_scale: float = 1.0  # learning-rate multiplier for BatchNorm parameters (weight decay divided by it)
     ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay per step; 0: off
     compile: bool = False  # torch.compile the model; compile time is logged apart from training time
     scheduler: Scheduler = Scheduler.constant
@@ -166,6 +167,7 @@ _RANGES = {
     "threads": (lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)"),
     "translate": (lambda v: 0 <= v <= 16, "an integer in [0, 16]"),
     "ema": (lambda v: 0 <= v < 1, "a number in [0, 1) (0 turns it off)"),
+    "norm_lr_scale": (lambda v: v > 0, "a number > 0"),
     "dense_units": (lambda v: v >= 0, "an integer >= 0 (0 removes the hidden dense layer)"),
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "width": (lambda v: v > 0, "a number > 0"),

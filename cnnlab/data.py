@@ -401,6 +401,7 @@ class Batches:
         import torch.nn.functional as F
 
         n = len(self.y)
+        epoch, self.epoch = self.epoch, self.epoch + 1
         order = torch.randperm(n, generator=self.generator).to(self.x.device) if self.shuffle else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
@@ -409,7 +410,7 @@ class Batches:
             if self.augment:
                 flip = None
                 if self.flip == "alternating":
-                    flip = self.flip_first[idx] ^ bool(self.epoch % 2)
+                    flip = self.flip_first[idx] ^ bool(epoch % 2)
                 elif self.flip == "none":
                     flip = torch.zeros(len(yb), dtype=torch.bool, device=xb.device)
                 xb = random_crop_flip(xb, self.translate, self.generator, flip)
@@ -417,4 +418,3 @@ class Batches:
             if self.image_size != xb.shape[-1]:
                 xb = F.interpolate(xb, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
             yield xb.contiguous(memory_format=self.memory_format), yb
-        self.epoch += 1

@@ -449,7 +449,7 @@ def _write_xlsx(log: Log, path: Path) -> None:
     from openpyxl import Workbook
     from openpyxl.comments import Comment
     from openpyxl.formatting.rule import ColorScaleRule
-    from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
+    from openpyxl.styles import Alignment, Border, PatternFill, Side
     from openpyxl.utils import get_column_letter
 
     wb = Workbook()
@@ -459,7 +459,7 @@ def _write_xlsx(log: Log, path: Path) -> None:
     columns = list(table.columns)
     header_fill = PatternFill("solid", fgColor="1F4E78")
     group_fill = PatternFill("solid", fgColor="2E75B6")
-    white = Font(bold=True, color="FFFFFF")
+    white = _font(bold=True, color="FFFFFF")
     center = Alignment(horizontal="center", vertical="center", wrap_text=True)
     thin = Side(style="thin", color="BFBFBF")
 
@@ -480,7 +480,7 @@ def _write_xlsx(log: Log, path: Path) -> None:
         cell = ws.cell(row=2, column=c, value=name)
         cell.fill, cell.font, cell.alignment = header_fill, white, center
         cell.border = Border(bottom=thin)
-    ws.row_dimensions[1].height = 20
+    ws.row_dimensions[1].height = 30  # "Target Dataset" wraps over a single column
     ws.row_dimensions[2].height = 32
 
     formats = {"LR": "0.0####", "PARAMS": "#,##0", "MFLOPS": "#,##0.00", "WALL TIME (S)": "#,##0.0",
@@ -505,7 +505,7 @@ def _write_xlsx(log: Log, path: Path) -> None:
             cell = ws.cell(row=log.best + 3, column=c)
             cell.fill = best_fill
             if name != "MLFLOW":
-                cell.font = Font(bold=True)
+                cell.font = _font(bold=True)
         ws.cell(row=2, column=columns.index("ACC VAL") + 1).comment = Comment(
             "The highlighted row is the best run by validation accuracy (the test set never chooses).", "cnnlab")
     for name in acc_cols:
@@ -515,12 +515,29 @@ def _write_xlsx(log: Log, path: Path) -> None:
             end_type="max", end_color="63BE7B"))
     ws.freeze_panes = "B3"
     ws.auto_filter.ref = f"A2:{get_column_letter(len(columns))}{last}"
+    _landscape(ws)
     _fit_columns(ws, table, {"ARCHITECTURE CHANGES": WRAP_WIDTH, "MLFLOW": 30, "FILE": 40})
 
     _write_curves(wb, log)
     _write_frame(wb, "Per class", log.per_class, ACC_FORMAT)
     _write_frame(wb, "Sweeps", log.sweeps, "0.0000")
     wb.save(path)
+
+
+def _font(**kwargs):
+    """A font in the workbook's default face (a bare Font() renders in a serif face in LibreOffice)."""
+    from openpyxl.styles import Font
+
+    return Font(name="Calibri", size=11, **kwargs)
+
+
+def _landscape(ws) -> None:
+    """Print (and convert to PDF) landscape, the whole width on one page."""
+    ws.page_setup.orientation = "landscape"
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.sheet_properties.pageSetUpPr.fitToPage = True
+    ws.print_title_rows = "1:2" if ws.title == "Training log" else "1:1"
 
 
 def _cell_value(value):
@@ -543,12 +560,12 @@ def _fit_columns(ws, table, caps: Dict[str, int]) -> None:
 
 
 def _write_frame(wb, title: str, frame, number_format: str) -> Any:
-    from openpyxl.styles import Alignment, Font, PatternFill
+    from openpyxl.styles import Alignment, PatternFill
 
     ws = wb.create_sheet(title)
     for c, name in enumerate(frame.columns, 1):
         cell = ws.cell(row=1, column=c, value=name)
-        cell.font = Font(bold=True, color="FFFFFF")
+        cell.font = _font(bold=True, color="FFFFFF")
         cell.fill = PatternFill("solid", fgColor="1F4E78")
         cell.alignment = Alignment(horizontal="center", wrap_text=True)
     for r, row in enumerate(frame.itertuples(index=False), 2):
@@ -558,6 +575,7 @@ def _write_frame(wb, title: str, frame, number_format: str) -> Any:
                 cell.number_format = number_format
     ws.freeze_panes = "B2"
     _fit_columns(ws, frame, {"CONFIG": 50})
+    _landscape(ws)
     return ws
 
 

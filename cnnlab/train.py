@@ -126,22 +126,31 @@ def make_optimizer(cfg, model):
     of entering the gradient (AdamW's rule; for adamw it is always so)."""
     import torch
 
-    params = [p for p in model.parameters() if p.requires_grad]
     coupled = 0.0 if cfg.decoupled_wd else cfg.weight_decay
+    norm = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+            for p in m.parameters(recurse=False)}
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in norm]}]
+    norm_params = [p for p in model.parameters() if p.requires_grad and id(p) in norm]
+    if norm_params and cfg.norm_lr_scale != 1:  # the same decay per step at a higher learning rate
+        groups.append({"params": norm_params, "lr": cfg.lr * cfg.norm_lr_scale,
+                       "weight_decay": coupled / cfg.norm_lr_scale})
+    else:
+        groups[0]["params"] += norm_params
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                               weight_decay=coupled)
     elif cfg.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=coupled)
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=coupled)
     else:
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.decoupled_wd and cfg.weight_decay:
         wd = cfg.weight_decay
 
         @torch.no_grad()
         def decay(optimizer, args, kwargs) -> None:
             for group in optimizer.param_groups:
-                torch._foreach_mul_(group["params"], 1 - group["lr"] * wd)
+                scale = group["lr"] / cfg.lr  # the schedule's factor, whatever the group's lr multiplier
+                torch._foreach_mul_(group["params"], 1 - scale * cfg.lr * wd)
 
         opt.register_step_post_hook(decay)
     return opt
@@ -153,7 +162,8 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int):
 
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total)
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.scheduler == "step":
@@ -246,6 +256,18 @@ def count_flops(model, in_channels: int, image_size: int, device) -> int:
         model(torch.zeros(1, in_channels, image_size, image_size, device=device))
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def epoch_line(epoch: int, epochs: int, m: Dict[str, float]) -> str:
+    """'epoch 3/10  train 0.912/0.680  val 0.874/0.694  test 0.881/0.690  lr 0.001  9.8 s 5,510 img/s'
+    (loss/accuracy pairs)."""
+    parts = [f"epoch {epoch}/{epochs}", f"train {m['train_loss']:.3f}/{m['train_acc']:.3f}"]
+    if "val_acc" in m:
+        parts.append(f"val {m['val_loss']:.3f}/{m['val_acc']:.3f}")
+    if "epoch_test_acc" in m:
+        parts.append(f"test {m['epoch_test_loss']:.3f}/{m['epoch_test_acc']:.3f}")
+    parts += [f"lr {m['lr']:.3g}", f"{m['epoch_time']:.1f} s {m['img_per_s']:,.0f} img/s"]
+    return "  ".join(parts)
 
 
 def new_run_dir(parent: Path, name: str) -> Path:
@@ -459,8 +481,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                                img_per_s=seen / train_time)
                 history.append({"epoch": epoch, **metrics})
                 run.log_metrics(metrics, step=epoch)
-                report.line(f"epoch {epoch}/{cfg.epochs} " + " ".join(
-                    f"{k} {v:.4g}" if k != "img_per_s" else f"{v:,.0f} img/s" for k, v in metrics.items()))
+                report.line(epoch_line(epoch, cfg.epochs, metrics))
                 # ---- keep the best (by val_acc; the last epoch when there is no validation split)
                 score = metrics.get("val_acc", epoch)
                 if score > best["val_acc"]:

@@ -93,3 +93,17 @@ def test_compile_time_is_measured_apart():
     result = train(compose(["arch=tf_cnn", *TINY, "compile=true"]), quiet=True)
     assert result.status == "FINISHED" and result.metrics["compile_time"] > 0
     assert result.metrics["train_time"] < result.metrics["wall_time"]
+
+
+def test_norm_lr_scale_puts_batchnorm_in_a_faster_group():
+    cfg = resolve(compose(["arch=vgg_small", "norm_lr_scale=64", "lr=0.1", "weight_decay=6.4e-3"]))
+    model = build_model(cfg)
+    opt = make_optimizer(cfg, model)
+    fast = [g for g in opt.param_groups if g["lr"] == pytest.approx(6.4)]
+    assert len(opt.param_groups) == 2 and len(fast) == 1
+    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in fast[0]["params"]} == bn
+    assert fast[0]["weight_decay"] == pytest.approx(1e-4)  # lr x wd, the decay per step, is unchanged
+    sched = make_scheduler(resolve(compose(["arch=vgg_small", "norm_lr_scale=64", "scheduler=onecycle"])),
+                           make_optimizer(cfg, model), 10)
+    assert sched is not None

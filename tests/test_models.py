@@ -16,9 +16,26 @@ from cnnlab.models.layers import MinPool2d
 
 ARCHS = sorted(registry())
 
-# a value different from any architecture's default, per knob
-CHANGED = {"dense_units": 37, "dropout": 0.3, "pool": None, "activation": "gelu", "width": 1.5, "depth": None,
-           "batch_norm": None}
+# valid values, to check that an architecture refuses a knob it has no part for
+VALID = {"dense_units": 10, "dropout": 0.1, "batch_norm": "true", "pool": "max", "activation": "relu", "width": 1.5,
+         "depth": 3}
+
+
+def changed_value(spec, knob):
+    """A value of `knob` other than the architecture's default that its builder accepts."""
+    default = spec.defaults[knob]
+    candidates = {
+        "batch_norm": lambda: [not default], "pool": lambda: ["min", "max"], "activation": lambda: ["gelu", "silu"],
+        "dense_units": lambda: [37], "dropout": lambda: [0.3], "width": lambda: [1.5],
+        "depth": lambda: [default + 1, default + 6, default - 6, 11, 13, 16, 18, 34, 40],
+    }[knob]()
+    for value in (v for v in candidates if v != default):
+        try:
+            spec.build(**{knob: value})
+            return value
+        except ValueError:
+            continue
+    raise AssertionError(f"no other valid {knob} for {spec.name}")
 
 
 def test_registry_and_conf_arch_match():
@@ -61,17 +78,9 @@ def test_knob_takes_effect_or_is_rejected(name, knob):
     spec = get_arch(name)
     if knob not in spec.knobs:
         with pytest.raises(CnnlabError, match=f"does not take {knob}"):
-            resolve(compose([f"arch={name}", f"{knob}=1"]))
+            resolve(compose([f"arch={name}", f"{knob}={VALID[knob]}"]))
         return
-    default = spec.defaults[knob]
-    if knob == "batch_norm":
-        value = not default
-    elif knob == "pool":
-        value = "min" if default != "min" else "max"
-    elif knob == "depth":
-        value = default + 1
-    else:
-        value = CHANGED[knob]
+    value = changed_value(spec, knob)
     base, changed = spec.build(), spec.build(**{knob: value})
     assert repr(base) != repr(changed)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
@@ -80,9 +89,9 @@ def test_knob_takes_effect_or_is_rejected(name, knob):
     elif knob == "dropout":
         assert any(isinstance(m, nn.Dropout) and m.p == value for m in changed.modules())
     elif knob == "pool":
-        assert MinPool2d in _modules(changed)
+        assert (MinPool2d if value == "min" else nn.MaxPool2d) in _modules(changed)
     elif knob == "activation":
-        assert nn.GELU in _modules(changed)
+        assert (nn.GELU if value == "gelu" else nn.SiLU) in _modules(changed)
     elif knob in ("width", "depth", "dense_units"):
         assert count(changed) != count(base)
     assert changed(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -173,7 +182,7 @@ def test_published_parameter_counts():
 def test_googlenet_auxiliary_heads_train():
     from cnnlab.train import train
 
-    result = train(compose(["arch=googlenet", "width=0.25", "+arch.aux_logits=true", "data=synthetic",
+    result = train(compose(["arch=googlenet", "width=0.25", "arch.aux_logits=true", "data=synthetic",
                             "data.n_train=100", "data.n_test=20", "epochs=1", "batch_size=50"]), quiet=True)
     assert result.status == "FINISHED"
     model = get_arch("googlenet").build(width=0.25, aux_logits=True)

@@ -78,14 +78,16 @@ def register(name: str, description: str = "", **preset: Any) -> Callable:
     return decorate
 
 
-def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+_loaded = False
 
 
 def registry() -> Dict[str, ArchSpec]:
-    if not _REGISTRY:
-        _load_all()
+    """Every architecture: importing each module of this package registers its builders."""
+    global _loaded
+    if not _loaded:
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+        _loaded = True
     return dict(sorted(_REGISTRY.items()))
 
 
