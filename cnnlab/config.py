@@ -125,6 +125,7 @@ class Config:
     decoupled_wd: bool = False  # decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does
     norm_lr_scale: float = 1.0  # learning-rate multiplier for BatchNorm parameters (weight decay divided by it)
     ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay per step; 0: off
+    lookahead: bool = False  # every 5 steps continue from a slow average of the weights (airbench's schedule)
     compile: bool = False  # torch.compile the model; compile time is logged apart from training time
     scheduler: Scheduler = Scheduler.constant
     lr_step_epochs: int = 10  # scheduler=step only

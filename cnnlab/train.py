@@ -215,6 +215,36 @@ def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = Fals
     return loss_sum.item() / n, correct.item() / n, cm
 
 
+class Lookahead:
+    """Every 5 steps, average the weights into a slow copy and continue from it (weights and BN statistics).
+
+    The slow copy's memory grows with training, as 0.95^5 x (step / total)^3: no averaging early on,
+    strong averaging at the end, where `finish()` puts the averaged weights into the model."""
+
+    def __init__(self, model, total_steps: int, every: int = 5):
+        import torch
+
+        self.tensors = [*model.parameters(), *(b for b in model.buffers() if torch.is_floating_point(b))]
+        self.slow = [t.detach().clone() for t in self.tensors]
+        self.total, self.every, self.steps = max(1, total_steps), every, 0
+
+    def step(self) -> None:
+        import torch
+
+        self.steps += 1
+        if self.steps % self.every == 0:
+            decay = 0.95 ** self.every * (self.steps / self.total) ** 3
+            with torch.no_grad():
+                torch._foreach_lerp_(self.slow, [t.detach() for t in self.tensors], 1 - decay)
+                torch._foreach_copy_(self.tensors, self.slow)
+
+    def finish(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, self.slow)
+
+
 def _plain(model):
     """The module whose state_dict a checkpoint holds: a compiled model's original."""
     return getattr(model, "_orig_mod", model)
@@ -393,6 +423,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    lookahead = Lookahead(model, cfg.epochs * len(train_batches)) if cfg.lookahead else None
     eval_model = ema.module if ema is not None else model  # what is validated, tested and checkpointed
     compile_time = 0.0
     step_model = model
@@ -458,12 +489,16 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                             scheduler.step()
                         if ema is not None:
                             ema.update_parameters(model)
+                        if lookahead is not None:
+                            lookahead.step()
                         loss_sum += loss.detach() * len(y)
                         correct += (logits.argmax(1) == y).sum()
                         seen += len(y)
                         if step % 20 == 0:
                             update(step, loss_sum.item() / seen, correct.item() / seen,
                                    seen / (time.perf_counter() - t0))
+                if lookahead is not None and epoch == cfg.epochs:
+                    lookahead.finish()  # the last weights are the averaged ones
                 train_time = time.perf_counter() - t0
                 metrics = {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
                 if not math.isfinite(metrics["train_loss"]):

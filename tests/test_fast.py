@@ -107,3 +107,20 @@ def test_norm_lr_scale_puts_batchnorm_in_a_faster_group():
     sched = make_scheduler(resolve(compose(["arch=vgg_small", "norm_lr_scale=64", "scheduler=onecycle"])),
                            make_optimizer(cfg, model), 10)
     assert sched is not None
+
+
+def test_lookahead_pulls_weights_towards_their_slow_average():
+    from cnnlab.train import Lookahead
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.weight.data.fill_(0.0)
+    la = Lookahead(model, total_steps=10, every=5)
+    model.weight.data.fill_(1.0)
+    for _ in range(4):
+        la.step()
+    assert model.weight.item() == 1.0  # nothing happens between averaging steps
+    la.step()  # step 5 of 10: decay 0.95^5 x 0.5^3 = 0.097
+    assert model.weight.item() == pytest.approx(1 - 0.95 ** 5 * 0.125, abs=1e-6)
+    model.weight.data.fill_(5.0)
+    la.finish()
+    assert model.weight.item() == pytest.approx(1 - 0.95 ** 5 * 0.125, abs=1e-6)

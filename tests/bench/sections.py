@@ -140,10 +140,10 @@ def bench_zoo(report, accuracy: bool = False) -> None:
                        f"{m['wall_time'] / 60:.1f} min, test_acc {m['test_acc']:.4f}{target}")
 
 
-def _sweep(args, **options):
+def _sweep(args, workers: int = 1, **options):
     from cnnlab.sweep import Sweep, load_spec
 
-    return Sweep(load_spec(["experiment=bench-sweep", *args], **options), quiet=True).run()
+    return Sweep(load_spec(["experiment=bench-sweep", *args], **options), workers=workers, quiet=True).run()
 
 
 def _epochs_used(result) -> int:
@@ -188,10 +188,13 @@ def bench_sweep(report, accuracy: bool = False) -> None:
                    f"(tf_cnn, 20% of train, 4 epochs per trial)")
 
     # the exercise: cnnlab sweep against Hydra --multirun of the tutorial script, same configs and epochs
+    exercise = ["sweep=exercise", "data.train_fraction=0.2", "eval.test_every_epoch=false"]
     start = time.perf_counter()
-    ours = _sweep(["sweep=exercise", "data.train_fraction=0.2", "eval.test_every_epoch=false"],
-                  name=f"bench-exercise-{stamp}")
+    ours = _sweep(exercise, name=f"bench-exercise-{stamp}")
     ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ours2 = _sweep(exercise, workers=2, name=f"bench-exercise-w2-{stamp}")
+    ours2_s = time.perf_counter() - start
     spec = OmegaConf.load(conf_dir() / "sweep" / "exercise.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "conf"
@@ -220,13 +223,17 @@ def bench_sweep(report, accuracy: bool = False) -> None:
                      for i in range(len(names))]
     ours_acc = {r["trial"]: r["test_acc"] for r in ours["summary"]["rows"]}
     ours_acc = [ours_acc[f"T{i}"] for i in range(len(names))]
+    ours2_acc = [r["test_acc"] for r in ours2["summary"]["rows"]]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     report.add("exercise_cnnlab_s", round(ours_s), f"exercise sweep (8 trials, 20% of train): cnnlab sweep {ours_s:.0f} s, "
                f"mean test_acc {mean(ours_acc):.4f}, best {max(ours_acc):.4f}")
+    report.add("exercise_cnnlab_workers2_s", round(ours2_s), f"the same with --workers 2 (1 thread each): {ours2_s:.0f} s, "
+               f"mean test_acc {mean(ours2_acc):.4f}")
     report.add("exercise_hydra_s", round(hydra_s), f"the same 8 configs as a Hydra --multirun of a one-file tutorial "
                f"script (DataLoader, per-image transforms, fp32): {hydra_s:.0f} s, mean test_acc {mean(hydra_acc):.4f}, "
                f"best {max(hydra_acc):.4f}")
-    report.add("exercise_speedup", round(hydra_s / ours_s, 2), f"sweep speed-up: {hydra_s / ours_s:.2f}x; per trial "
+    report.add("exercise_speedup", round(hydra_s / ours_s, 2), f"sweep speed-up: {hydra_s / ours_s:.2f}x with one "
+               f"worker, {hydra_s / ours2_s:.2f}x with --workers 2; per trial "
                f"cnnlab/tutorial test_acc: " + ", ".join(f"T{i} {a:.3f}/{b:.3f}" for i, (a, b) in
                                                         enumerate(zip(ours_acc, hydra_acc))))
 
