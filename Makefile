@@ -9,14 +9,18 @@ ARGS   ?=
 # without one, `cnnlab train` downloads CIFAR-10 with torchvision.
 DATA   ?= ../shared/data/cifar10-jpeg.tar.gz
 
-.PHONY: install train data test test-fast bench clean
+.PHONY: install train data test test-fast bench lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
+
+lock: $(STAMP)
+	(sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^cnnlab') > constraints.new
+	mv constraints.new constraints.txt
 
 data: $(STAMP)
 	@if [ -e "$(DATA)" ] && ! $(BIN)/cnnlab data info >/dev/null 2>&1; then $(BIN)/cnnlab data import "$(DATA)"; fi

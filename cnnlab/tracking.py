@@ -19,6 +19,12 @@ from .errors import CnnlabError
 BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 
 
+def preload() -> None:
+    """Import MLflow's client (about a second), e.g. in a thread while other work goes on."""
+    import mlflow.entities  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+
 def tracking_uri(uri: Optional[str] = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{runs_dir() / 'mlflow.db'}"
 

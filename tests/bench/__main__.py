@@ -29,7 +29,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     for name in args.sections or list(sections.ALL):
-        report = Report(name)
+        report = Report(f"{name}-accuracy" if args.accuracy else name)
         sections.ALL[name](report, accuracy=args.accuracy)
         print(f"-> {report.write()}")
     return 0
