@@ -9,6 +9,7 @@ trials in one process and runs in parallel processes never mix.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterable, Optional
@@ -19,10 +20,23 @@ from .errors import CnnlabError
 BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 
 
+_preloading: Optional[threading.Thread] = None
+
+
 def preload() -> None:
-    """Import MLflow's client (about a second), e.g. in a thread while other work goes on."""
-    import mlflow.entities  # noqa: F401
-    from mlflow.tracking import MlflowClient  # noqa: F401
+    """Start importing MLflow's client (about a second) in a thread while other work goes on.
+
+    `client()` waits for it: importing MLflow from two threads at once is a circular-import race.
+    """
+    global _preloading
+
+    def load():
+        import mlflow.entities  # noqa: F401
+        from mlflow.tracking import MlflowClient  # noqa: F401
+
+    if _preloading is None:
+        _preloading = threading.Thread(target=load, daemon=True)
+        _preloading.start()
 
 
 def tracking_uri(uri: Optional[str] = None) -> str:
@@ -37,6 +51,8 @@ def client(uri: Optional[str] = None, create: bool = True):
     """
     import logging
 
+    if _preloading is not None:
+        _preloading.join()
     uri = tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])

@@ -386,7 +386,7 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
 
     started = time.perf_counter()
     # MLflow takes about a second to import: do it while the data loads (run.seconds counts any wait for it)
-    threading.Thread(target=tracking.preload, daemon=True).start()
+    tracking.preload()
     cfg = resolve(cfg)
     device, amp_dtype = setup_torch(cfg.device.value, cfg.precision.value, cfg.threads)
     torch.manual_seed(cfg.seed)

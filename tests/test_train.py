@@ -117,3 +117,13 @@ def test_signal_ends_run_killed_and_keeps_last_checkpoint(tmp_path, mlflow_clien
     assert run.info.status == "KILLED"
     assert (Path(run.data.tags["cnnlab.run_dir"]) / "last.pt").exists()
     assert "interrupted" in Path(run.data.tags["cnnlab.run_dir"], "train.log").read_text()
+
+
+def test_mlflow_preload_thread_does_not_race_the_client(tmp_path):
+    """train() imports MLflow in a thread while the data loads; a client made meanwhile must wait for it
+    (two threads importing MLflow at once fail with a circular-import error)."""
+    code = "from cnnlab import tracking; tracking.preload(); tracking.client(); print('ok')"
+    for _ in range(3):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "CNNLAB_RUNS_DIR": str(tmp_path)})
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
