@@ -11,6 +11,7 @@ import json
 import time
 
 import hydra
+import hydra.core.hydra_config
 import torch
 from torch import nn
 
@@ -66,7 +67,8 @@ def main(cfg):
             correct += (model(x).argmax(1) == y).sum().item()
     result = {"test_acc": correct / len(splits.y_test), "seconds": time.perf_counter() - start}
     print(json.dumps(result))
-    with open("result.json", "w") as f:
+    out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir  # Hydra 1.3 no longer changes directory
+    with open(f"{out}/result.json", "w") as f:
         json.dump(result, f)
 
 
