@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+from .config import runs_dir
 from .errors import CnnlabError, Interrupted
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -19,23 +20,24 @@ def runs_url(base: str, experiment_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def _wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_until_up(url: str, proc: subprocess.Popen, log_path, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise CnnlabError(f"The MLflow UI exited at start (code {proc.returncode}); is the port already in use?")
+            raise CnnlabError(f"The MLflow UI exited at start (code {proc.returncode}); is the port already in use? "
+                              f"Its log: {log_path}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.3)
-    raise CnnlabError(f"The MLflow UI did not answer at {url} within {timeout:.0f} s.")
+    raise CnnlabError(f"The MLflow UI did not answer at {url} within {timeout:.0f} s. Its log: {log_path}")
 
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the server's whole process group (uvicorn and its workers), SIGKILL if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -61,7 +63,11 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10"
         print(f"warning: binding {host}: anyone who can reach this machine can read (and change) your runs.",
               file=sys.stderr)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the server's log goes to a file: an unread pipe fills up and blocks the server mid-request or mid-shutdown
+    log_path = runs_dir() / "mlflow-ui.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=log)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
     def on_term(signum, frame):
@@ -69,7 +75,7 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10"
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        _wait_until_up(base, proc)
+        _wait_until_up(base, proc, log_path)
         url = runs_url(base, exp.experiment_id)
         print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
         if ready is not None:
