@@ -74,6 +74,9 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10"
         raise Interrupted(signum)
 
     old = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C must stop it even when started with SIGINT ignored (`cnnlab ui &` from a script, or a parent
+    # process that ignores it): Python then leaves SIGINT ignored and the UI could not be stopped that way
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _wait_until_up(base, proc, log_path)
         url = runs_url(base, exp.experiment_id)
@@ -87,3 +90,4 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10"
     finally:
         _stop(proc)
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
