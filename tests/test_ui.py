@@ -114,3 +114,18 @@ def test_a_real_browser_finds_the_runs(ui, tmp_path):
          "--window-size=1600,1000", "--dump-dom", url],
         capture_output=True, text=True, timeout=180).stdout
     assert run.info.run_name in dom, dom[-2000:]
+
+
+def test_ctrl_c_stops_it_even_when_started_with_sigint_ignored(cli):
+    """A background job from a script (or a parent such as a test runner) can hand SIGINT down ignored."""
+    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "ui", "--port", str(free_port())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert proc.stdout.readline().startswith("MLflow UI: ")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
