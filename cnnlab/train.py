@@ -148,9 +148,10 @@ def make_optimizer(cfg, model):
 
         @torch.no_grad()
         def decay(optimizer, args, kwargs) -> None:
+            # the schedule's current lr (group 0 has no multiplier): the same decay per step in every group
+            lr_now = optimizer.param_groups[0]["lr"]
             for group in optimizer.param_groups:
-                scale = group["lr"] / cfg.lr  # the schedule's factor, whatever the group's lr multiplier
-                torch._foreach_mul_(group["params"], 1 - scale * cfg.lr * wd)
+                torch._foreach_mul_(group["params"], 1 - lr_now * wd)
 
         opt.register_step_post_hook(decay)
     return opt
