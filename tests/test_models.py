@@ -117,6 +117,34 @@ def test_tf_cnn_is_the_tutorial_model():
     assert sum(p.numel() for p in model.parameters()) == 122_570  # the TF tutorial's model.summary()
 
 
+@pytest.mark.parametrize("pool,act", [("max", "relu"), ("min", "leaky_relu"), ("max", "gelu"), ("avg", "relu")])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_tf_cnn_pooling_before_the_activation_changes_nothing(pool, act, batch_norm):
+    """conv_act_pool pools before a non-decreasing activation: same logits and gradients as the textbook order,
+    and the same parameter names (checkpoints stay loadable)."""
+    from cnnlab.models.layers import activation, conv_bn_act, pool2d
+
+    torch.manual_seed(0)
+    fast = get_arch("tf_cnn").build(pool=pool, activation=act, batch_norm=batch_norm)
+    textbook = get_arch("tf_cnn").build(pool=pool, activation=act, batch_norm=batch_norm)
+    for i, (cin, cout) in ((0, (3, 32)), (2, (32, 64))):  # conv -> [BN] -> act -> pool, spelled out
+        textbook[0][i] = conv_bn_act(cin, cout, 3, padding=0, batch_norm=batch_norm, act=act)
+        textbook[0][i + 1] = pool2d(pool)
+    assert fast.state_dict().keys() == textbook.state_dict().keys()
+    textbook.load_state_dict(fast.state_dict())
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    out_fast, out_textbook = fast(x), textbook(x)
+    torch.testing.assert_close(out_fast, out_textbook)
+    nn.functional.cross_entropy(out_fast, y).backward()
+    nn.functional.cross_entropy(out_textbook, y).backward()
+    for (name, a), b in zip(fast.named_parameters(), textbook.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    pool_then_act = [type(pool2d(pool)), type(activation(act))]
+    reordered = isinstance(fast[0][1], nn.Sequential) and list(map(type, fast[0][1])) == pool_then_act
+    assert reordered == (pool in ("max", "min") and act != "gelu")  # GELU is not monotone; avg does not commute
+
+
 def test_lenet5_follows_the_lecture_table():
     model = get_arch("lenet5").build(in_channels=1)
     shapes = {}
