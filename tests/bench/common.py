@@ -27,6 +27,22 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
     return reps * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
 
 
+def cpu_line() -> str:
+    """'AMD EPYC, 2 threads, bf16 matmul units: avx512_bf16 no, amx no': figures from machines without bf16 units
+    (fp32 training) are not comparable with figures from machines with them."""
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    units = {"avx512_bf16": torch.cpu._is_avx512_bf16_supported(), "amx": torch.cpu._is_amx_tile_supported()}
+    return (f"{model}, {torch.get_num_threads()} threads, bf16 matmul units: "
+            + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in units.items()))
+
+
 class Report:
     def __init__(self, name: str):
         self.name, self.lines, self.figures = name, [], {}
@@ -40,8 +56,7 @@ class Report:
         import torch
 
         REPORTS.mkdir(exist_ok=True)
-        header = (f"# bench {self.name}\n\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
-                  f"{torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+        header = f"# bench {self.name}\n\n{time.strftime('%Y-%m-%d %H:%M')}, {cpu_line()}, torch {torch.__version__}\n\n"
         path = REPORTS / f"bench-{self.name}.md"
         path.write_text(header + "\n".join(f"- {line}" for line in self.lines) + "\n")
         (REPORTS / f"bench-{self.name}.json").write_text(json.dumps(self.figures, indent=1))
