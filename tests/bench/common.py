@@ -28,9 +28,11 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
 
 
 def cpu_line() -> str:
-    """'AMD EPYC, 2 threads, bf16 matmul units: avx512_bf16 no, amx no': figures from machines without bf16 units
-    (fp32 training) are not comparable with figures from machines with them."""
+    """'AMD EPYC, 2 threads, precision=auto: fp32': figures from a CPU that trains in fp32 (no bf16 units) are not
+    comparable with figures from one that trains in bf16."""
     import torch
+
+    from cnnlab.train import pick_precision
 
     model = platform.processor() or platform.machine()
     try:
@@ -38,9 +40,8 @@ def cpu_line() -> str:
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    units = {"avx512_bf16": torch.cpu._is_avx512_bf16_supported(), "amx": torch.cpu._is_amx_tile_supported()}
-    return (f"{model}, {torch.get_num_threads()} threads, bf16 matmul units: "
-            + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in units.items()))
+    precision = "bf16" if pick_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+    return f"{model}, {torch.get_num_threads()} threads, precision=auto: {precision}"
 
 
 class Report:
