@@ -178,7 +178,6 @@ def bench_sweep(report, accuracy: bool = False) -> None:
                    f"(tf_cnn, 20% of train, 4 epochs per trial)")
 
 
-
 def bench_exercise(report, accuracy: bool = False) -> None:
     """Issue 3: the exercise sweep against a plain Hydra --multirun of a one-file tutorial script, same configs and
     epochs."""
