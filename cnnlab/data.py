@@ -352,24 +352,33 @@ def split(ds: Dataset, val_split: float, train_fraction: float = 1.0, seed: int 
 # ---------------------------------------------------------------- batches
 
 
-def random_crop_flip(x, pad: int, generator, flip=None):
-    """Random crop with zero padding `pad` and horizontal flip of a uint8 batch, per image.
+def crop_views(x, pad: int):
+    """Every crop of the uint8 images `x` (N, C, H, W) zero-padded by `pad`, and of their mirror images, as one
+    strided view indexed [image + N * mirrored, dy, dx] -> (C, H, W): a batch of random crops is then one gather
+    instead of a per-pixel index computation (5x faster on the CPU)."""
+    import torch
+    import torch.nn.functional as F
+
+    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = torch.cat([padded, padded.flip(-1)])
+    n, c, h, w = padded.shape
+    sn, sc, sh, sw = padded.stride()
+    return padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h - 2 * pad, w - 2 * pad), (sn, sh, sw, sc, sh, sw))
+
+
+def random_crop_flip(crops, idx, pad: int, generator, flip=None):
+    """Images `idx` randomly shifted by up to `pad` pixels (zero fill) and mirrored, per image, from crop_views(x, pad).
 
     flip: a bool mask of the images to mirror; None draws one (probability 1/2 each).
     """
     import torch
-    import torch.nn.functional as F
 
-    n, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    n = len(idx)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(crops.device)
     if flip is None:
-        flip = torch.rand(n, generator=generator).to(x.device) < 0.5
-    rows = dy[:, None] + torch.arange(h, device=x.device)
-    cols = dx[:, None] + torch.arange(w, device=x.device)
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        flip = torch.rand(n, generator=generator).to(crops.device) < 0.5
+    # the crop at dx of a mirror image is the mirror of the crop at 2 * pad - dx of the original
+    return crops[idx + len(crops) // 2 * flip, dy, torch.where(flip, 2 * pad - dx, dx)]
 
 
 class Batches:
@@ -391,6 +400,7 @@ class Batches:
         self.epoch = 0
         # alternating flips: a random first choice per image, then the opposite every other epoch
         self.flip_first = (torch.rand(len(y), generator=self.generator) < 0.5).to(x.device)
+        self.crops = crop_views(x, translate) if augment else None
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -406,14 +416,17 @@ class Batches:
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl
-            xb, yb = self.x[idx], self.y[idx]
+            yb = self.y[idx]
             if self.augment:
+                rows = idx if order is not None else torch.arange(sl.start, sl.stop, device=yb.device)
                 flip = None
                 if self.flip == "alternating":
                     flip = self.flip_first[idx] ^ bool(epoch % 2)
                 elif self.flip == "none":
-                    flip = torch.zeros(len(yb), dtype=torch.bool, device=xb.device)
-                xb = random_crop_flip(xb, self.translate, self.generator, flip)
+                    flip = torch.zeros(len(yb), dtype=torch.bool, device=yb.device)
+                xb = random_crop_flip(self.crops, rows, self.translate, self.generator, flip)
+            else:
+                xb = self.x[idx]
             xb = (xb.float() - self.mean) / self.std
             if self.image_size != xb.shape[-1]:
                 xb = F.interpolate(xb, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)

@@ -200,19 +200,20 @@ def test_batches_shuffle_every_epoch_and_cover_everything():
     assert torch.equal(xb[:, 0, 0, 0], yb.float())  # normalisation: (x - 0) / (1/255 * 255)
 
 
-def test_crop_flip_is_a_shift_or_mirror_of_the_image():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(1, 255, (64, 3, 8, 8), dtype=torch.uint8)
-    out = data.random_crop_flip(x, 2, g)
-    assert out.shape == x.shape
-    for img, src in zip(out, x):
-        matches = []
-        for flip in (False, True):
-            s = src.flip(-1) if flip else src
-            padded = torch.nn.functional.pad(s, (2, 2, 2, 2))
-            matches += [torch.equal(img, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5)]
-        assert any(matches)
-    assert not torch.equal(out, x)
+def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image():
+    x = torch.randint(1, 255, (64, 3, 8, 6), dtype=torch.uint8)  # no zeros: zeros only come from the padding
+    idx = torch.randperm(64)[:40]
+    out = data.random_crop_flip(data.crop_views(x, 2), idx, 2, torch.Generator().manual_seed(0))
+    assert out.shape == (40, 3, 8, 6)
+    g = torch.Generator().manual_seed(0)  # the same draws, in the same order
+    dy, dx = torch.randint(0, 5, (2, 40), generator=g)
+    flip = torch.rand(40, generator=g) < 0.5
+    for img, i, top, left, mirror in zip(out, idx, dy, dx, flip):
+        crop = torch.nn.functional.pad(x[i], (2, 2, 2, 2))[:, top:top + 8, left:left + 6]
+        assert torch.equal(img, crop.flip(-1) if mirror else crop)
+    assert 0 < flip.sum() < 40 and (out == 0).any()
+    fixed = data.random_crop_flip(data.crop_views(x, 0), idx, 0, g, flip=torch.ones(40, dtype=torch.bool))
+    assert torch.equal(fixed, x[idx].flip(-1))
 
 
 def test_synthetic_is_deterministic_and_learnable_shape():
