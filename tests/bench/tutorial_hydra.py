@@ -65,9 +65,11 @@ def main(cfg):
     with torch.no_grad():
         for x, y in test:
             correct += (model(x).argmax(1) == y).sum().item()
-    result = {"test_acc": correct / len(splits.y_test), "seconds": time.perf_counter() - start}
+    runtime = hydra.core.hydra_config.HydraConfig.get().runtime
+    result = {"trial": runtime.choices["trial"], "seed": cfg.seed, "test_acc": correct / len(splits.y_test),
+              "seconds": time.perf_counter() - start}
     print(json.dumps(result))
-    out = hydra.core.hydra_config.HydraConfig.get().runtime.output_dir  # Hydra 1.3 no longer changes directory
+    out = runtime.output_dir  # Hydra 1.3 no longer changes directory
     with open(f"{out}/result.json", "w") as f:
         json.dump(result, f)
 
