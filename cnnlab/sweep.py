@@ -343,7 +343,8 @@ def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root
     if optuna_storage is not None and trial.optuna_number is not None:
         import optuna
 
-        study = optuna.load_study(study_name=sweep, storage=_optuna_storage(optuna_storage))
+        # with the sweep's pruner: load_study's default would be a MedianPruner whatever --pruner said
+        study = optuna.load_study(study_name=sweep, storage=_optuna_storage(optuna_storage), pruner=_pruner(spec))
         optuna_trial = optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(
             study._study_id, trial.optuna_number))
 
@@ -430,14 +431,22 @@ def _optuna_storage(url: str):
     return JournalStorage(JournalFileBackend(url))
 
 
+def _pruner(spec: Spec):
+    """The Optuna pruner of `spec`. The median pruner judges a trial from its second epoch on: the first (a
+    schedule's warm-up, as in one-cycle) says little about where a trial ends."""
+    import optuna
+
+    return {"none": lambda: optuna.pruners.NopPruner(),
+            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1)}[spec.pruner]()
+
+
 def _study(spec: Spec, sweep: str, storage_url: str, create: bool = True):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = getattr(optuna.samplers, SAMPLERS[spec.sampler])(seed=spec.seed)
-    pruner = {"none": optuna.pruners.NopPruner(),
-              "median": optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-              "hyperband": optuna.pruners.HyperbandPruner(min_resource=1)}[spec.pruner]
+    pruner = _pruner(spec)
     storage = _optuna_storage(storage_url)
     if create:
         study = optuna.create_study(study_name=sweep, storage=storage, sampler=sampler, pruner=pruner,

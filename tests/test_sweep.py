@@ -159,7 +159,7 @@ def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
     _, kids = children(mlflow_client)
     assert len(kids) == 8
     states = [k.data.tags["cnnlab.state"] for k in kids]
-    assert states.count("FINISHED") >= 4 and set(states) <= {"FINISHED", "PRUNED"}
+    assert states.count("FINISHED") >= 4 and set(states) == {"FINISHED", "PRUNED"}, states
     journal = runs_dir() / "cifar10" / "opt" / "optuna.journal"
     study = optuna.load_study(study_name="opt", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
@@ -168,6 +168,16 @@ def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
     code, out, _ = cli(*[a if a != "8" else "10" for a in args])
     assert code == 0 and "ran 2 trial(s)" in out
     assert len(children(mlflow_client)[1]) == 10
+
+
+def test_the_chosen_pruner_judges_the_trials(cli, mlflow_client):
+    # the same space as above, where the median pruner prunes: --pruner none must prune nothing
+    args = ["sweep", "--strategy", "optuna", "--trials", "8", "--pruner", "none", "lr=tag(log,interval(1e-5,1e-2))",
+            "data=synthetic", "data.n_train=300", "epochs=4", "--name", "opt", "-q"]
+    code, out, err = cli(*args)
+    assert code == 0, err
+    _, kids = children(mlflow_client)
+    assert [k.data.tags["cnnlab.state"] for k in kids] == ["FINISHED"] * 8
 
 
 def test_join_through_a_database_storage(tmp_path, cli, mlflow_client):
