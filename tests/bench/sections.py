@@ -152,7 +152,9 @@ def _epochs_used(result) -> int:
 
 def bench_sweep(report, accuracy: bool = False) -> None:
     """Issue 3: Optuna + median pruning against a grid: at 20 trials each, then with the epochs pruning saved spent
-    on more Optuna trials (resuming the study) until both have trained the same number of epochs at most."""
+    on more Optuna trials (resuming the study) until both have trained the same number of epochs at most; then each
+    sweep's chosen config with 5 seeds, since one seed's val_acc is noisy."""
+    import statistics
     import time
 
     epochs = 4
@@ -178,8 +180,10 @@ def bench_sweep(report, accuracy: bool = False) -> None:
         opt_s = time.perf_counter() - start
     if trials > 20:
         results.append((f"the same study resumed to {trials} trials (equal epochs)", more, used, opt_s))
+    chosen = {}  # config -> the best val_acc of each sweep is one seed's: how good is it over seeds?
     for label, result, used, seconds in results:
         best = result["summary"]["groups"][0]
+        chosen.setdefault(best["params"], label.split()[0])
         pruned = sum(row["state"] == "PRUNED" for row in result["summary"]["rows"])
         report.add(f"sweep_{label.split()[0]}{'_equal_epochs' if 'equal' in label else ''}",
                    {"best_val_acc": round(best["mean"], 4), "test_acc": round(best["test_mean"], 4), "epochs": used,
@@ -187,6 +191,13 @@ def bench_sweep(report, accuracy: bool = False) -> None:
                    f"{label}: best val_acc {best['mean']:.4f} ({best['params']}), its test_acc "
                    f"{best['test_mean']:.4f}; {used} epochs trained, {pruned} pruned, {seconds:.0f} s "
                    f"(tf_cnn, 20% of train, {epochs} epochs per trial)")
+    for params, who in chosen.items():
+        rows = _sweep([*common, *params.split(), "seed=0,1,2,3,4"], name=f"bench-seeds-{who}-{stamp}")["summary"]["rows"]
+        vals = [row["val_acc"] for row in rows]
+        report.add(f"sweep_{who}_choice_over_seeds", {"mean": round(statistics.mean(vals), 4),
+                                                      "std": round(statistics.stdev(vals), 4)},
+                   f"{who}'s choice ({params}) trained with seeds 0-4: val_acc {statistics.mean(vals):.4f} +- "
+                   f"{statistics.stdev(vals):.4f} ({' '.join(f'{v:.4f}' for v in vals)})")
 
 
 def bench_exercise(report, accuracy: bool = False) -> None:
