@@ -436,9 +436,9 @@ def _pruner(spec: Spec):
     schedule's warm-up, as in one-cycle) says little about where a trial ends."""
     import optuna
 
-    return {"none": lambda: optuna.pruners.NopPruner(),
-            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
-            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1)}[spec.pruner]()
+    return {"none": optuna.pruners.NopPruner(),
+            "median": optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2),
+            "hyperband": optuna.pruners.HyperbandPruner(min_resource=1)}[spec.pruner]
 
 
 def _study(spec: Spec, sweep: str, storage_url: str, create: bool = True):

@@ -149,11 +149,16 @@ def test_two_workers_on_a_fresh_store(cli):
     assert len({k.data.tags["cnnlab.trial_key"] for k in kids}) == 6
 
 
+def optuna_args(pruner: str) -> list:
+    """An 8-trial Optuna sweep over a learning-rate range wide enough that the median pruner prunes."""
+    return ["sweep", "--strategy", "optuna", "--trials", "8", "--pruner", pruner, "lr=tag(log,interval(1e-5,1e-2))",
+            "data=synthetic", "data.n_train=300", "epochs=4", "--name", "opt", "-q"]
+
+
 def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
     import optuna
 
-    args = ["sweep", "--strategy", "optuna", "--trials", "8", "--pruner", "median", "lr=tag(log,interval(1e-5,1e-2))",
-            "data=synthetic", "data.n_train=300", "epochs=4", "--name", "opt", "-q"]
+    args = optuna_args("median")
     code, out, err = cli(*args)
     assert code == 0, err
     _, kids = children(mlflow_client)
@@ -172,9 +177,7 @@ def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
 
 def test_the_chosen_pruner_judges_the_trials(cli, mlflow_client):
     # the same space as above, where the median pruner prunes: --pruner none must prune nothing
-    args = ["sweep", "--strategy", "optuna", "--trials", "8", "--pruner", "none", "lr=tag(log,interval(1e-5,1e-2))",
-            "data=synthetic", "data.n_train=300", "epochs=4", "--name", "opt", "-q"]
-    code, out, err = cli(*args)
+    code, out, err = cli(*optuna_args("none"))
     assert code == 0, err
     _, kids = children(mlflow_client)
     assert [k.data.tags["cnnlab.state"] for k in kids] == ["FINISHED"] * 8

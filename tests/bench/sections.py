@@ -165,17 +165,18 @@ def bench_sweep(report, accuracy: bool = False) -> None:
     grid = _sweep([*common, "lr=1e-4,3e-4,1e-3,3e-3,1e-2", "dense_units=64,256", "dropout=0,0.4"],
                   name=f"bench-grid-{stamp}")
     grid_s = time.perf_counter() - start
+    optuna = lambda trials: _sweep([*common, *space], strategy="optuna", trials=trials, pruner="median",  # noqa: E731
+                                   name=f"bench-optuna-{stamp}")  # a bigger budget resumes the same study
     start = time.perf_counter()
     trials = 20
-    opt = _sweep([*common, *space], strategy="optuna", trials=trials, pruner="median", name=f"bench-optuna-{stamp}")
+    opt = optuna(trials)
     opt_s = time.perf_counter() - start
-    results = [("grid (20 configs)", grid, _epochs_used(grid), grid_s),
-               ("optuna TPE + median pruner (20 trials)", opt, _epochs_used(opt), opt_s)]
-    used = results[-1][2]
-    while used + epochs <= results[0][2] and trials < 40:  # one more trial cannot pass the grid's epochs
+    grid_epochs, used = _epochs_used(grid), _epochs_used(opt)
+    results = [("grid (20 configs)", grid, grid_epochs, grid_s),
+               ("optuna TPE + median pruner (20 trials)", opt, used, opt_s)]
+    while used + epochs <= grid_epochs and trials < 40:  # one more trial cannot pass the grid's epochs
         trials += 1
-        more = _sweep([*common, *space], strategy="optuna", trials=trials, pruner="median",
-                      name=f"bench-optuna-{stamp}")
+        more = optuna(trials)
         used += _epochs_used(more)
         opt_s = time.perf_counter() - start
     if trials > 20:
