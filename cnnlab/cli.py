@@ -42,7 +42,8 @@ def train(
     from .train import train as run_training
 
     result = run_training(cfg, overrides, quiet=quiet)
-    typer.echo(f"test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} run_dir={result.run_dir}")
+    typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
+               f"run_dir={result.run_dir}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -69,9 +70,12 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; one line per finished trial."),
 ) -> None:
     """Run many trainings of one base config (grid, random, Optuna), resumable, as parent/child MLflow runs."""
-    from .sweep import Sweep, load_joined_spec, load_spec
+    from .sweep import Sweep, load_spec
+    from .sweep.display import print_plan, print_summary
 
     if join:
+        from .sweep.strategies.optuna_search import load_joined_spec
+
         if not storage:
             raise CnnlabError("--join NAME needs --storage URL: the database the sweep was started with.")
         spec = load_joined_spec(join, storage)
@@ -79,56 +83,13 @@ def sweep(
         spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=repeats, sampler=sampler,
                          pruner=pruner, metric=metric, direction=direction, seed=sampler_seed, name=name)
     runner = Sweep(spec, workers=workers, storage=storage, force=force, join=bool(join), quiet=quiet)
-    result = runner.run(dry_run=dry_run)
     if dry_run:
-        typer.echo(f"sweep {result['name']} ({spec.strategy}): {len(result['trials']) or 'Optuna asks'} trial(s)")
-        for t in result["trials"]:
-            typer.echo(f"  {t.id:>4}  {' '.join(t.overrides)}")
-        if spec.strategy == "optuna":
-            typer.echo(f"  space: {' '.join(spec.space)}; budget {spec.trials or 10}; sampler {spec.sampler}; "
-                       f"pruner {spec.pruner}")
+        print_plan(runner.name, spec, runner.plan(), runner.strategy.describe())
         return
-    _print_sweep(spec, result)
-    outcomes = result.get("outcomes", [])
-    if outcomes and all(o.state == "FAILED" for o in outcomes):
+    result = runner.run()
+    print_summary(spec, result)
+    if result.outcomes and all(o.state == "FAILED" for o in result.outcomes):
         raise typer.Exit(1)
-
-
-def _print_sweep(spec, result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    for note in result["notes"]:
-        console.print(f"note: {note}")
-    if result["ran"] == 0 and spec.strategy == "optuna":
-        console.print(f"sweep {result['name']}: nothing to run, the Optuna study already has its {spec.trials or 10} "
-                      "trial(s) (a larger --trials continues it)")
-    elif result["ran"] == 0:
-        console.print(f"sweep {result['name']}: nothing to run, {result['skipped']} trial(s) already FINISHED "
-                      "(--force runs them again)")
-    else:
-        console.print(f"sweep {result['name']}: ran {result['ran']} trial(s), skipped {result['skipped']} already FINISHED")
-    summary = result["summary"]
-    table = Table(title=f"{result['name']}: per configuration, mean ± std over seeds ({spec.metric} chooses)")
-    for col in ("#", "params", "seeds", spec.metric, "test_acc", "trials"):
-        table.add_column(col)
-    for i, g in enumerate(summary["groups"], 1):
-        test = "" if g["test_mean"] is None else f"{g['test_mean']:.4f} ± {g['test_std']:.4f}"
-        table.add_row(str(i), g["params"] or "(base)", str(g["n"]), f"{g['mean']:.4f} ± {g['std']:.4f}", test,
-                      " ".join(g["trials"]))
-    console.print(table)
-    failed = [r for r in summary["rows"] if r["state"] in ("FAILED", "KILLED")]
-    pruned = sum(r["state"] == "PRUNED" for r in summary["rows"])
-    if pruned:
-        console.print(f"{pruned} trial(s) pruned")
-    for r in failed:
-        console.print(f"{r['trial']} {r['state']}: {r['reason'] or '-'}", markup=False)
-    if summary["groups"]:
-        best = summary["groups"][0]
-        test = "" if best["test_mean"] is None else f", test_acc {best['test_mean']:.4f}"
-        console.print(f"best: {' '.join(best['trials'])} ({best['params'] or 'base'}) {spec.metric} {best['mean']:.4f}"
-                      f"{test}; parent run {summary['parent_run_id']}", markup=False)
 
 
 # the filters export-log and runs share (Typer reads the option from the annotation)
@@ -141,7 +102,7 @@ Since = Annotated[Optional[str], typer.Option("--since", help="Only runs started
 Until = Annotated[Optional[str], typer.Option("--until", help="Only runs started on or before this date.")]
 Archs = Annotated[Optional[List[str]], typer.Option("--arch", help="Only runs of this architecture (repeatable).")]
 Baseline = Annotated[Optional[str], typer.Option(
-    "--baseline", help="Run id or name that ARCHITECTURE CHANGES compares with (default: the sweep's base config, "
+    "--baseline", help="Run (log ID, name or run-ID prefix) that ARCHITECTURE CHANGES compares with (default: the sweep's base config, "
                        "else the previous run).")]
 Sort = Annotated[Optional[str], typer.Option(
     "--sort", help="Order rows by: start (default), val_acc, test_acc, train_acc, lr, batch_size, epochs, wall_time, "
@@ -149,13 +110,34 @@ Sort = Annotated[Optional[str], typer.Option(
 Top = Annotated[Optional[int], typer.Option("--top", help="Only the first N rows (after sorting).")]
 
 
-def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, reverse=False, ui_url=None):
-    from . import export, tracking
+def _day(option: str, value: Optional[str], end: bool = False) -> Optional[int]:
+    """--since/--until DATE as ms since the epoch; --until a day includes that day."""
+    import datetime as dt
 
-    client = tracking.client(create=False)
-    runs, experiments = export.collect(client, experiment or ["cifar10"], sweep, status or [], since, until, arch or [])
-    log = export.build(client, runs, experiments, baseline, **({"ui_url": ui_url} if ui_url else {}))
-    return export.sort_top(log, sort, top, reverse)
+    if not value:
+        return None
+    try:
+        day = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CnnlabError(f"--{option} {value}: expected a date like 2026-11-24 (or 2026-11-24T15:00).") from None
+    if end and len(value) <= 10:
+        day += dt.timedelta(days=1)
+    return int(day.timestamp() * 1000)
+
+
+def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=None):
+    from . import log as run_log
+    from .store import Store
+
+    store = Store(create=False)
+    records = store.runs(experiment or ["cifar10"], sweep=sweep, states=[s.upper() for s in status or []],
+                         since=_day("since", since), until=_day("until", until, end=True), archs=arch or [])
+    base = None
+    if baseline:
+        base = store.find(baseline)
+        typer.echo(f"baseline: {base.experiment} {base.id} (run {base.run_id})", err=True)
+    log = run_log.build(store, records, base, **({"ui_url": ui_url} if ui_url else {}))
+    return run_log.sort_top(log, sort, top)
 
 
 @app.command("export-log")
@@ -185,33 +167,22 @@ def runs(
     from rich.console import Console
     from rich.table import Table
 
-    from .export import changed_columns
+    from .log import changed_columns
 
     log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top)
-    compact = {"ID": "id", "ARCH": "arch", "BATCH SIZE": "batch", "EPOCH": "epochs", "LR": "lr",
-               "DATA SETS": "data", "ARCHITECTURE CHANGES": "changes", "ACC TRAIN": "train acc",
-               "ACC VAL": "val acc", "ACC TEST": "test acc", "TARGET ACC AVG": "target acc", "MFLOPS": "MFLOPs",
-               "WALL TIME (S)": "time (s)", "STATUS": "status"}
-    table = log.table[list(compact)]
-    if table["TARGET ACC AVG"].isna().all():
-        table = table.drop(columns="TARGET ACC AVG")
+    shown = [c for c in log.columns if c.short]
+    if log.table["TARGET ACC AVG"].isna().all():
+        shown = [c for c in shown if c.header != "TARGET ACC AVG"]
     if only_changed:
-        table = table[changed_columns(table)]
-    out = Table(title=f"{len(table)} run(s)", show_lines=False)
-    for name in table.columns:
-        numeric = table[name].dtype.kind in "if"
-        out.add_column(compact[name], justify="right" if numeric else "left", no_wrap=name != "ARCHITECTURE CHANGES",
-                       overflow="fold", min_width=24 if name == "ARCHITECTURE CHANGES" else None)
-    for i, row in enumerate(table.itertuples(index=False)):
-        cells = []
-        for name, v in zip(table.columns, row):
-            if v is None or (isinstance(v, float) and v != v):
-                cells.append("")
-            elif name.startswith("ACC ") or name == "TARGET ACC AVG":
-                cells.append(f"{v:.4f}")
-            else:
-                cells.append(f"{v:g}" if isinstance(v, float) else str(v))
-        out.add_row(*cells, style="bold" if i == log.best else None)
+        keep = set(changed_columns(log))
+        shown = [c for c in shown if c.header in keep]
+    out = Table(title=f"{len(log.rows)} run(s)", show_lines=False)
+    for c in shown:
+        out.add_column(c.short, justify="left" if c.fmt == "text" else "right", no_wrap=not c.width,
+                       overflow="fold", min_width=24 if c.width else None)
+    for i, row in enumerate(log.table.itertuples(index=False)):
+        values = dict(zip(log.table.columns, row))
+        out.add_row(*(c.text(values[c.header]) for c in shown), style="bold" if i == log.best else None)
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(160, console.width))  # piped: don't fold the table into 80 columns
@@ -220,11 +191,13 @@ def runs(
 
 @app.command()
 def evaluate(
-    run: str = typer.Argument(..., help="Run id or run name."),
+    run: str = typer.Argument(..., help="The run: its log ID (T3, exercise/T3), run name, or run-ID prefix."),
     overrides: Optional[List[str]] = typer.Argument(None, help="targets=[gaussian_noise,blur,...] severity=3"),
 ) -> None:
     """Evaluate a recorded run's best checkpoint on target sets (shifted test sets) and log the scores to it."""
-    from .targets import NAMES, evaluate_run
+    from .corruptions import NAMES
+    from .store import Store
+    from .targets import evaluate_run
 
     targets, severity = list(NAMES[:-1]), 3
     for item in overrides or []:
@@ -236,7 +209,13 @@ def evaluate(
         else:
             raise CnnlabError(f"Bad argument {item!r}: expected targets=[name,...] ({', '.join(NAMES)}) "
                               "or severity=1..5.")
-    for name, acc in evaluate_run(run, targets, severity).items():
+    from .corruptions import check
+
+    check(targets)
+    store = Store(create=False)
+    record = store.find(run)
+    typer.echo(f"evaluating {record.experiment} {record.id} (run {record.run_id}, {record.name})")
+    for name, acc in evaluate_run(record, targets, severity, store).items():
         typer.echo(f"{name} {acc:.4f}")
 
 

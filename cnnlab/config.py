@@ -1,183 +1,17 @@
-"""Configuration: the structured schema, composition of `conf/` with Hydra, and validation.
+"""Configuration: composition of `conf/` with Hydra against the schema, and validation.
 
 `compose(overrides)` gives the config Hydra builds from `conf/config.yaml` plus the user's
-overrides, type-checked against `Config`. `resolve(cfg)` then checks ranges and what the chosen
-architecture accepts, and fills in the effective value of every knob, so that what is logged is
-what ran.
+overrides, type-checked against `schema.Config`. `resolve(cfg)` then checks ranges and what the
+chosen architecture accepts, and fills in the effective value of every knob, so that what is
+logged is what ran.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Tuple
 
 from .errors import CnnlabError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def conf_dir() -> Path:
-    return Path(os.environ.get("CNNLAB_CONF_DIR", PROJECT_ROOT / "conf")).resolve()
-
-
-def runs_dir() -> Path:
-    """Run directories and the default MLflow store: `runs/` of the project, or $CNNLAB_RUNS_DIR."""
-    return Path(os.environ.get("CNNLAB_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class Precision(str, Enum):
-    auto = "auto"  # bf16 where the hardware runs it fast, else fp16 on CUDA, else fp32
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
-
-
-class Scheduler(str, Enum):
-    constant = "constant"
-    step = "step"  # multiply by lr_gamma every lr_step_epochs
-    cosine = "cosine"  # per step, from lr to 0
-    onecycle = "onecycle"  # per step, warm up to lr over the first 25%, then anneal
-    triangle = "triangle"  # per step, linear 0.2*lr -> lr over the first 23%, then linear to 0.07*lr
-
-
-class Flip(str, Enum):
-    random = "random"  # each image flipped with probability 1/2 every epoch
-    alternating = "alternating"  # random in epoch 1, then each image flipped every other epoch
-    none = "none"
-
-
-class Pool(str, Enum):
-    max = "max"
-    avg = "avg"
-    min = "min"
-
-
-class Activation(str, Enum):
-    relu = "relu"
-    relu6 = "relu6"
-    leaky_relu = "leaky_relu"
-    elu = "elu"
-    gelu = "gelu"
-    silu = "silu"
-    mish = "mish"
-    tanh = "tanh"
-    sigmoid = "sigmoid"
-
-
-@dataclass
-class DataConfig:
-    name: str = "cifar10"  # cifar10 | synthetic
-    root: Optional[str] = None  # cache directory; null: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab
-    train_fraction: float = 1.0  # seeded, stratified fraction of the training split
-    download: bool = True  # fetch CIFAR-10 with torchvision when it is not in the cache
-    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    md5: str = "c58f30108f718f92721af3b95e74349a"
-    n_train: int = 2000  # synthetic only: training images
-    n_test: int = 500  # synthetic only: test images
-
-
-@dataclass
-class EvalConfig:
-    test_every_epoch: bool = True  # per-epoch test curve; the final test score is always taken
-    targets: List[str] = field(default_factory=list)  # shifted test sets, e.g. [gaussian_noise,blur,cifar10_1]
-    severity: int = 3  # corruption severity 1-5
-
-
-@dataclass
-class TrackingConfig:
-    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<runs>/mlflow.db
-
-
-@dataclass
-class Config:
-    arch: Dict[str, Any] = field(default_factory=dict)  # name + architecture parameters
-    data: DataConfig = field(default_factory=DataConfig)
-    experiment: str = "cifar10"  # MLflow experiment, and runs/<experiment>/
-    run_name: Optional[str] = None  # null: <arch>-<date>-<time>-<random>
-    seed: int = 0
-    device: Device = Device.auto
-    precision: Precision = Precision.auto
-    threads: int = 0  # CPU threads for torch; 0: torch's default
-    # the knobs the exercise varies
-    batch_size: int = 128
-    epochs: int = 10
-    lr: float = 1e-3  # peak learning rate
-    optimizer: Optimizer = Optimizer.adam
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0
-    decoupled_wd: bool = False  # decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does
-    norm_lr_scale: float = 1.0  # learning-rate multiplier for BatchNorm parameters (weight decay divided by it)
-    ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay per step; 0: off
-    lookahead: bool = False  # every 5 steps continue from a slow average of the weights (airbench's schedule)
-    compile: bool = False  # torch.compile the model; compile time is logged apart from training time
-    scheduler: Scheduler = Scheduler.constant
-    lr_step_epochs: int = 10  # scheduler=step only
-    lr_gamma: float = 0.1  # scheduler=step only
-    label_smoothing: float = 0.0
-    augment: bool = True  # random crop (translate px of padding) + horizontal flip
-    translate: int = 4  # augment: random translation by up to this many pixels (zero padding)
-    flip: Flip = Flip.random  # augment: horizontal flips
-    image_size: int = 32  # inputs are resized to image_size x image_size
-    val_split: float = 0.1  # share of train held out (stratified) to choose the best epoch
-    early_stopping: int = 0  # stop after this many epochs without a better val_acc; 0: off
-    tta: bool = False  # final test score averaged over mirrored and 1-pixel-shifted views (6 passes)
-    # architecture knobs: null means the architecture's own default
-    dense_units: Optional[int] = None  # 0 removes the hidden dense layer
-    dropout: Optional[float] = None
-    batch_norm: Optional[bool] = None
-    pool: Optional[Pool] = None
-    activation: Optional[Activation] = None
-    width: Optional[float] = None  # channel multiplier
-    depth: Optional[int] = None
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-
-KNOBS = ("dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth")
-
-# key -> (is the value valid?, what is valid)
-_RANGES = {
-    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "lr": (lambda v: v > 0, "a number > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "lr_step_epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "image_size": (lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"),
-    "val_split": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "early_stopping": (lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
-    "threads": (lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)"),
-    "translate": (lambda v: 0 <= v <= 16, "an integer in [0, 16]"),
-    "ema": (lambda v: 0 <= v < 1, "a number in [0, 1) (0 turns it off)"),
-    "norm_lr_scale": (lambda v: v > 0, "a number > 0"),
-    "dense_units": (lambda v: v >= 0, "an integer >= 0 (0 removes the hidden dense layer)"),
-    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "width": (lambda v: v > 0, "a number > 0"),
-    "depth": (lambda v: v >= 1, "an integer >= 1"),
-    "data.train_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "data.n_train": (lambda v: v >= 10, "an integer >= 10"),
-    "data.n_test": (lambda v: v >= 10, "an integer >= 10"),
-    "eval.severity": (lambda v: 1 <= v <= 5, "an integer from 1 to 5"),
-}
+from .schema import KNOBS, NOT_IN_KEY, RANGES, Config, conf_dir
 
 _schema_registered = False
 
@@ -191,7 +25,7 @@ def _register_schema() -> None:
         _schema_registered = True
 
 
-def _hydra_message(exc: BaseException) -> str:
+def hydra_message(exc: BaseException) -> str:
     """Hydra wraps the useful part ('could not be converted to Float') in a cause: keep both."""
     parts, seen = [], set()
     while exc is not None and id(exc) not in seen:
@@ -222,7 +56,7 @@ def compose(overrides: List[str]):
         with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise CnnlabError(f"Bad config override(s) {' '.join(overrides)!s}: {_hydra_message(exc)}") from None
+        raise CnnlabError(f"Bad config override(s) {' '.join(overrides)!s}: {hydra_message(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
@@ -231,7 +65,7 @@ def compose(overrides: List[str]):
 def check_ranges(cfg) -> None:
     from omegaconf import OmegaConf
 
-    for key, (ok, valid) in _RANGES.items():
+    for key, (ok, valid) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not ok(value):
             raise CnnlabError(f"{key}={value} is out of range: it must be {valid}.")
@@ -244,28 +78,23 @@ def resolve(cfg):
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
+    from . import corruptions
     from .models import get_arch
 
     check_ranges(cfg)
-    from .targets import check as check_targets
-
-    check_targets(list(cfg.eval.targets))
+    corruptions.check(list(cfg.eval.targets))
     spec = get_arch(cfg.arch.name)
     cfg = cfg.copy()
     for knob in KNOBS:
-        if cfg[knob] is not None and knob not in spec.knobs:
-            takes = ", ".join(spec.knobs) or "none"
-            raise CnnlabError(
-                f"arch={spec.name} does not take {knob}={cfg[knob]}: it has no such part. "
-                f"The knobs it takes are: {takes}."
-            )
+        if cfg[knob] is not None:
+            spec.check_knob(knob, cfg[knob])
     given = {k: v for k, v in cfg.arch.items() if k != "name"}
     try:
         params = OmegaConf.merge(OmegaConf.structured(spec.params_schema), given)
     except OmegaConfBaseException as exc:
         valid = ", ".join(f"arch.{p}" for p in spec.params) or "none"
         raise CnnlabError(
-            f"Bad architecture parameter for arch={spec.name}: {_hydra_message(exc)}. "
+            f"Bad architecture parameter for arch={spec.name}: {hydra_message(exc)}. "
             f"Its parameters are: {valid}."
         ) from None
     with open_dict(cfg):
@@ -292,3 +121,19 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def identity(cfg) -> Tuple[str, str]:
+    """(trial key, config key) of a resolved config: hashes of what it computes, with and without the seed.
+    Runs with the same trial key compute the same thing (a re-run is an attempt); runs with the same config
+    key differ at most in their seed (repeats of one configuration)."""
+    import hashlib
+    import json
+
+    tree = to_dict(cfg)
+    for name in NOT_IN_KEY:
+        tree.pop(name, None)
+    digest = lambda t: hashlib.sha1(json.dumps(t, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa
+    key = digest(tree)
+    tree.pop("seed")
+    return key, digest(tree)

@@ -279,6 +279,20 @@ def load(cfg_data, seed: int = 0) -> Dataset:
     return Dataset(**arrays, classes=tuple(meta["classes"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
 
 
+def cifar10_1(root: Path):
+    """CIFAR-10.1 v6 (Recht et al.) from `root`: cifar10.1_v6_data.npy and cifar10.1_v6_labels.npy, as
+    (uint8 images N x 3 x 32 x 32, labels)."""
+    import numpy as np
+    import torch
+
+    data, labels = root / "cifar10.1_v6_data.npy", root / "cifar10.1_v6_labels.npy"
+    if not data.exists() or not labels.exists():
+        raise CnnlabError(f"Target cifar10_1 needs CIFAR-10.1 v6 in {root}: download cifar10.1_v6_data.npy and "
+                          "cifar10.1_v6_labels.npy from github.com/modestyachts/CIFAR-10.1 (datasets/) into it.")
+    x = torch.from_numpy(np.load(data)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.load(labels).astype(np.int64))
+
+
 def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, size: int = 32,
               seed: int = 0) -> Dataset:
     """A learnable stand-in for CIFAR-10: each class is a smooth random colour pattern, shifted and noised.
@@ -431,3 +445,35 @@ class Batches:
             if self.image_size != xb.shape[-1]:
                 xb = F.interpolate(xb, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
             yield xb.contiguous(memory_format=self.memory_format), yb
+
+
+@dataclass
+class Loaders:
+    """The batches one training run reads, all on its device."""
+
+    train: Batches
+    val: Batches
+    test: Batches
+    sample: Batches  # up to 5,000 training images in one batch, for layers set from data (the `prepare` hook)
+    sizes: dict  # split.train / split.val / split.test: images in each
+    eval_batch_size: int
+    channels_last: bool
+
+
+def loaders(ds: Dataset, cfg, device) -> Loaders:
+    """Split `ds` as `cfg` says and serve its parts from `device` (channels_last except on Apple's MPS)."""
+    splits = split(ds, cfg.val_split, cfg.data.train_fraction, cfg.seed)
+    channels_last = device.type != "mps"
+    to_dev = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    common = dict(mean=ds.mean, std=ds.std, image_size=cfg.image_size, channels_last=channels_last)
+    train = Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
+                    augment=cfg.augment, translate=cfg.translate, flip=cfg.flip.value,
+                    drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed, **common)
+    eval_size = max(cfg.batch_size, 500)
+    return Loaders(
+        train=train,
+        val=Batches(to_dev(splits.x_val), to_dev(splits.y_val), eval_size, **common),
+        test=Batches(to_dev(splits.x_test), to_dev(splits.y_test), eval_size, **common),
+        sample=Batches(train.x[:5000], train.y[:5000], 5000, **common),
+        sizes={"split.train": len(splits.y_train), "split.val": len(splits.y_val), "split.test": len(splits.y_test)},
+        eval_batch_size=eval_size, channels_last=channels_last)

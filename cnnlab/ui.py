@@ -9,15 +9,10 @@ import sys
 import time
 import urllib.request
 
-from .config import runs_dir
 from .errors import CnnlabError, Interrupted
+from .schema import runs_dir
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def runs_url(base: str, experiment_id: str) -> str:
-    """The experiment's runs table (MLflow 3 opens experiments in a GenAI view otherwise)."""
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log_path, timeout: float = 120) -> None:
@@ -51,14 +46,13 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10", ready=None) -> int:
     """Run the UI until Ctrl-C/SIGTERM; `ready(url)` is called once it answers. Returns the exit code."""
-    from . import tracking
+    from .store import Store, ui_link
 
-    uri = tracking.tracking_uri()
-    client = tracking.client(uri, create=False)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments()]
-        raise CnnlabError(f"Unknown experiment {experiment!r} in {uri}. Known: {', '.join(names) or 'none yet'}.")
+    store = Store(create=False)
+    uri = store.uri
+    known = store.experiments()
+    if experiment not in known:
+        raise CnnlabError(f"Unknown experiment {experiment!r} in {uri}. Known: {', '.join(known) or 'none yet'}.")
     if host not in LOCAL_HOSTS:
         print(f"warning: binding {host}: anyone who can reach this machine can read (and change) your runs.",
               file=sys.stderr)
@@ -79,7 +73,7 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: str = "cifar10"
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _wait_until_up(base, proc, log_path)
-        url = runs_url(base, exp.experiment_id)
+        url = ui_link(base, known[experiment])
         print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
         if ready is not None:
             ready(url)

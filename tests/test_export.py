@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from cnnlab import export
-from cnnlab.export import describe_changes
+from cnnlab import log as run_log
+from cnnlab.log import describe_changes
 
 BASE = {"arch.name": "tf_cnn", "dense_units": 64, "dropout": 0.0, "batch_norm": False, "pool": "max",
         "activation": "relu", "optimizer": "adam", "lr": 3e-4, "batch_size": 50}
@@ -78,8 +79,9 @@ def test_exercise_workbook(exercise, tmp_path):
     assert code == 0, err
     assert "wrote 8 run(s)" in stdout
     table = pd.read_excel(out, sheet_name="Training log", header=1)
-    assert list(table["ID"]) == [f"T{i}" for i in range(8)]
-    assert dict(zip(table["ID"], table["ARCHITECTURE CHANGES"])) == EXERCISE_CHANGES
+    assert list(table["ID"]) == [f"exercise/T{i}" for i in range(8)]  # a trial's log ID names its sweep
+    assert dict(zip(table["ID"], table["ARCHITECTURE CHANGES"])) == {f"exercise/{k}": v
+                                                                     for k, v in EXERCISE_CHANGES.items()}
     assert list(table["BATCH SIZE"]) == [50, 100, 100, 100, 100, 100, 100, 100]
     assert list(table["EPOCH"]) == [5, 5, 10, 10, 10, 10, 10, 10]
     assert list(table["LR"]) == [3e-4, 3e-4, 3e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3]
@@ -87,11 +89,10 @@ def test_exercise_workbook(exercise, tmp_path):
     assert set(table["DATA SETS"]) == {"synthetic (270 train)"}
     assert list(table["FILE"]) == [f"cifar10/exercise/T{i}" for i in range(8)]
     # values read back exactly as built
-    from cnnlab import tracking
+    from cnnlab.store import Store
 
-    client = tracking.client()
-    runs, exps = export.collect(client, ["cifar10"], sweep="exercise")
-    built = export.build(client, runs, exps).table
+    store = Store()
+    built = run_log.build(store, store.runs(["cifar10"], sweep="exercise")).table
     pd.testing.assert_frame_equal(table, built.astype(table.dtypes.to_dict()), check_dtype=False)
     acc = table[["ACC TRAIN", "ACC VAL", "ACC TEST"]].mean(axis=1)
     assert (abs(acc - table["ACC AVG"]) < 1e-9).all()
@@ -148,9 +149,9 @@ def test_standalone_runs_compare_with_the_previous_run_and_show_targets(exercise
 
 
 def test_evaluate_logs_target_scores_into_the_run(exercise):
-    from cnnlab import tracking
+    from cnnlab.store import Store
 
-    client = tracking.client()
+    client = Store().client
     exp = client.get_experiment_by_name("solo")
     run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])[0]
     code, out, err = exercise("evaluate", run.info.run_name, "targets=[gaussian_noise,jpeg]", "severity=5")
@@ -161,7 +162,7 @@ def test_evaluate_logs_target_scores_into_the_run(exercise):
     code, _, err = exercise("evaluate", run.info.run_name, "targets=[fog]")
     assert code == 2 and "Unknown target set(s) fog" in err
     code, _, err = exercise("evaluate", "no-such-run")
-    assert code == 2 and "No run with id or name" in err
+    assert code == 2 and "No run 'no-such-run'" in err
 
 
 def test_runs_table_sort_top_and_only_changed(exercise):
@@ -217,13 +218,12 @@ def test_never_clobbers_and_writes_atomically(cli, tmp_path, monkeypatch):
         Path(path).write_bytes(b"half a workbook")
         raise RuntimeError("disk full")
 
-    from cnnlab import tracking
+    from cnnlab.store import Store
 
-    client = tracking.client()
-    runs, exps = export.collect(client)
+    store = Store()
     with monkeypatch.context() as patched, pytest.raises(RuntimeError):
         patched.setattr(export, "_write_xlsx", crash)
-        export.write(export.build(client, runs, exps), out, force=True)
+        export.write(run_log.build(store, store.runs()), out, force=True)
     assert out.read_bytes() == b"precious"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".log.xlsx")] == []
     assert cli("export-log", str(out), "--force")[0] == 0

@@ -9,7 +9,8 @@ from cnnlab import data
 from cnnlab.config import compose, resolve
 from cnnlab.models import build_model, get_arch
 from cnnlab.models.airbench import Whiten
-from cnnlab.train import make_optimizer, make_scheduler, train, tta_logits
+from cnnlab.engine import make_optimizer, make_scheduler, tta_logits
+from cnnlab.train import train
 
 TINY = ["data=synthetic", "data.n_train=400", "data.n_test=100", "epochs=2", "batch_size=100"]
 
@@ -110,7 +111,7 @@ def test_norm_lr_scale_puts_batchnorm_in_a_faster_group():
 
 
 def test_lookahead_pulls_weights_towards_their_slow_average():
-    from cnnlab.train import Lookahead
+    from cnnlab.engine import Lookahead
 
     model = torch.nn.Linear(1, 1, bias=False)
     model.weight.data.fill_(0.0)

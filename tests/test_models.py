@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.config import KNOBS, compose, conf_dir, resolve
+from cnnlab.config import compose, resolve
+from cnnlab.schema import KNOBS, conf_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.models import build_model, get_arch, registry
 from cnnlab.models.layers import MinPool2d
@@ -76,6 +77,10 @@ def _modules(model):
 @pytest.mark.parametrize("knob", KNOBS)
 def test_knob_takes_effect_or_is_rejected(name, knob):
     spec = get_arch(name)
+    if knob in spec.fixed:  # a preset: part of what the name means
+        with pytest.raises(CnnlabError, match=f"has {knob}={spec.fixed[knob]} built in"):
+            resolve(compose([f"arch={name}", f"{knob}={VALID[knob]}"]))
+        return
     if knob not in spec.knobs:
         with pytest.raises(CnnlabError, match=f"does not take {knob}"):
             resolve(compose([f"arch={name}", f"{knob}={VALID[knob]}"]))
@@ -189,7 +194,7 @@ def test_describe_knobs_change_the_table_and_bad_ones_are_refused(cli):
     code, _, err = cli("describe", "arch=resnet20", "pool=max")
     assert code == 2 and "takes no pool" in err and "arch.shortcut" in err
     code, _, err = cli("describe", "arch=resnet20", "depth=21")
-    assert code == 2 and "6n+2" in err
+    assert code == 2 and "has depth=20 built in" in err and "resnet56 (depth=56)" in err
 
 
 def test_models_lists_every_architecture(cli):
@@ -217,3 +222,30 @@ def test_googlenet_auxiliary_heads_train():
     out = model(torch.randn(2, 3, 32, 32))
     assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
     assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, override, sibling", [("resnet18", "depth=50", "resnet50"),
+                                                     ("vgg11", "depth=19", "vgg19"),
+                                                     ("resnet20", "depth=56", "resnet56")])
+def test_presets_cannot_be_overridden_into_another_model(name, override, sibling):
+    with pytest.raises(CnnlabError, match=f"use arch={sibling}"):
+        resolve(compose([f"arch={name}", override]))
+    with pytest.raises(CnnlabError, match=f"use arch={sibling}"):
+        get_arch(name).build(**{override.split("=")[0]: int(override.split("=")[1])})
+    same = resolve(compose([f"arch={name}", f"depth={get_arch(name).fixed['depth']}"]))  # its own value is fine
+    recipe = resolve(compose([f"arch={name}"]))
+    assert sum(p.numel() for p in build_model(same).parameters()) == \
+        sum(p.numel() for p in build_model(recipe).parameters())
+
+
+def test_preset_with_no_sibling_names_the_family():
+    with pytest.raises(CnnlabError, match=r"no architecture has depth=44; the family is: .*resnet20 \(depth=20\)"):
+        resolve(compose(["arch=resnet20", "depth=44"]))
+
+
+def test_googlenet_auxiliary_heads_use_their_dropout_and_activation():
+    model = get_arch("googlenet").build(width=0.25, aux_logits=True, aux_dropout=0.3, activation="gelu")
+    aux_dropouts = [m.p for head in model.aux for m in head.modules() if isinstance(m, nn.Dropout)]
+    assert aux_dropouts == [0.3, 0.3]
+    assert all(any(isinstance(m, nn.GELU) for m in head.modules()) for head in model.aux)
+    assert not any(isinstance(m, nn.ReLU) for head in model.aux for m in head.modules())

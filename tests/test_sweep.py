@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cnnlab.config import runs_dir
+from cnnlab.schema import runs_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.sweep import Sweep, expand, load_spec
 
@@ -139,12 +139,12 @@ def test_sigterm_kills_cleanly_and_rerun_completes_only_the_rest(mlflow_client):
 
 
 def test_two_workers_on_a_fresh_store(cli):
-    from cnnlab import tracking
+    from cnnlab.store import Store
 
     assert not (runs_dir() / "mlflow.db").exists()
     code, out, err = cli("sweep", "lr=0.003,0.001", "dropout=0,0.25,0.5", *TINY, "--workers", "2", "-q")
     assert code == 0, err
-    _, kids = children(tracking.client())
+    _, kids = children(Store().client)
     assert len(kids) == 6 and all(k.info.status == "FINISHED" for k in kids)
     assert len({k.data.tags["cnnlab.trial_key"] for k in kids}) == 6
 

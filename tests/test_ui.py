@@ -25,9 +25,9 @@ def free_port() -> int:
 def ui(cli):
     """A trained run, then `cnnlab ui` in a subprocess: yields (url, run name, process)."""
     assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
-    from cnnlab import tracking
+    from cnnlab.store import Store
 
-    client = tracking.client()
+    client = Store().client
     run = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])[0]
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "ui", "--port", str(port)],

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import register
+from .layers import activation as act_layer
 from .layers import channels, conv_bn_act, pool2d
 
 # in, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj: the paper's table (inception 3a ... 5b)
@@ -35,12 +36,13 @@ class Inception(nn.Module):
 
 
 class AuxHead(nn.Module):
-    """The auxiliary classifier on 4a and 4d (training only; its loss counts 0.3)."""
+    """The auxiliary classifier on 4a and 4d (training only; its loss counts 0.3): pool to 4x4, 1x1 conv to 128,
+    dense 1024, dropout (0.7 in the paper), dense to the classes."""
 
     def __init__(self, cin: int, num_classes: int, act: str, dropout: float):
         super().__init__()
         self.net = nn.Sequential(nn.AdaptiveAvgPool2d(4), conv_bn_act(cin, 128, 1, batch_norm=False, act=act),
-                                 nn.Flatten(), nn.Linear(2048, 1024), nn.ReLU(inplace=True), nn.Dropout(0.7),
+                                 nn.Flatten(), nn.Linear(2048, 1024), act_layer(act), nn.Dropout(dropout),
                                  nn.Linear(1024, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,7 @@ class AuxHead(nn.Module):
 class GoogLeNet(nn.Module):
     aux_weight = 0.3  # train.py adds aux_weight x each auxiliary loss
 
-    def __init__(self, *, num_classes, in_channels, width, bn, act, pool, dropout, aux_logits):
+    def __init__(self, *, num_classes, in_channels, width, bn, act, pool, dropout, aux_logits, aux_dropout):
         super().__init__()
         scale = lambda t: tuple(channels(v, width) for v in t)  # noqa: E731
         cfg = {k: scale(v) for k, v in INCEPTION.items()}
@@ -68,7 +70,8 @@ class GoogLeNet(nn.Module):
         if aux_logits:
             c4a = sum(cfg["4a"][i] for i in (1, 3, 5, 6))
             c4d = sum(cfg["4d"][i] for i in (1, 3, 5, 6))
-            self.aux = nn.ModuleList([AuxHead(c4a, num_classes, act, dropout), AuxHead(c4d, num_classes, act, dropout)])
+            self.aux = nn.ModuleList([AuxHead(c4a, num_classes, act, aux_dropout),
+                                      AuxHead(c4d, num_classes, act, aux_dropout)])
 
     def forward(self, x: torch.Tensor):
         x = self.stage4a(self.stage3(self.stem(x)))
@@ -81,7 +84,8 @@ class GoogLeNet(nn.Module):
 
 @register("googlenet")
 def googlenet(*, num_classes: int, in_channels: int, image_size: int, width: float = 1.0, batch_norm: bool = True,
-              activation: str = "relu", pool: str = "max", dropout: float = 0.4, aux_logits: bool = False) -> nn.Module:
+              activation: str = "relu", pool: str = "max", dropout: float = 0.4, aux_logits: bool = False,
+              aux_dropout: float = 0.7) -> nn.Module:
     """GoogLeNet / Inception v1 for CIFAR: a 3x3 stem, inception 3a-5b, global average pool (aux heads optional)."""
     return GoogLeNet(num_classes=num_classes, in_channels=in_channels, width=width, bn=batch_norm, act=activation,
-                     pool=pool, dropout=dropout, aux_logits=aux_logits)
+                     pool=pool, dropout=dropout, aux_logits=aux_logits, aux_dropout=aux_dropout)

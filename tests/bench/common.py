@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-from cnnlab.config import PROJECT_ROOT
+from cnnlab.schema import PROJECT_ROOT
 
 REPORTS = PROJECT_ROOT / "reports"
 
@@ -32,7 +32,7 @@ def cpu_line() -> str:
     comparable with figures from one that trains in bf16."""
     import torch
 
-    from cnnlab.train import pick_precision
+    from cnnlab.engine import pick_precision
 
     model = platform.processor() or platform.machine()
     try:

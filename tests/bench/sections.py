@@ -27,7 +27,8 @@ def bench_train(report, accuracy: bool = False) -> None:
     """Issue 2: cnnlab train against the PyTorch-tutorial pipeline; MLflow overhead; accuracy."""
     from types import SimpleNamespace
 
-    from cnnlab import data, tracking
+    from cnnlab import data
+    from cnnlab.store import Store
     from cnnlab.models import get_arch
 
     from .common import matmul_peak
@@ -53,7 +54,7 @@ def bench_train(report, accuracy: bool = False) -> None:
 
     # MLflow overhead and the exercise's acceptance run: `cnnlab train arch=tf_cnn epochs=10` as a user runs it
     run_id = _cli_train(["arch=tf_cnn", "epochs=10"])
-    client = tracking.client()
+    client = Store().client
     run = client.get_run(run_id)
     m = run.data.metrics
     points = {k: len(client.get_metric_history(run_id, k)) for k in ("train_loss", "val_acc", "epoch_test_acc", "lr")}
@@ -107,7 +108,7 @@ def bench_zoo(report, accuracy: bool = False) -> None:
     from cnnlab import data
     from cnnlab.describe import model_table
     from cnnlab.models import get_arch
-    from cnnlab.train import setup_torch
+    from cnnlab.engine import setup_torch
 
     from .common import matmul_peak
 
@@ -128,11 +129,11 @@ def bench_zoo(report, accuracy: bool = False) -> None:
                    f"{ips:8.1f} img/s  {gflops:6.1f} GFLOP/s = {gflops / peak:5.1%} of bf16 peak "
                    f"({45000 / ips / 60:5.1f} min per 45k-image epoch)")
     if accuracy:
-        from cnnlab import tracking
+        from cnnlab.store import Store
 
         targets = {"resnet20": 0.87, "vgg11": 0.88, "mobilenet_v2": 0.85}
         for arch in os.environ.get("CNNLAB_BENCH_ARCHS", ",".join(targets)).split(","):
-            m = tracking.client().get_run(_cli_train([f"arch={arch}"])).data.metrics
+            m = Store().client.get_run(_cli_train([f"arch={arch}"])).data.metrics
             target = f" (target {targets[arch]:.2f})" if arch in targets else ""
             report.add(f"zoo_acc_{arch}", {"epochs": int(m["epochs_run"]), "minutes": round(m["wall_time"] / 60, 1),
                                            "test_acc": round(m["test_acc"], 4)},
@@ -147,7 +148,7 @@ def _sweep(args, workers: int = 1, **options):
 
 
 def _epochs_used(result) -> int:
-    return sum(len(o.history) for o in result["outcomes"])
+    return sum(len(o.history) for o in result.outcomes)
 
 
 def bench_sweep(report, accuracy: bool = False) -> None:
@@ -167,7 +168,7 @@ def bench_sweep(report, accuracy: bool = False) -> None:
     chosen = _sweep_race(report, common, epochs, 0, stamp)
     for params, keys in chosen.items():
         rows = _sweep([*common, *params.split(), "seed=0,1,2,3,4"], name=f"bench-seeds-{keys[0]}-{stamp}")
-        vals = [row["val_acc"] for row in rows["summary"]["rows"]]
+        vals = [r.metrics["val_acc_best"] for r in rows.records]
         report.add(f"sweep_{'+'.join(keys)}_choice_over_seeds", {"mean": round(statistics.mean(vals), 4),
                                                                  "std": round(statistics.stdev(vals), 4)},
                    f"the choice of {' and '.join(keys)} ({params}) trained with seeds 0-4: val_acc "
@@ -212,14 +213,14 @@ def _sweep_race(report, common, epochs: int, seed: int, stamp: str) -> dict:
                         used, time.perf_counter() - start))
     chosen = {}
     for key, label, result, used, seconds in results:
-        best = result["summary"]["groups"][0]
-        chosen.setdefault(best["params"], []).append(key)
-        pruned = sum(row["state"] == "PRUNED" for row in result["summary"]["rows"])
+        best = result.groups[0]
+        chosen.setdefault(best.params, []).append(key)
+        pruned = sum(r.state == "PRUNED" for r in result.records)
         report.add(f"sweep_{key}" + (f"_seed{seed}" if seed else ""),
-                   {"best_val_acc": round(best["mean"], 4), "test_acc": round(best["test_mean"], 4),
+                   {"best_val_acc": round(best.mean, 4), "test_acc": round(best.test_mean, 4),
                     "epochs": used, "pruned": pruned, "seconds": round(seconds)},
-                   f"{f'seed {seed}: ' if seed else ''}{label}: best val_acc {best['mean']:.4f} ({best['params']}), "
-                   f"its test_acc {best['test_mean']:.4f}; {used} epochs trained, {pruned} pruned, {seconds:.0f} s "
+                   f"{f'seed {seed}: ' if seed else ''}{label}: best val_acc {best.mean:.4f} ({best.params}), "
+                   f"its test_acc {best.test_mean:.4f}; {used} epochs trained, {pruned} pruned, {seconds:.0f} s "
                    f"(tf_cnn, 20% of train, {epochs} epochs per trial)")
     return chosen
 
@@ -237,7 +238,7 @@ def bench_exercise(report, accuracy: bool = False) -> None:
 
     from omegaconf import OmegaConf
 
-    from cnnlab.config import conf_dir
+    from cnnlab.schema import conf_dir
 
     seeds = 3 if accuracy else 1
     stamp = time.strftime("%H%M%S")
@@ -278,8 +279,8 @@ def bench_exercise(report, accuracy: bool = False) -> None:
         results = [json.loads(p.read_text()) for p in (Path(tmp) / "multirun").glob("*/result.json")]
     # test accuracy by (config, seed) in both pipelines; cnnlab numbers repeats of config i T(i * seeds + r)
     hydra_acc = {(int(r["trial"][1:]), r["seed"]): r["test_acc"] for r in results}
-    by_trial = lambda result: {(int(r["trial"][1:]) // seeds, int(r["trial"][1:]) % seeds): r["test_acc"]  # noqa: E731
-                               for r in result["summary"]["rows"]}
+    by_trial = lambda result: {(int(r.trial[1:]) // seeds, int(r.trial[1:]) % seeds): r.metrics["test_acc"]  # noqa
+                               for r in result.records}
     ours_acc, ours2_acc = by_trial(ours), by_trial(ours2)
     assert len(hydra_acc) == len(ours_acc) == len(ours2_acc) == len(names) * seeds
 
@@ -315,14 +316,16 @@ def bench_export(report, accuracy: bool = False) -> None:
 
     from mlflow.entities import Metric, Param, RunTag
 
-    from cnnlab import export, tracking
+    from cnnlab import export
+    from cnnlab import log as run_log
     from cnnlab.config import compose, flatten, resolve, to_dict
+    from cnnlab.store import Store, Tag
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CNNLAB_RUNS_DIR"] = tmp
         try:
-            client = tracking.client()
-            exp = tracking.experiment_id(client, "cifar10")
+            store = Store()
+            client = store.client
             base = flatten(to_dict(resolve(compose([]))))
             rng = random.Random(0)
             start = time.perf_counter()
@@ -330,22 +333,21 @@ def bench_export(report, accuracy: bool = False) -> None:
                 params = {**base, "lr": rng.choice([3e-4, 1e-3, 3e-3]), "dense_units": rng.choice([0, 64, 500]),
                           "dropout": rng.choice([0.0, 0.5]), "batch_norm": rng.choice([True, False]),
                           "split.train": 45000, "split.val": 5000, "split.test": 10000}
-                run = client.create_run(exp, run_name=f"synthetic-{i}", tags={"cnnlab.state": "FINISHED"})
+                run_id = store.create_run("cifar10", {}).run_id  # as train() does: a log ID claimed per run
                 now = int(time.time() * 1000)
                 metrics = [Metric(k, rng.random(), now, e) for e in range(1, 11)
                            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_acc")]
                 metrics += [Metric(k, rng.random(), now, 10) for k in
                             ["test_acc", "val_acc_best", "train_acc_final", "wall_time"] +
                             [f"test_acc_class{c}" for c in range(10)]]
-                client.log_batch(run.info.run_id, metrics=metrics,
+                client.log_batch(run_id, metrics=metrics,
                                  params=[Param(k, str(v)) for k, v in list(params.items())[:100]],
-                                 tags=[RunTag("cnnlab.run_dir", f"{tmp}/cifar10/synthetic-{i}")])
-                client.set_terminated(run.info.run_id, "FINISHED")
+                                 tags=[RunTag(Tag.RUN_DIR, f"{tmp}/cifar10/T{i}"), RunTag(Tag.STATE, "FINISHED")])
+                client.set_terminated(run_id, "FINISHED")
             setup = time.perf_counter() - start
             for suffix in (".xlsx", ".csv"):
                 start = time.perf_counter()
-                runs, exps = export.collect(client)
-                export.write(export.build(client, runs, exps), Path(tmp) / f"runs{suffix}")
+                export.write(run_log.build(store, store.runs()), Path(tmp) / f"runs{suffix}")
                 seconds = time.perf_counter() - start
                 report.add(f"export_1000_{suffix[1:]}_s", round(seconds, 2),
                            f"export-log of 1,000 runs (10 epochs each) to {suffix}: {seconds:.1f} s "
@@ -356,11 +358,11 @@ def bench_export(report, accuracy: bool = False) -> None:
 
 def bench_fast(report, accuracy: bool = False) -> None:
     """Issue 6: time to accuracy of recipe=fast94 on this CPU (train time and compile time apart)."""
-    from cnnlab import tracking
+    from cnnlab.store import Store
 
     for extra in ([], ["compile=true"]) if accuracy else ([],):
         run_id = _cli_train(["recipe=fast94", *extra])
-        client = tracking.client()
+        client = Store().client
         m = client.get_run(run_id).data.metrics
         acc = {h.step: h.value for h in client.get_metric_history(run_id, "epoch_test_acc")}
         times = {h.step: h.value for h in client.get_metric_history(run_id, "epoch_time")}

@@ -1,0 +1,115 @@
+"""Running one trial, in the sweep's process or in a worker process of its pool.
+
+A worker loads each data set once and reuses it for every trial it trains; it leaves SIGINT and
+SIGTERM to train(), which ends the trial's run KILLED; its progress goes back over a queue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import Interrupted, Pruned
+from ..store import Tag
+from .spec import Outcome, Spec, Trial
+
+_WORKER: Dict[str, Any] = {}
+
+
+def _dataset(cfg):
+    """The data set of `cfg`, loaded once per process and reused by every trial that asks for it; on a GPU
+    it is moved there once, so trials start without copying it."""
+    from .. import data
+    from ..engine import pick_device
+
+    d = cfg.data
+    device = pick_device(cfg.device.value)
+    key = (d.name, d.root, d.n_train, d.n_test, cfg.seed if d.name == "synthetic" else None, str(device))
+    cache = _WORKER.setdefault("datasets", {})
+    if key not in cache:
+        ds = data.load(d, seed=cfg.seed)
+        cache[key] = ds.to(device) if device.type == "cuda" else ds
+    return cache[key]
+
+
+def log_id(sweep: str, trial_id: str, attempt: int) -> str:
+    """A trial's log ID: <sweep>/T<n>, and <sweep>/T<n>-<attempt> from its second attempt on."""
+    return f"{sweep}/{trial_id}" + (f"-{attempt}" if attempt > 1 else "")
+
+
+def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root: str, storage: str,
+              attempt: int = 1, progress=None) -> Outcome:
+    """Train one trial as a child run. Failures become an Outcome; a signal propagates as Interrupted."""
+    from ..config import compose
+    from ..train import train
+    from .strategies import get_strategy
+
+    start = time.perf_counter()
+    curve: List[float] = []
+    should_stop = get_strategy(spec.strategy)(spec).judge(trial, sweep, storage)
+
+    def on_epoch(epoch: int, metrics: Dict[str, float]) -> None:
+        value = metrics.get(spec.metric)
+        if value is not None:
+            curve.append(value)
+        if progress is not None:
+            progress(("epoch", trial.id, epoch, value))
+        if should_stop is not None and value is not None and should_stop(epoch, value):
+            raise Pruned(f"{spec.metric}={value:.4f} at epoch {epoch}")
+
+    if progress is not None:
+        progress(("start", trial.id))
+    tags = {Tag.SWEEP: sweep, Tag.TRIAL: trial.id, Tag.ATTEMPT: attempt, Tag.TRIAL_KEY: trial.key,
+            Tag.CONFIG_KEY: trial.group, Tag.SWEPT: json.dumps(trial.params)}
+    try:
+        cfg = compose(trial.overrides)
+        result = train(cfg, trial.overrides, dataset=_dataset(cfg), on_epoch=on_epoch, parent_run_id=parent_run_id,
+                       tags=tags, run_root=Path(run_root), log_id=log_id(sweep, trial.id, attempt), quiet=True)
+    except Interrupted:
+        raise
+    except BaseException as exc:  # the trial failed; the sweep goes on
+        return Outcome(trial.id, "FAILED", seconds=time.perf_counter() - start,
+                       reason=f"{type(exc).__name__}: {exc}"[:500], history=curve)
+    best = (max(curve) if spec.direction == "maximize" else min(curve)) if curve else None
+    return Outcome(trial.id, result.status, best, result.metrics.get("test_acc") if result.status == "FINISHED" else None,
+                   time.perf_counter() - start, result.run_id, history=curve)
+
+
+def init_worker(threads: int, devices: Any, progress_queue) -> None:
+    """Worker start-up: its share of CPU threads (or its GPU), signals left to train(), torch imported once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # train() installs its own handlers during a trial
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["progress"] = progress_queue
+
+
+def work(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root: str, storage: str,
+         attempt: int) -> Outcome:
+    """run_trial in a worker process: its progress over the queue, a signal as a KILLED outcome."""
+    queue = _WORKER.get("progress")
+    try:
+        return run_trial(trial, spec, sweep, parent_run_id, run_root, storage, attempt,
+                         progress=queue.put if queue is not None else None)
+    except Interrupted:
+        return Outcome(trial.id, "KILLED", reason="interrupted")
+
+
+class Inline:
+    """The executor for --workers 1: runs each trial at submit time, in this process."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def shutdown(self, **kwargs) -> None:
+        pass

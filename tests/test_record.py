@@ -1,0 +1,203 @@
+"""The experiment record: log IDs assigned once, one store layer, one summary, no import cycle."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnlab import log as run_log
+from cnnlab.errors import CnnlabError
+from cnnlab.schema import runs_dir
+from cnnlab.store import Store, Tag
+
+TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
+PACKAGE = Path(__file__).resolve().parent.parent / "cnnlab"
+
+
+def ids_in(out: str) -> list:
+    """The ID column of `cnnlab runs` output, top to bottom."""
+    return re.findall(r"^│ (\S+)\s+│", out, flags=re.M)
+
+
+@pytest.fixture
+def three_runs(cli):
+    """T0 tf_cnn, T1 vgg_small (narrow), and T2 a run that was KILLED (a record ended by the store's own call)."""
+    assert cli("train", *TINY, "-q")[0] == 0
+    assert cli("train", *TINY, "arch=vgg_small", "width=0.125", "-q")[0] == 0
+    store = Store()
+    run = store.create_run("cifar10", {Tag.RUN_DIR: str(runs_dir() / "gone")})
+    run.end("KILLED", "signal 15 in epoch 1")
+    return store
+
+
+def test_ids_are_the_same_under_every_filter(cli, three_runs):
+    code, out, err = cli("runs")
+    assert code == 0, err
+    assert ids_in(out) == ["T0", "T1", "T2"]
+    assert ids_in(cli("runs", "--arch", "vgg_small")[1]) == ["T1"]
+    assert ids_in(cli("runs", "--status", "KILLED")[1]) == ["T2"]
+    assert ids_in(cli("runs", "--status", "FINISHED", "--sort", "id", "--top", "1")[1]) == ["T0"]
+    sorted_ids = ids_in(cli("runs", "--sort", "test_acc")[1])
+    assert sorted(sorted_ids) == ["T0", "T1", "T2"] and sorted_ids[-1] == "T2"  # no score: last, still T2
+    # the run's own name is its ID, in the MLflow UI too
+    assert [r.name for r in three_runs.runs()] == ["T0", "T1", "T2"]
+
+
+def test_evaluate_takes_what_runs_printed_and_says_what_it_resolved(cli, three_runs):
+    vgg = three_runs.runs(archs=["vgg_small"])[0]
+    printed = ids_in(cli("runs", "--arch", "vgg_small")[1])[0]
+    code, out, err = cli("evaluate", printed, "targets=[blur]")
+    assert code == 0, err
+    assert f"evaluating cifar10 T1 (run {vgg.run_id}" in out
+    assert "target_acc_blur" in three_runs.get(vgg.run_id).metrics
+    assert "target_acc_blur" not in three_runs.runs(archs=["tf_cnn"])[0].metrics  # the other T-run untouched
+    code, out, err = cli("evaluate", vgg.run_id[:8], "targets=[contrast]")  # a run-ID prefix
+    assert code == 0 and "evaluating cifar10 T1" in out, err
+
+
+def test_ambiguous_or_unknown_references_are_refused(cli, three_runs):
+    assert cli("train", *TINY, "experiment=other", "-q")[0] == 0  # another experiment's T0
+    code, _, err = cli("evaluate", "T0")
+    assert code == 2 and "names 2 runs" in err and "cifar10: T0" in err and "other: T0" in err
+    code, _, err = cli("evaluate", "T9")
+    assert code == 2 and "No run 'T9'" in err and "Traceback" not in err
+    record = three_runs.find("T0", ["other"])
+    assert record.experiment == "other" and record.id == "T0"
+
+
+def test_quotes_in_references_never_break_the_filter(three_runs):
+    for ref in ("it's", 'say "x"', "both ' and \""):
+        with pytest.raises(CnnlabError, match="No run"):
+            three_runs.find(ref)
+
+
+def test_four_trainings_at_once_on_a_fresh_store_get_distinct_ids():
+    assert not (runs_dir() / "mlflow.db").exists()
+    procs = [subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "arch=lenet5", f"seed={i}", "-q"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
+    printed = sorted(re.search(r"id=(T\d+)", out).group(1) for out, _ in outs)
+    assert printed == ["T0", "T1", "T2", "T3"]
+    records = Store().runs()
+    assert sorted(r.id for r in records) == printed and all(r.state == "FINISHED" for r in records)
+    assert sorted(p.name for p in (runs_dir() / "cifar10").iterdir()) == printed  # run directories named alike
+
+
+def test_sweep_summary_and_export_agree(cli, tmp_path):
+    from cnnlab.sweep import Sweep, load_spec
+
+    args = ["lr=0.003,0.001", *TINY]
+    first = Sweep(load_spec(args, repeats=2, name="rep"), quiet=True).run()
+    again = Sweep(load_spec(args, repeats=2, name="rep"), force=True, quiet=True).run()  # attempts, not seeds
+    assert first.ran == again.ran == 4
+    store = Store()
+    records = store.runs(sweep="rep")
+    assert sorted(r.id for r in records) == sorted([f"rep/T{i}" for i in range(4)] + [f"rep/T{i}-2" for i in range(4)])
+    assert {r.attempt for r in records} == {1, 2}
+    summary = {g.params: (g.n, g.mean, g.std, g.test_mean, g.test_std) for g in again.groups}
+    assert sorted(summary) == ["lr=0.001", "lr=0.003"] and {v[0] for v in summary.values()} == {2}
+    assert all(set(g.ids) <= {f"rep/T{i}-2" for i in range(4)} for g in again.groups)  # the latest attempts
+    out = tmp_path / "log.xlsx"
+    assert cli("export-log", str(out), "--sweep", "rep")[0] == 0
+    sheet = pd.read_excel(out, sheet_name="Sweeps")
+    exported = {row["CONFIG"]: tuple(row[k] for k in ("SEEDS", "MEAN", "STD", "TEST MEAN", "TEST STD"))
+                for _, row in sheet.iterrows()}
+    assert exported.keys() == summary.keys()
+    for key, values in summary.items():
+        assert exported[key] == pytest.approx(values)
+    log = run_log.build(store, records)
+    assert [(g.params, g.n, g.mean) for g in log.groups] == [(g.params, g.n, g.mean) for g in again.groups]
+
+
+def test_one_seed_shows_no_spread(cli):
+    code, out, err = cli("sweep", "lr=0.003,0.001", *TINY, "-q")
+    assert code == 0, err
+    assert "± 0.0000" not in out and "±" not in out
+
+
+# ---------------------------------------------------------------- the shape of the package
+
+
+def imports(path: Path) -> set:
+    """The cnnlab modules `path` imports, at any depth of its code (function-level imports included)."""
+    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("cnnlab")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("cnnlab"):
+                continue
+            for alias in node.names:  # `from . import data`: the submodule itself
+                sub = f"{target}.{alias.name}"
+                found.add(sub if (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists()
+                          or (PACKAGE.parent / Path(*sub.split(".")) / "__init__.py").exists() else target)
+    return {m.removesuffix(".__init__") for m in found}
+
+
+def test_no_import_cycle():
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = imports(path) - {name}
+    assert "cnnlab.store" in graph and graph["cnnlab.config"] >= {"cnnlab.schema"}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_only_the_store_speaks_to_mlflow():
+    speakers = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                      if re.search(r"^\s*(import mlflow|from mlflow)", p.read_text(), flags=re.M))
+    assert speakers == ["store.py"]
+
+
+def test_tag_names_are_the_stores_constants():
+    """Other modules name cnnlab's tags through store.Tag, never as string literals."""
+    literal = re.compile(r"""["']cnnlab\.(id|seq|state|end_reason|run_dir|sweep|sweep_parent|trial|attempt|trial_key|"""
+                         r"""config_key|swept)["']""")
+    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if p.name != "store.py" and literal.search(p.read_text())]
+    assert offenders == []
+
+
+def test_runs_recorded_before_log_ids_get_theirs_once(cli, three_runs):
+    """A store written by an earlier cnnlab: runs without the ID tag (a single run named by date, a trial)."""
+    client = three_runs.client
+    exp = three_runs.experiment_id("cifar10")
+    old = client.create_run(exp, run_name="tf_cnn-20261120-101010-abc123", tags={Tag.STATE: "FINISHED"})
+    trial = client.create_run(exp, run_name="T4", tags={Tag.SWEEP: "old", Tag.TRIAL: "T4"})
+    for run in (old, trial):
+        client.set_terminated(run.info.run_id, "FINISHED")
+    first = {r.run_id: r.id for r in Store().runs()}
+    assert first[old.info.run_id] == "T3" and first[trial.info.run_id] == "old/T4"
+    assert {r.run_id: r.id for r in Store().runs()} == first  # kept, not renumbered
+    assert ids_in(cli("runs", "--status", "FINISHED")[1])[-2:] == ["T3", "old/T4"]
