@@ -224,7 +224,8 @@ def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; anything but 127.0.0.1 exposes your runs "
                                                "to the network."),
-    experiment: str = typer.Option("cifar10", help="Experiment whose runs table the printed URL opens."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment whose runs table the printed URL opens "
+                                                         "(default: the one used most recently)."),
 ) -> None:
     """Start the MLflow UI on this project's store and print the URL of the experiment's runs table."""
     from .ui import serve
@@ -292,11 +293,12 @@ def describe(
 def data_import(
     path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace a cache whose classes differ from this copy's."),
 ) -> None:
     """Decode a local copy of CIFAR-10 once into the uint8 cache that training loads."""
     from .data import import_dataset
 
-    info = import_dataset(path, root)
+    info = import_dataset(path, root, force=force)
     typer.echo(f"imported {info['train']:,} train + {info['test']:,} test images, {len(info['classes'])} classes, "
                f"from {info['source']} into {info['cache']} in {info['seconds']} s")
 
@@ -332,6 +334,10 @@ def main() -> None:
     except Diverged as exc:
         typer.echo(f"error: training diverged: {exc}", err=True)
         sys.exit(1)
+    except PermissionError as exc:
+        typer.echo(f"error: permission denied: cannot write {exc.filename or exc}. Make it writable, or point "
+                   "$CNNLAB_RUNS_DIR / $CNNLAB_DATA_DIR elsewhere; nothing recorded was changed.", err=True)
+        sys.exit(2)
     except Interrupted as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

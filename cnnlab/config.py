@@ -8,6 +8,7 @@ logged is what ran.
 
 from __future__ import annotations
 
+import re
 from typing import List, Tuple
 
 from .errors import CnnlabError
@@ -33,10 +34,54 @@ def hydra_message(exc: BaseException) -> str:
         lines = [line.strip() for line in str(exc).splitlines()]
         # drop OmegaConf's bookkeeping lines (full_key, object_type) and unformatted templates
         text = " ".join(l for l in lines if l and not l.startswith(("full_key:", "object_type=", "reference_type=")))
+        text = re.sub(r"\s*To append to your config use \S+", "", text)  # a typo needs fixing, not a `+`
         if text and "$VALUE" not in text and text not in parts:
             parts.append(text)
         exc = exc.__cause__ or exc.__context__
     return ": ".join(parts)
+
+
+def schema_keys() -> List[str]:
+    """Every key the schema knows, dotted (data.n_train, eval.targets, ...); `arch` holds free arch.* keys."""
+    from dataclasses import fields, is_dataclass
+
+    def walk(cls, prefix: str) -> List[str]:
+        keys = []
+        for f in fields(cls):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if is_dataclass(default):
+                keys += walk(type(default), f"{prefix}{f.name}.")
+            else:
+                keys.append(f"{prefix}{f.name}")
+        return keys
+
+    return walk(Config, "")
+
+
+def check_keys(overrides: List[str]) -> None:
+    """Refuse an override of a key the schema does not know, with or without Hydra's `+` (which would record
+    a param that does nothing), suggesting the closest valid key."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return  # a syntax error: Hydra's own message says where
+    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    valid = schema_keys()
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if key in groups or key in valid or key.startswith("arch."):
+            continue
+        close = difflib.get_close_matches(key, valid + sorted(groups), n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        top = sorted({k.split(".")[0] for k in valid} | groups)
+        raise CnnlabError(f"Unknown config key {key!r} (in {override.input_line!r}).{hint} Valid keys: "
+                          f"{', '.join(top)} (and data.*, eval.*, tracking.*, arch.<parameter>; see `cnnlab train "
+                          "--cfg`).")
 
 
 def compose(overrides: List[str]):
@@ -50,6 +95,7 @@ def compose(overrides: List[str]):
     directory = conf_dir()
     if not (directory / "config.yaml").is_file():
         raise CnnlabError(f"No config.yaml in {directory}: set CNNLAB_CONF_DIR to cnnlab's conf/ directory.")
+    check_keys(overrides)
     _register_schema()
     GlobalHydra.instance().clear()
     try:
@@ -62,9 +108,52 @@ def compose(overrides: List[str]):
     return cfg
 
 
+class Composer:
+    """compose() for many override lists that differ in plain values (a sweep's trials): Hydra composes each
+    distinct choice of config groups (arch=, data=, recipe=) once, and each list's plain key=value overrides
+    are merged onto a copy with OmegaConf, type-checked by the schema as Hydra would. Anything else (`+`,
+    `~`, a package) goes through compose() as it is."""
+
+    def __init__(self):
+        self.groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+        self.cache = {}
+
+    def __call__(self, overrides: List[str]):
+        import copy
+
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(list(overrides))
+        except HydraException:
+            return compose(overrides)  # Hydra's own message
+        if any(o.type.name != "CHANGE" or o.package is not None for o in parsed):
+            return compose(overrides)
+        check_keys(overrides)
+        chosen = tuple(o.input_line for o in parsed if o.key_or_group in self.groups)
+        if chosen not in self.cache:
+            self.cache[chosen] = compose(list(chosen))
+        cfg = copy.deepcopy(self.cache[chosen])
+        try:
+            for o in parsed:
+                if o.key_or_group not in self.groups:
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+        except OmegaConfBaseException as exc:
+            raise CnnlabError(f"Bad config override(s) {' '.join(overrides)}: {hydra_message(exc)}") from None
+        return cfg
+
+
 def check_ranges(cfg) -> None:
+    import math
+
     from omegaconf import OmegaConf
 
+    for key, value in flatten(to_dict(cfg)).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CnnlabError(f"{key}={value} is not a finite number.")
     for key, (ok, valid) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not ok(value):

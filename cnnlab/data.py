@@ -85,6 +85,13 @@ def _members(path: Path) -> Iterator[Tuple[str, bytes]]:
                 if member.isfile():
                     yield member.name, archive.extractfile(member).read()
     else:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        kind = {b"PK\x03\x04": "zip", b"\x1f\x8b\x08\x00": "gzip"}.get(magic) or \
+            ("gzip" if magic[:2] == b"\x1f\x8b" else None)
+        if kind:
+            raise CnnlabError(f"{path} is a {kind} file that cannot be read to its end: it is truncated or corrupt. "
+                              f"Download or copy it again. {IMPORT_HELP}")
         raise CnnlabError(f"{path} is neither a directory nor a .tar, .tar.gz or .zip archive. {IMPORT_HELP}")
 
 
@@ -190,13 +197,28 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_dataset(path, root: Optional[str] = None) -> dict:
-    """Decode `path` into the cache; returns the cache's info. The old cache survives any failure."""
+def _clean_temporaries(directory: Path) -> None:
+    """Remove the half-written caches of imports that were killed (their process is gone)."""
+    for tmp in directory.glob(".cifar10-*.npz"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+        except (IndexError, ValueError):
+            pid = None
+        if pid is None or not Path(f"/proc/{pid}").exists() or pid == os.getpid():
+            tmp.unlink(missing_ok=True)
+
+
+def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dict:
+    """Decode `path` into the cache; returns the cache's info. The old cache survives any failure, and a copy
+    with other classes than the cache's replaces it only with `force`."""
     import numpy as np
 
     path = Path(path).expanduser()
     if not path.exists():
         raise CnnlabError(f"{path} does not exist. {IMPORT_HELP}")
+    cache = data_root(root) / CACHE_NAME
+    if cache.parent.is_dir():
+        _clean_temporaries(cache.parent)
     start = time.perf_counter()
     try:
         (x_train, y_train), (x_test, y_test), classes = _read(path)
@@ -205,15 +227,26 @@ def import_dataset(path, root: Optional[str] = None) -> dict:
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
         raise CnnlabError(f"Could not read {path}: it is corrupt or truncated ({type(exc).__name__}: {exc}). "
                           f"{IMPORT_HELP} Any earlier cache is left as it was.") from None
+    try:
+        old = cache_info(root)
+    except CnnlabError:  # an unreadable cache: this import is how to replace it
+        old = None
+    if old is not None and list(old["classes"]) != list(classes) and not force:
+        gone = sorted(set(old["classes"]) - set(classes))
+        extra = sorted(set(classes) - set(old["classes"]))
+        what = "; ".join(p for p in (f"missing {', '.join(gone)}" if gone else "", f"new {', '.join(extra)}"
+                                     if extra else "") if p) or "a different order"
+        raise CnnlabError(f"{path} has {len(classes)} classes where the cache has {len(old['classes'])} ({what}): "
+                          f"importing it would replace the cache every run trains on. Check the copy, or pass "
+                          f"--force to replace the cache anyway. The cache is unchanged.")
     mean, std = _channel_stats(x_train)
     meta = {
         "source": str(path.resolve()), "sha256": _sha256(path), "imported": time.strftime("%Y-%m-%d %H:%M:%S"),
         "classes": list(classes), "mean": mean, "std": std,
         "train": int(len(y_train)), "test": int(len(y_test)), "image_shape": list(x_train.shape[1:]),
     }
-    cache = data_root(root) / CACHE_NAME
     cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".cifar10-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".cifar10-{os.getpid()}-", suffix=".npz")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, meta=json.dumps(meta))
@@ -231,9 +264,23 @@ def cache_info(root: Optional[str] = None) -> Optional[dict]:
     cache = data_root(root) / CACHE_NAME
     if not cache.exists():
         return None
-    with np.load(cache) as archive:
+    with _open_cache(cache) as archive:
         meta = json.loads(str(archive["meta"]))
     return {**meta, "cache": str(cache), "bytes": cache.stat().st_size}
+
+
+def _open_cache(cache: Path):
+    """The cache's npz archive; an unreadable one is a clear error that says how to make it again."""
+    import numpy as np
+
+    try:
+        archive = np.load(cache)
+        archive["meta"]  # noqa: B018 (read now: a garbage file fails here, not mid-run)
+        return archive
+    except Exception as exc:  # numpy raises many types for a bad file
+        raise CnnlabError(f"The data cache {cache} is unreadable ({type(exc).__name__}: {exc}): it is corrupt or not "
+                          f"a cnnlab cache. Import the data again (`cnnlab data import PATH`), or delete it so that "
+                          "`cnnlab train` downloads CIFAR-10 again.") from None
 
 
 # ---------------------------------------------------------------- loading
@@ -273,9 +320,13 @@ def load(cfg_data, seed: int = 0) -> Dataset:
             raise CnnlabError(f"CIFAR-10 is not in the cache ({cache}) and data.download=false. "
                               f"Run `cnnlab data import PATH`. {IMPORT_HELP}")
         _download(cfg_data, root)
-    with np.load(cache) as archive:
-        meta = json.loads(str(archive["meta"]))
-        arrays = {k: torch.from_numpy(archive[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+    with _open_cache(cache) as archive:
+        try:
+            meta = json.loads(str(archive["meta"]))
+            arrays = {k: torch.from_numpy(archive[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+        except Exception as exc:
+            raise CnnlabError(f"The data cache {cache} is damaged ({type(exc).__name__}: {exc}). Import the data again "
+                              "(`cnnlab data import PATH`).") from None
     return Dataset(**arrays, classes=tuple(meta["classes"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
 
 

@@ -7,10 +7,14 @@ FLOPs come from torch itself (parameter tensors, torch.utils.flop_counter), not 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .errors import CnnlabError
+from .schema import RANGES
+
+INPUTS = {"image_size": (8, 1024), "num_classes": (1, 100_000), "in_channels": (1, 64)}  # describe's own inputs
 
 LAYER_TYPES = ("Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "MinPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
                "LocalResponseNorm")
@@ -45,13 +49,27 @@ def parse_args(args: Sequence[str]) -> Tuple[str, Dict[str, Any], Dict[str, Any]
             raise CnnlabError(f"Bad argument {arg!r}: expected key=value (arch=vgg16 image_size=224 num_classes=1000).")
         values[key] = yaml.safe_load(text)
     spec = get_arch(str(values.pop("arch", "tf_cnn")))
-    inputs = {k: int(values.pop(k)) for k in ("image_size", "num_classes", "in_channels") if k in values}
+    inputs = {}
+    for key, (low, high) in INPUTS.items():
+        if key in values:
+            value = values.pop(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise CnnlabError(f"{key}={value}: expected an integer from {low} to {high}.")
+            inputs[key] = value
     knobs = {}
     for key, value in values.items():
         name = key[len("arch."):] if key.startswith("arch.") else key
         if name not in spec.defaults:
-            valid = [*spec.knobs, *(f"arch.{p}" for p in spec.params), "image_size", "num_classes", "in_channels"]
+            valid = [*spec.knobs, *(f"arch.{p}" for p in spec.params), *INPUTS]
             raise CnnlabError(f"arch={spec.name} takes no {key}. Valid: {', '.join(valid)}.")
+        if name in RANGES:
+            ok, valid = RANGES[name]
+            try:
+                fine = not isinstance(value, str) and math.isfinite(value) and ok(value)
+            except TypeError:
+                fine = False
+            if not fine:
+                raise CnnlabError(f"{key}={value} is out of range: it must be {valid}.")
         knobs[name] = value
     return spec.name, inputs, knobs
 

@@ -24,6 +24,8 @@ def check_destination(path: Path, force: bool) -> None:
     if path.suffix.lower() not in FORMATS_BY_SUFFIX:
         raise CnnlabError(f"{path}: unknown format {path.suffix or '(no extension)'}; "
                           f"valid: {', '.join(FORMATS_BY_SUFFIX)}.")
+    if path.is_dir():
+        raise CnnlabError(f"{path} is a directory; give a file name (e.g. {path / 'runs.xlsx'}).")
     if path.exists() and not force:
         raise CnnlabError(f"{path} exists; pass --force to replace it (the old file stays until the new one is complete).")
     parent = path.parent if str(path.parent) else Path(".")
@@ -37,19 +39,33 @@ def write(log: Log, path: Path, force: bool = False) -> Path:
     """Write `log` to `path` (format from the extension) atomically: a crash leaves any old file intact."""
     path = Path(path)
     check_destination(path, force)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                   suffix=".tmp")
+    except OSError as exc:
+        raise CnnlabError(f"Cannot write {path}: {exc.strerror or exc}.") from None
     os.close(fd)
     try:
         {".xlsx": _write_xlsx, ".csv": _write_csv, ".md": _write_md}[path.suffix.lower()](log, Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        raise CnnlabError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was replaced.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's CSV-injection rule
+
+
+def neutralised(value):
+    """A text cell a spreadsheet would run as a formula, made text: a leading apostrophe."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def _write_csv(log: Log, path: Path) -> None:
-    log.table.to_csv(path, index=False)
+    log.table.map(neutralised).to_csv(path, index=False)
 
 
 def markdown(log: Log) -> str:

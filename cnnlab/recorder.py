@@ -22,7 +22,7 @@ from . import __version__
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
-from .schema import PROJECT_ROOT, runs_dir
+from .schema import PROJECT_ROOT, runs_dir, safe_name
 from .store import Store, Tag
 
 
@@ -150,7 +150,9 @@ class Recorder:
         self.run = Store(cfg.tracking.uri).create_run(cfg.experiment, run_tags, run_name=cfg.run_name,
                                                       parent_run_id=parent_run_id, log_id=log_id)
         self.id = self.run.id
-        self.dir = new_run_dir(run_root or runs_dir() / cfg.experiment, cfg.run_name or self.id.rsplit("/", 1)[-1])
+        self.run.keep_alive()
+        name = cfg.run_name or self.id.rsplit("/", 1)[-1]
+        self.dir = new_run_dir(run_root or runs_dir() / safe_name(cfg.experiment), safe_name(name))
         from omegaconf import OmegaConf
 
         (self.dir / ".hydra").mkdir()
@@ -158,7 +160,9 @@ class Recorder:
         (self.dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
         (self.dir / "model.txt").write_text(summary)
         self.report = Reporter(self.dir / "train.log", quiet=quiet)
-        self.run.set_tags({Tag.RUN_DIR: str(self.dir)})
+        root = self.run.store.root  # inside the store's directory the tag is relative: the store can move
+        inside = root is not None and self.dir.is_relative_to(root)
+        self.run.set_tags({Tag.RUN_DIR: self.dir.relative_to(root).as_posix() if inside else str(self.dir)})
         self.run.log_params({**flatten(self.cfg_dict), **sizes})
         self.history: List[Dict[str, float]] = []
         self.best = {"val_acc": -1.0, "epoch": 0}

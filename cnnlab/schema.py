@@ -6,7 +6,9 @@ so any module may import it.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,6 +24,16 @@ def conf_dir() -> Path:
 def runs_dir() -> Path:
     """Run directories and the default MLflow store: `runs/` of the project, or $CNNLAB_RUNS_DIR."""
     return Path(os.environ.get("CNNLAB_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
+
+
+def safe_name(name: str) -> str:
+    """`name` (an experiment, sweep or run name as the user gave it) as one safe path component: never a
+    separator, `..` or a leading dot; a name that had to change gets a short hash, so two names never share
+    a directory."""
+    text = re.sub(r"[^A-Za-z0-9._+=,@-]+", "_", str(name)).strip("._")[:80]
+    if text == name:
+        return text
+    return f"{text or 'name'}-{hashlib.sha1(str(name).encode()).hexdigest()[:6]}"
 
 
 class Device(str, Enum):

@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .errors import CnnlabError
-from .schema import runs_dir
+from .schema import runs_dir, safe_name
 
 
 class Tag:
@@ -49,10 +50,14 @@ class Tag:
     TRIAL_KEY = "cnnlab.trial_key"  # hash of the resolved config with the seed
     CONFIG_KEY = "cnnlab.config_key"  # the same without the seed: the repeats of one configuration share it
     SWEPT = "cnnlab.swept"  # JSON of the trial's swept values
+    OWNER = "cnnlab.owner"  # "<host> <pid> <process start>" of the process that runs it
+    HEARTBEAT = "cnnlab.heartbeat"  # unix time its owner last said it is alive
     PARENT = "mlflow.parentRunId"
 
 
 STATES = ("FINISHED", "FAILED", "KILLED", "PRUNED", "RUNNING")
+HEARTBEAT_SECONDS = 60  # how often a running run's owner says it is alive
+STALE_SECONDS = 600  # a run on another host whose owner was silent this long is taken as gone
 BATCH = 100  # MLflow accepts at most 100 params or tags per log_batch call
 PAGE = 5000
 
@@ -87,6 +92,7 @@ class Record:
     params: Dict[str, Any]  # the resolved config, flattened (data.name, arch.name, ...), values parsed
     metrics: Dict[str, float]  # the latest value of each metric
     tags: Dict[str, str] = field(repr=False, default_factory=dict)
+    root: Optional[Path] = field(repr=False, default=None)  # the store's directory: relative run dirs are in it
 
     @property
     def sweep(self) -> Optional[str]:
@@ -123,7 +129,9 @@ class Record:
     @property
     def run_dir(self) -> Optional[Path]:
         path = self.tags.get(Tag.RUN_DIR)
-        return Path(path) if path else None
+        if not path:
+            return None
+        return Path(path) if Path(path).is_absolute() or self.root is None else self.root / path
 
     @property
     def reason(self) -> str:
@@ -200,6 +208,119 @@ def _create_sqlite(path: Path) -> None:
         os.replace(tmp, path)
 
 
+def _check_sqlite(path: Path) -> None:
+    """Refuse a file that is not a usable store, saying what to do; a store whose creation an older cnnlab left
+    half-made (no runs in it) is moved aside and made again. A store with runs is never changed here."""
+    import sqlite3
+
+    fix = f"Move it away (mv {path} {path}.bad) to start a fresh store; nothing was changed."
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            version = db.execute("SELECT version_num FROM alembic_version").fetchone() \
+                if "alembic_version" in tables else None
+    except sqlite3.DatabaseError as exc:
+        raise CnnlabError(f"{path} is not a readable MLflow store ({exc}): it is corrupt or not an SQLite file. "
+                          f"{fix}") from None
+    half_made = version is None or any(t.startswith("_alembic_tmp") for t in tables) or "runs" not in tables
+    if not half_made:
+        return
+    if runs:
+        raise CnnlabError(f"{path} holds {runs} run(s) but its schema is half-migrated (an interrupted upgrade). "
+                          f"Back it up, then run `mlflow db upgrade sqlite:///{path}`.")
+    with file_lock(path.parent / f".{path.name}.lock"):
+        if path.exists():
+            aside = path.with_name(f"{path.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            print(f"note: {path} was a half-made store with no runs (an interrupted creation); moved it to "
+                  f"{aside.name} and made a new one", file=sys.stderr)
+    _create_sqlite(path)
+
+
+def _relocate(path: Path) -> None:
+    """A store copied or moved elsewhere keeps its artifacts beside it: experiments and runs whose artifact
+    location is another directory's `mlartifacts/` are pointed at this one's (cnnlab made them so)."""
+    import sqlite3
+
+    root = (path.parent / "mlartifacts").as_uri()
+    with sqlite3.connect(path) as db:
+        locations = db.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        moved = {loc[:loc.index("/mlartifacts/") + len("/mlartifacts")] for _, loc in locations
+                 if loc and loc.startswith("file://") and "/mlartifacts/" in loc}
+        moved.discard(root)
+        if not moved:
+            return
+        with file_lock(path.parent / f".{path.name}.lock"):
+            for old in moved:
+                n = len(old) + 1
+                db.execute("UPDATE experiments SET artifact_location = ? || substr(artifact_location, ?) "
+                           "WHERE artifact_location LIKE ? || '/%'", (root, n, old))
+                db.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                           "WHERE artifact_uri LIKE ? || '/%'", (root, n, old))
+
+
+def _probe(uri: str) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own retries take minutes)."""
+    import urllib.error
+    import urllib.request
+
+    for attempt in range(2):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+                return
+        except urllib.error.HTTPError:  # it answered (with auth, or without /health): it is up
+            return
+        except (OSError, ValueError) as exc:
+            error = exc
+            time.sleep(1)
+    raise CnnlabError(f"The MLflow tracking server at {uri} does not answer ({error}). Start it, or fix "
+                      "$MLFLOW_TRACKING_URI / tracking.uri (unset, runs go to the local store in runs/).")
+
+
+def process_start(pid: int) -> Optional[str]:
+    """When process `pid` started (clock ticks since boot), to tell it from a later process with its number."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner() -> str:
+    import socket
+
+    return f"{socket.gethostname()} {os.getpid()} {process_start(os.getpid()) or '-'}"
+
+
+def owner_alive(text: str, heartbeat: Optional[str]) -> bool:
+    """Is the process that owns a run still there? On this host by its pid and start; elsewhere by its
+    heartbeat."""
+    import socket
+
+    try:
+        host, pid, started = text.split()
+    except ValueError:
+        return True  # not ours to judge
+    if host != socket.gethostname():
+        return heartbeat is None or time.time() - float(heartbeat) < STALE_SECONDS
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started == "-" or process_start(int(pid)) == started
+
+
+def _writable(path: Path) -> bool:
+    """Can this process write the store at `path` (creating its directory if need be)?"""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
 def _literal(value: str) -> Optional[str]:
     """`value` as a quoted string of MLflow's filter grammar, or None when it cannot be quoted safely."""
     if "'" not in value:
@@ -222,19 +343,33 @@ class Store:
             _preloading.join()
         self.uri = tracking_uri(uri)
         path = _sqlite_path(self.uri)
+        self.root = path.parent if path is not None else None  # where relative run directories are
+        for name in ("alembic", "mlflow.store.db.utils"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         if path is not None:
             if not create and not path.exists():
                 raise CnnlabError(f"No runs recorded yet: there is no MLflow store at {path}. Train something first "
                                   "(`cnnlab train`), or point $CNNLAB_RUNS_DIR / $MLFLOW_TRACKING_URI at your store.")
-            path.parent.mkdir(parents=True, exist_ok=True)
-        for name in ("alembic", "mlflow.store.db.utils"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        if path is not None:
-            _create_sqlite(path)
+            self.writable = _writable(path)
+            if create and not self.writable:
+                raise CnnlabError(f"Cannot record runs in {path.parent}: it is not writable. Make it writable, or "
+                                  "point $CNNLAB_RUNS_DIR (or tracking.uri) at a directory you can write.")
+            if path.exists():
+                _check_sqlite(path)
+                if self.writable:
+                    _relocate(path)
+            else:
+                _create_sqlite(path)
+        else:
+            self.writable = True
+            if self.uri.startswith(("http://", "https://")):
+                _probe(self.uri)
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
         self._names: Dict[str, str] = {}  # experiment id -> name
+        if self.writable:
+            self.reap()
 
     # ---- experiments
 
@@ -254,8 +389,8 @@ class Store:
         if not create:
             return None
         location = None
-        if _sqlite_path(self.uri) is not None:
-            location = (runs_dir() / "mlartifacts" / name).as_uri()
+        if self.root is not None:  # artifacts beside the store, so that the store is one movable directory
+            location = (self.root / "mlartifacts" / safe_name(name)).as_uri()
         try:
             exp_id = self.client.create_experiment(name, artifact_location=location)
         except Exception:  # created meanwhile by a parallel process
@@ -290,6 +425,7 @@ class Store:
         start = time.perf_counter()
         exp_id = self.experiment_id(experiment)
         tags = {k: str(v) for k, v in tags.items()}
+        tags.update({Tag.OWNER: owner(), Tag.HEARTBEAT: str(int(time.time()))})
         if parent_run_id:
             tags[Tag.PARENT] = parent_run_id
         if log_id is not None:
@@ -302,6 +438,25 @@ class Store:
             if not run_name:
                 self.client.update_run(run_id, name=log_id)
         return Run(self, run_id, log_id, exp_id, time.perf_counter() - start)
+
+    def reap(self) -> List[Record]:
+        """End KILLED the runs left RUNNING by a process that is gone (SIGKILL, a crash, a power cut), saying so."""
+        exp_ids = list(self.experiments().values())
+        if not exp_ids:
+            return []
+        reaped = []
+        for run in self._search(exp_ids, {}, extra=["attributes.status = 'RUNNING'"]):
+            tags = run.data.tags
+            if Tag.OWNER not in tags or owner_alive(tags[Tag.OWNER], tags.get(Tag.HEARTBEAT)):
+                continue
+            record = self._record(run)
+            host, pid = tags[Tag.OWNER].split()[:2]
+            self._end(record.run_id, "KILLED", f"its process ({pid} on {host}) ended without ending it "
+                                                "(killed or crashed)")
+            print(f"note: {record.experiment} {record.id} was left RUNNING by process {pid} on {host}, which is gone: "
+                  "marked KILLED", file=sys.stderr)
+            reaped.append(record)
+        return reaped
 
     def _claim_id(self, exp_id: str, run_id: str) -> str:
         """T<next n>, written on the run and kept only if no other run claims the same ID. Two runs that claim
@@ -401,7 +556,7 @@ class Store:
             experiment_id=run.info.experiment_id,
             state=tags.get(Tag.STATE, run.info.status) if run.info.status != "RUNNING" else "RUNNING",
             start_time=run.info.start_time, params={k: parse_value(v) for k, v in run.data.params.items()},
-            metrics=dict(run.data.metrics), tags=dict(tags))
+            metrics=dict(run.data.metrics), tags=dict(tags), root=self.root)
 
     def get(self, run_id: str) -> Record:
         return self._record(self.client.get_run(run_id))
@@ -507,6 +662,18 @@ class Run:
         self.store, self.run_id, self.id, self.experiment_id = store, run_id, log_id, experiment_id
         self.seconds = seconds
         self.ended = False
+        self._stop = threading.Event()
+
+    def keep_alive(self) -> None:
+        """Say every HEARTBEAT_SECONDS that this run's process is alive, until the run ends (a daemon thread)."""
+        def beat():
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    self.store._set_tags(self.run_id, {Tag.HEARTBEAT: str(int(time.time()))})
+                except Exception:  # a store that does not answer now: the next beat tries again
+                    pass
+
+        threading.Thread(target=beat, daemon=True, name=f"heartbeat-{self.id}").start()
 
     def _timed(self, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -532,5 +699,6 @@ class Run:
     def end(self, state: str, reason: str = "") -> None:
         """FINISHED, FAILED, KILLED or PRUNED, with the reason; a second call is a no-op."""
         if not self.ended:
+            self._stop.set()
             self._timed(self.store._end, self.run_id, state, reason)
             self.ended = True

@@ -56,12 +56,22 @@ def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dic
     if not checkpoint.exists():
         raise CnnlabError(f"Run {record.id} has no checkpoint at {checkpoint} (it did not finish, or its run "
                           "directory moved).")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = OmegaConf.create(state["config"])
-    device, amp_dtype = engine.setup_torch("auto", str(cfg.precision))
+    damaged = f"Run {record.id}'s checkpoint {checkpoint} is damaged"
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        cfg = OmegaConf.create(state["config"])
+        precision = str(cfg.precision)
+    except Exception as exc:  # truncated, garbage, or not a checkpoint of ours: torch raises many types
+        raise CnnlabError(f"{damaged} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it cannot be "
+                          "evaluated. Train the run again to get a new one.") from None
+    device, amp_dtype = engine.setup_torch("auto", precision)
     ds = data.load(cfg.data, seed=cfg.seed)
     model = engine.build(cfg, len(ds.classes), ds.x_test.shape[1], device)
-    engine.plain(model).load_state_dict(state["model"])
+    try:
+        engine.plain(model).load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CnnlabError(f"{damaged}: its weights do not fit the model its config describes "
+                          f"({str(exc).splitlines()[0][:200]}).") from None
     scores = evaluate_targets(model, names, ds, data.data_root(cfg.data.root), batch_size=500, amp_dtype=amp_dtype,
                               device=device, channels_last=device.type != "mps", image_size=cfg.image_size,
                               severity=severity, seed=cfg.seed)

@@ -87,6 +87,10 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable]) -> N
             metrics["val_loss"], metrics["val_acc"], _ = trainer.evaluate(loaders.val)
         if cfg.eval.test_every_epoch:  # the curve; "test_acc" itself is the final score of the chosen checkpoint
             metrics["epoch_test_loss"], metrics["epoch_test_acc"], _ = trainer.evaluate(loaders.test)
+        for key in ("val_loss", "epoch_test_loss"):
+            if key in metrics and not math.isfinite(metrics[key]):
+                raise Diverged(f"the {key.replace('epoch_', '').replace('_', ' ')} became {metrics[key]} in epoch "
+                               f"{epoch} (the weights overflow); try a lower lr (now {cfg.lr})")
         metrics.pop("train_time")
         metrics.update(lr=trainer.lr, epoch_time=time.perf_counter() - t0)
         rec.epoch_done(epoch, metrics, trainer)

@@ -40,3 +40,49 @@ def mlflow_client():
     from cnnlab.store import Store
 
     return Store().client
+
+
+# processes a test of ours may start: the CLI, sweep workers, the MLflow UI and what it spawns
+OURS = ("cnnlab", "multiprocessing.spawn", "mlflow ui", "mlflow server", "uvicorn", "huey", "mlflow.server")
+
+
+def _leftovers(since: float) -> list:
+    """(pid, command) of processes matching OURS started after `since` (seconds since boot), zombies aside."""
+    import os
+    from pathlib import Path
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(proc.name) == os.getpid() or fields[0] == "Z" or int(fields[19]) / ticks < since:
+            continue
+        if "resource_tracker" not in command and any(marker in command for marker in OURS):
+            found.append((int(proc.name), command[:160]))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """The suite leaves no process of ours running: checked at the end, after a grace for slow exits."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    started = float(Path("/proc/uptime").read_text().split()[0])
+    yield
+    deadline = time.time() + 30
+    while _leftovers(started) and time.time() < deadline:
+        time.sleep(0.5)
+    left = _leftovers(started)
+    for pid, _ in left:  # stop them by PID, then say so
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left running by the tests: {left}"

@@ -37,8 +37,14 @@ def ui(cli):
         proc.kill()
         pytest.fail(f"cnnlab ui printed {line!r}; stderr: {proc.stderr.read()}")
     yield line.split(": ", 1)[1].strip(), run, proc, port
+    stop(proc)
+
+
+def stop(proc) -> None:
+    """End a `cnnlab ui` as a user would (Ctrl-C), by its PID."""
     if proc.poll() is None:
-        proc.kill()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
 
 
 def listening(port: int) -> bool:
@@ -63,8 +69,7 @@ def test_ui_url_api_and_clean_stop(ui):
     while listening(port) and time.time() < deadline:
         time.sleep(0.2)
     assert not listening(port)  # the server's whole process group is gone
-    leftovers = subprocess.run(["pgrep", "-f", f"--port {port}"], capture_output=True, text=True).stdout.split()
-    assert leftovers == []
+    assert server_processes(port) == []
 
 
 def listening_on_other_interfaces(port: int) -> bool:
@@ -127,5 +132,48 @@ def test_ctrl_c_stops_it_even_when_started_with_sigint_ignored(cli):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
+
+
+def server_processes(port: int) -> list:
+    """PIDs of processes serving `port` (pgrep's `--` ends its options: the pattern starts with a dash)."""
+    return subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True).stdout.split()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
+def test_the_server_never_outlives_cnnlab_ui(cli, signum):
+    """kill -9 of `cnnlab ui`, or its terminal closing (SIGHUP): its MLflow server stops too."""
+    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("MLflow UI: ")
+        assert server_processes(port)
+        proc.send_signal(signum)
+        proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while (server_processes(port) or listening(port)) and time.time() < deadline:
+            time.sleep(0.5)
+        assert server_processes(port) == [] and not listening(port)
+    finally:
+        stop(proc)
+
+
+def test_a_taken_port_is_refused(cli):
+    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        code, out, err = cli("ui", "--port", str(taken.getsockname()[1]))
+    assert code == 2 and "is taken" in err and "MLflow UI:" not in out
+
+
+def test_without_experiment_the_latest_one_opens(cli):
+    for experiment in ("older", "newer"):
+        assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1",
+                   f"experiment={experiment}", "-q")[0] == 0
+    from cnnlab.store import Store
+    from cnnlab.ui import latest_experiment
+
+    assert latest_experiment(Store()) == "newer"

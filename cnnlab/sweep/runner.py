@@ -23,11 +23,16 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from .. import summary
 from ..errors import CnnlabError, Interrupted
-from ..store import Record, Store, Tag
+from ..store import Record, Store, Tag, owner_alive
 from .display import Display
 from .spec import Outcome, Spec, Trial, sweep_name
 from .strategies import Context, get_strategy
 from .trial import Inline, init_worker, run_trial, work
+
+
+# what identifies a sweep's spec: a sweep of the same name with other values here is another sweep
+IDENTITY = ("strategy", "metric", "direction", "space", "overrides", "cli_overrides", "configs")
+LIVE_WAIT = 20  # seconds a resume waits for trials still running in a process that is ending
 
 
 @dataclass
@@ -47,15 +52,17 @@ class Sweep:
     def __init__(self, spec: Spec, workers: int = 1, storage: Optional[str] = None, force: bool = False,
                  join: bool = False, quiet: bool = False):
         from ..config import compose
-        from ..schema import runs_dir
+        from ..schema import runs_dir, safe_name
 
-        self.spec, self.workers, self.force, self.join = spec, max(1, workers), force, join
+        if workers < 1:
+            raise CnnlabError(f"--workers {workers}: give 1 or more (trials run at once, each in its own process).")
+        self.spec, self.workers, self.force, self.join = spec, workers, force, join
         self.strategy = get_strategy(spec.strategy)(spec)
         self.name = sweep_name(spec)
         base = compose(spec.fixed)
         self.experiment = base.experiment
         self.tracking_uri = base.tracking.uri
-        self.root = runs_dir() / self.experiment / self.name
+        self.root = runs_dir() / safe_name(self.experiment) / safe_name(self.name)
         self.storage = storage or str(self.root / "optuna.journal")
         self.stop_signal: Optional[int] = None
         self.display = Display(self.name, spec, quiet)
@@ -70,7 +77,14 @@ class Sweep:
         if not self.join:
             self._lock()
         try:
+            self.strategy.prepare(self.name, self.storage, self.join)  # its own storage, before any run is made
             return self._run(planned)
+        except (Interrupted, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # never leave the parent RUNNING
+            if getattr(self, "parent_id", None):
+                self.store.open(self.store.get(self.parent_id)).end("FAILED", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             if not self.join:
                 self._lock_file.close()
@@ -97,18 +111,25 @@ class Sweep:
         self.store = Store(self.tracking_uri)  # creates the store once, before any worker
         self.exp_id = self.store.experiment_id(self.experiment)
         parent = self.store.sweep_parent(self.exp_id, self.name)
+        spec = asdict(self.spec)
+        params = {k: spec[k] for k in ("strategy", "metric", "direction", "trials", "repeats", "sampler",
+                                       "pruner", "seed")}
+        params.update(space=" ".join(spec["space"]), overrides=" ".join(spec["overrides"]),
+                      configs=json.dumps(spec["configs"])[:6000], cli_overrides=" ".join(spec["cli_overrides"]))
         if parent is not None:
+            changed = [k for k in IDENTITY if str(parent.params.get(k) or "") != str(params[k] or "")]
+            if changed:
+                was = "; ".join(f"{k} was {parent.params.get(k)!r}, now {params[k]!r}" for k in changed)
+                raise CnnlabError(f"Sweep {self.name} already exists with another spec ({was}). Its trials would mix "
+                                  f"with these: give this one another --name (e.g. {self.name}-2), or run the old spec "
+                                  "again to resume it.")
             self.parent_id = parent.run_id
             self.store.set_status(self.parent_id, "RUNNING")
         else:
             tags = {Tag.SWEEP_PARENT: self.name, Tag.SWEEP: self.name, "mlflow.source.name": "cnnlab sweep"}
             run = self.store.create_run(self.experiment, tags, run_name=self.name, log_id=self.name)
+            run.keep_alive()
             self.parent_id = run.run_id
-            spec = asdict(self.spec)
-            params = {k: spec[k] for k in ("strategy", "metric", "direction", "trials", "repeats", "sampler",
-                                           "pruner", "seed")}
-            params.update(space=" ".join(spec["space"]), overrides=" ".join(spec["overrides"]),
-                          configs=json.dumps(spec["configs"])[:6000], cli_overrides=" ".join(spec["cli_overrides"]))
             base = flatten(to_dict(resolve(compose(self.spec.fixed))))
             params.update({f"base.{k}": v for k, v in base.items()})  # what ARCHITECTURE CHANGES compares with
             run.log_params(params)
@@ -119,18 +140,26 @@ class Sweep:
         return self.store.children(self.parent_id, self.exp_id)
 
     def _resume(self) -> Dict[str, Record]:
-        """trial key -> FINISHED (or PRUNED) child run; RUNNING leftovers of a crash are ended KILLED."""
+        """trial key -> the run that has it: FINISHED (or PRUNED), or still RUNNING in a live process (which is
+        never started twice). Runs whose process died were ended KILLED when the store opened (Store.reap)."""
+        children = self.children()
+        deadline = time.time() + LIVE_WAIT
+        while not self.join and any(r.state == "RUNNING" for r in children) and time.time() < deadline:
+            time.sleep(1)  # a worker of a sweep that just died is still ending its run
+            self.store.reap()
+            children = self.children()
         done: Dict[str, Record] = {}
         self.attempts: Dict[str, int] = {}
-        for record in self.children():
+        for record in children:
             if record.trial:
                 self.attempts[record.trial] = max(self.attempts.get(record.trial, 0), record.attempt)
-            if record.state == "RUNNING" and not self.join:
-                self.store.open(record).end("KILLED", "left RUNNING by an earlier run of the sweep")
-                continue
-            if record.state in ("FINISHED", "PRUNED"):
+            if record.state == "RUNNING":
+                pid = record.tags.get(Tag.OWNER, "? ?").split()[1]
+                self.notes.append(f"{record.id} is still running (process {pid}): not started again")
                 done[record.trial_key] = record
-        return {} if self.force else done
+            elif record.state in ("FINISHED", "PRUNED") and not self.force:
+                done[record.trial_key] = record
+        return done
 
     # ---- running
 
@@ -185,7 +214,7 @@ class Sweep:
                 devices.put(i % n_gpus)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker,
-                                       initargs=(threads, devices, queue))
+                                       initargs=(threads, devices, queue, os.getpid()))
         return executor, queue
 
     def _submit(self, executor, trial: Trial) -> Future:
@@ -253,8 +282,9 @@ class Sweep:
 
     def _finish(self, status: str, skipped: int, outcomes: List[Outcome]) -> SweepResult:
         """End children a dead worker left RUNNING, write the summary onto the parent run and end it."""
-        for record in self.children():
-            if record.state == "RUNNING" and not self.join:
+        for record in self.children():  # its worker process died (out of memory, killed) mid-trial
+            if record.state == "RUNNING" and not self.join and not owner_alive(record.tags.get(Tag.OWNER, ""),
+                                                                                record.tags.get(Tag.HEARTBEAT)):
                 self.store.open(record).end("KILLED" if status == "KILLED" else "FAILED", "its worker stopped")
         children = self.children()
         latest = summary.latest_attempts(children)

@@ -130,11 +130,17 @@ def short(value: str) -> str:
         return value
 
 
-def identity(overrides: List[str]) -> tuple:
-    """(key, group) of the trial with these overrides (config.identity of its resolved config)."""
-    from ..config import compose, identity as config_identity, resolve
+_composers: Dict[str, Any] = {}
 
-    return config_identity(resolve(compose(overrides)))
+
+def identity(overrides: List[str]) -> tuple:
+    """(key, group) of the trial with these overrides (config.identity of its resolved config). Trials are
+    composed through one config.Composer per conf/ directory: a few ms each, not Hydra's ~50 ms."""
+    from ..config import Composer, identity as config_identity, resolve
+    from ..schema import conf_dir
+
+    composer = _composers.setdefault(str(conf_dir()), Composer())
+    return config_identity(resolve(composer(overrides)))
 
 
 def base_seed(spec: Spec) -> int:

@@ -80,10 +80,46 @@ def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root
                    time.perf_counter() - start, result.run_id, history=curve)
 
 
-def init_worker(threads: int, devices: Any, progress_queue) -> None:
-    """Worker start-up: its share of CPU threads (or its GPU), signals left to train(), torch imported once."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # train() installs its own handlers during a trial
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _orphaned() -> bool:
+    return os.getppid() != _WORKER.get("parent", os.getppid())
+
+
+def _on_term(signum, frame) -> None:
+    """Between trials: a SIGTERM from the sweep (it is stopping) waits for the pool to shut down; one that
+    says the sweep died (the kernel's parent-death signal, or the watchdog) ends the worker."""
+    if _orphaned():
+        os._exit(128 + signum)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker never outlives its sweep: the kernel sends it SIGTERM when the sweep dies (Linux), and a
+    watchdog thread checks every second on any system. In a trial, train() turns that SIGTERM into a KILLED
+    run before the worker exits."""
+    import ctypes
+    import threading
+
+    _WORKER["parent"] = parent_pid
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if _orphaned():  # the sweep died before we got here
+        os._exit(143)
+
+    def watch():
+        while not _orphaned():
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def init_worker(threads: int, devices: Any, progress_queue, parent_pid: int) -> None:
+    """Worker start-up: tied to the sweep's life, its share of CPU threads (or its GPU), torch imported once.
+    SIGINT is the sweep's to handle; train() installs its own handlers during a trial."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_term)
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
     import torch
@@ -100,6 +136,8 @@ def work(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root: str
         return run_trial(trial, spec, sweep, parent_run_id, run_root, storage, attempt,
                          progress=queue.put if queue is not None else None)
     except Interrupted:
+        if _orphaned():  # its run is recorded KILLED; nobody is left to tell
+            os._exit(143)
         return Outcome(trial.id, "KILLED", reason="interrupted")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -18,6 +19,7 @@ from ...errors import CnnlabError
 from ..spec import Outcome, Spec, Trial, base_seed, identity, parse, short
 
 _STRATEGIES: Dict[str, type] = {}
+HUGE = 1000  # more trials than this: say so before checking them all
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -87,6 +89,9 @@ class Strategy:
                              *self.spec.cli_overrides, *extra]
                 params = {**{k: short(v) for k, v in point.items()}, **({"seed": str(seed0 + r)} if extra else {})}
                 trials.append(Trial(f"T{len(trials)}", overrides, params))
+        if len(trials) > HUGE:
+            print(f"note: {len(trials):,} trials; checking every config first takes a few ms each "
+                  f"(~{len(trials) * 0.007:.0f} s)", file=sys.stderr, flush=True)
         for trial in trials:
             try:
                 trial.key, trial.group = identity(trial.overrides)
@@ -94,6 +99,9 @@ class Strategy:
                 raise CnnlabError(f"Trial {trial.id} ({' '.join(f'{k}={v}' for k, v in trial.params.items())}) "
                                   f"is not a valid config: {exc}") from None
         return trials
+
+    def prepare(self, name: str, storage: str, join: bool) -> None:
+        """Open what the strategy keeps of its own (Optuna's study) before the sweep records anything."""
 
     def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
         """The trials to run now: the planned ones not done yet."""
@@ -135,4 +143,12 @@ def check(spec: Spec) -> None:
             raise CnnlabError(f"{override.get_key_element()} is both fixed and swept; give it once.")
         if override.is_discrete_sweep() and not list(override.sweep_string_iterator()):
             raise CnnlabError(f"{override.input_line}: the sweep has no values.")
+        if not override.is_discrete_sweep():
+            interval = override.value()
+            if not interval.start < interval.end:
+                raise CnnlabError(f"{override.input_line}: an interval needs low < high "
+                                  f"(got {interval.start}, {interval.end}).")
+            if "log" in interval.tags and interval.start <= 0:
+                raise CnnlabError(f"{override.input_line}: a log interval needs low > 0 (got {interval.start}); "
+                                  f"use e.g. tag(log,interval(1e-5,{interval.end})).")
     strategy(spec).check()

@@ -19,11 +19,21 @@ DEFAULT_TRIALS = 10
 
 
 def storage(url: str):
-    """A journal file (local sweeps) or a database URL (workers on other machines)."""
+    """A journal file (local sweeps) or a database URL (workers on other machines); a database whose driver is
+    missing or that does not answer is a clear error."""
     import optuna
 
     if "://" in url:
-        return optuna.storages.RDBStorage(url)
+        try:
+            return optuna.storages.RDBStorage(url)
+        except ImportError as exc:
+            raise CnnlabError(f"--storage {url}: its database driver is not installed ({exc}). For PostgreSQL "
+                              "install it with `pip install 'cnnlab[team]'` (psycopg2).") from None
+        except Exception as exc:
+            if type(exc).__name__ not in ("OperationalError", "ArgumentError", "NoSuchModuleError"):
+                raise
+            raise CnnlabError(f"--storage {url}: cannot open the database ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0]}).") from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(url))
@@ -97,27 +107,28 @@ class Optuna(Strategy):
                     raise CnnlabError(f"Search space {key}: {exc}") from None
         return []
 
-    def _study(self, ctx: Context):
+    def prepare(self, name: str, storage_url: str, join: bool) -> None:
+        """Create the study (or load it, for --join) before the sweep records anything."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler_class = getattr(optuna.samplers, SAMPLERS[self.spec.sampler])
-        kwargs = dict(study_name=ctx.name, storage=storage(ctx.storage), sampler=sampler_class(seed=self.spec.seed),
+        kwargs = dict(study_name=name, storage=storage(storage_url), sampler=sampler_class(seed=self.spec.seed),
                       pruner=pruner(self.spec))
-        if ctx.join:
+        if join:
             study = optuna.load_study(**kwargs)
         else:
             study = optuna.create_study(**kwargs, direction=self.spec.direction, load_if_exists=True)
-            study.set_user_attr("cnnlab_spec", {**asdict(self.spec), "name": ctx.name})
+            study.set_user_attr("cnnlab_spec", {**asdict(self.spec), "name": name})
         if study.trials:  # resuming: a sampler seeded as before would propose the same first points again
             study.sampler = sampler_class(seed=self.spec.seed + len(study.trials))
-        return study
+        self.study = study
 
     def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
         """Trials asked one at a time while the budget lasts (counted over the whole study)."""
         from optuna.trial import TrialState
 
-        self.study = study = self._study(ctx)
+        study = self.study
         if not ctx.join:  # trials left RUNNING by a crash of ours will never report: fail them
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -1,0 +1,358 @@
+"""Nothing lost, nothing injected: each finding of the adversarial pass (issue 14) as a regression test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnlab.schema import runs_dir
+from cnnlab.store import Store
+
+TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
+LONG = ["data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=50", "batch_size=50"]
+
+
+def cnnlab(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def children_of(pid: int) -> list:
+    """PIDs whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_an_interrupted_creation_is_recovered(cli):
+    runs = runs_dir()
+    runs.mkdir(parents=True)
+    (runs / ".mlflow.db.99999.tmp").write_bytes(b"half a schema")  # a creation killed before it moved in place
+    with sqlite3.connect(runs / "mlflow.db") as db:  # what an older cnnlab left: tables, no version, no runs
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER)")
+        db.execute("CREATE TABLE _alembic_tmp_tags (key TEXT)")
+    code, _, err = cli("train", *TINY, "-q")
+    assert code == 0, err
+    assert "half-made store with no runs" in err
+    assert not (runs / ".mlflow.db.99999.tmp").exists() and list(runs.glob("mlflow.db.incomplete-*"))
+    assert [r.id for r in Store().runs()] == ["T0"]
+
+
+def test_a_store_with_runs_is_never_rebuilt_and_garbage_is_refused(cli):
+    assert cli("train", *TINY, "-q")[0] == 0
+    db = runs_dir() / "mlflow.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE _alembic_tmp_tags (key TEXT)")  # an upgrade interrupted halfway
+    before = db.read_bytes()
+    code, _, err = cli("runs")
+    assert code == 2 and "half-migrated" in err and "mlflow db upgrade" in err and "Traceback" not in err
+    assert db.read_bytes() == before
+    db.write_bytes(b"this is not a database" * 100)
+    code, _, err = cli("runs")
+    assert code == 2 and "not a readable MLflow store" in err and "Traceback" not in err
+    assert db.read_bytes() == b"this is not a database" * 100
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_first_train_creates_the_store_leaves_it_usable():
+    for delay in (0.3, 0.8, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        done = cnnlab("train", *TINY, "-q")
+        assert done.returncode == 0, done.stderr[-2000:]
+        shutil.rmtree(runs_dir())
+
+
+def test_a_copied_store_is_self_contained(cli, tmp_path, monkeypatch):
+    assert cli("train", *TINY, "-q")[0] == 0
+    original = runs_dir()
+    copy = tmp_path / "runs2"
+    shutil.copytree(original, copy, symlinks=True)
+    before = sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file())
+    monkeypatch.setenv("CNNLAB_RUNS_DIR", str(copy))
+    code, out, err = cli("train", *TINY, "-q")
+    assert code == 0, err
+    assert sorted(p for p in (original / "mlartifacts").rglob("*") if p.is_file()) == before  # untouched
+    record = Store().find("T1")
+    assert (copy / "mlartifacts").as_uri() in Store().client.get_run(record.run_id).info.artifact_uri
+    assert {a for a in Store().list_artifacts(record.run_id)} >= {"checkpoint", "train.log"}
+    assert Store().find("T0").run_dir == copy / "cifar10" / "T0"  # the copy's own run directory
+    code, out, err = cli("evaluate", "T0", "targets=[blur]")
+    assert code == 0 and "target_acc_blur" in out, err
+
+
+def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *LONG, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = runs_dir() / "cifar10" / "T0" / "train.log"
+    wait_for(lambda: log.exists() and "epoch 1/" in log.read_text(), what="the first epoch")
+    proc.kill()
+    proc.communicate(timeout=30)
+    listed = cnnlab("runs", "--status", "KILLED")
+    assert listed.returncode == 0, listed.stderr
+    assert "cifar10 T0 was left RUNNING by process" in listed.stderr and "marked KILLED" in listed.stderr
+    record = Store().find("T0")
+    assert record.state == "KILLED" and "ended without ending it" in record.reason
+    assert "note:" not in cnnlab("runs").stderr  # said once
+
+
+def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_nothing():
+    args = ["sweep", "lr=0.003,0.001", "data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=4",
+            "batch_size=50", "--workers", "2", "--name", "two", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    logs = [runs_dir() / "cifar10" / "two" / t / "train.log" for t in ("T0", "T1")]
+    wait_for(lambda: all(p.exists() and "epoch 1/" in p.read_text() for p in logs), what="both trials training")
+    workers = [p for p in children_of(proc.pid) if "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(workers) >= 2
+    proc.kill()
+    proc.communicate(timeout=30)
+    wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="the workers to end")
+    children = [r for r in Store().runs(sweep="two")]
+    assert sorted((r.id, r.state) for r in children) == [("two/T0", "KILLED"), ("two/T1", "KILLED")]
+    resumed = cnnlab(*args, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    runs = Store().runs(sweep="two")
+    assert sorted((r.id, r.state) for r in runs) == [("two/T0", "KILLED"), ("two/T0-2", "FINISHED"),
+                                                     ("two/T1", "KILLED"), ("two/T1-2", "FINISHED")]
+    parent = Store().runs(parents=True, sweep="two")
+    assert [r.state for r in parent if r.is_sweep_parent] == ["FINISHED"]
+
+
+# ---------------------------------------------------------------- the data cache
+
+
+def test_import_refuses_another_class_set_and_cleans_temporaries(tmp_path):
+    from tests.test_data import make_folder
+
+    from cnnlab import data
+
+    data.import_dataset(make_folder(tmp_path / "three"))
+    cache = data.data_root() / data.CACHE_NAME
+    before = cache.read_bytes()
+    two = make_folder(tmp_path / "two")
+    shutil.rmtree(two / "train" / "frog")
+    shutil.rmtree(two / "test" / "frog")
+    stray = cache.parent / ".cifar10-999999-abc.npz"  # left by an import that was killed
+    stray.write_bytes(b"partial")
+    with pytest.raises(data.CnnlabError, match="missing frog.*--force"):
+        data.import_dataset(two)
+    assert cache.read_bytes() == before and not stray.exists()
+    assert data.import_dataset(two, force=True)["classes"] == ["cat", "dog"]
+
+
+def test_garbage_cache_and_truncated_zip_are_clean_errors(cli, tmp_path):
+    from tests.test_data import make_folder
+
+    folder = make_folder(tmp_path / "src")
+    archive = tmp_path / "c.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in folder.rglob("*.png"):
+            z.write(f, f.relative_to(folder).as_posix())
+    archive.write_bytes(archive.read_bytes()[:len(archive.read_bytes()) // 2])
+    code, _, err = cli("data", "import", str(archive))
+    assert code == 2 and "zip file that cannot be read to its end" in err
+    cache = Path(os.environ["CNNLAB_DATA_DIR"]) / "cifar10.npz"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"garbage" * 100)
+    code, _, err = cli("train", "epochs=1", "-q")
+    assert code == 2 and "data cache" in err and "unreadable" in err and "Traceback" not in err
+    code, _, err = cli("data", "info")
+    assert code == 2 and "unreadable" in err
+
+
+# ---------------------------------------------------------------- injection and names
+
+
+def test_names_are_never_formulas(cli, tmp_path):
+    evil = '=HYPERLINK("evil.example","click me")'
+    assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", evil, "-q")[0] == 0
+    assert cli("train", *TINY, "experiment='=2+5'", "-q")[0] == 0
+    out = tmp_path / "log.xlsx"
+    assert cli("export-log", str(out))[0] == 0
+    from openpyxl import load_workbook
+
+    wb = load_workbook(out)
+    cells = [c for ws in wb for row in ws.iter_rows() for c in row]
+    assert not [c.coordinate for c in cells if c.data_type == "f"]
+    assert any(isinstance(c.value, str) and c.value.startswith(evil) for c in cells)
+    csv = tmp_path / "log.csv"
+    assert cli("export-log", str(csv), "--experiment", "=2+5", "--experiment", "cifar10")[0] == 0
+    text = csv.read_text()
+    assert f"'{evil}".replace('"', '""') in text and "\n=" not in text and ",=" not in text
+
+
+def test_names_stay_inside_runs(cli, tmp_path):
+    outside = tmp_path / "abs"
+    assert cli("train", *TINY, f"experiment={outside}", "run_name=../../escape", "-q")[0] == 0
+    assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "../../../sweep-escape", "-q")[0] == 0
+    made = [p for p in tmp_path.rglob("*") if p.is_dir()]
+    assert not outside.exists() and not [p for p in made if "escape" in p.name and runs_dir() not in p.parents]
+    exp = Store().experiments()
+    assert str(outside) in exp  # the store keeps the name as given
+    assert [r.name for r in Store().runs([str(outside)])] == ["../../escape"]
+
+
+def test_quotes_in_names(cli):
+    assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "it's", "-q")[0] == 0
+    code, out, err = cli("runs", "--sweep", "it's")
+    assert code == 0 and "2 run(s)" in out, err
+    code, _, err = cli("runs", "--sweep", "a'b\"c")
+    assert code == 2 and "No runs match" in err
+    code, _, err = cli("evaluate", "x'y")
+    assert code == 2 and "No run \"x'y\"" in err and "Traceback" not in err
+
+
+def test_unknown_keys_are_refused_with_or_without_plus(cli):
+    for override in ("+dropuot=0.5", "dropuot=0.5", "+data.n_trian=5"):
+        code, _, err = cli("train", override, "--cfg")
+        assert code == 2 and "Did you mean" in err and "+" not in err.split("Did you mean")[1], err
+    assert not (runs_dir() / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------- hangs
+
+
+def test_a_server_that_does_not_answer_fails_fast(cli, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    code, _, err = cli("train", *TINY, "-q")
+    assert code == 2 and "http://127.0.0.1:9 does not answer" in err
+    listener = socket.socket()  # accepts connections, never answers
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        start = time.perf_counter()
+        code, _, err = cli("runs")
+        assert code == 2 and f"{uri} does not answer" in err and time.perf_counter() - start < 30
+    finally:
+        listener.close()
+
+
+def test_a_storage_without_its_driver_leaves_nothing_running(cli):
+    code, _, err = cli("sweep", "--strategy", "optuna", "lr=tag(log,interval(1e-4,1e-2))", *TINY,
+                       "--storage", "mysql://nobody@127.0.0.1/nowhere", "-q")
+    assert code == 2 and "driver is not installed" in err and "Traceback" not in err
+    assert not (runs_dir() / "mlflow.db").exists() or not Store().runs(states=["RUNNING"], parents=True)
+
+
+# ---------------------------------------------------------------- clean messages instead of tracebacks
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "lr=inf"], "lr=inf is not a finite number"),
+    (["train", "width=inf"], "width=inf is not a finite number"),
+    (["describe", "image_size=abc"], "image_size=abc: expected an integer"),
+    (["describe", "num_classes=0"], "num_classes=0: expected an integer"),
+    (["describe", "width=inf"], "width=inf is out of range"),
+    (["sweep", "--strategy", "optuna", "lr=tag(log,interval(0,0.1))", "epochs=1"], "a log interval needs low > 0"),
+    (["sweep", "--strategy", "random", "lr=interval(0.1,0.001)", "epochs=1"], "an interval needs low < high"),
+    (["sweep", "lr=0.1,0.01", "--workers", "0"], "--workers 0: give 1 or more"),
+    (["sweep", "lr=0.1,0.01", "--workers", "-5"], "--workers -5: give 1 or more"),
+])
+def test_bad_input_is_one_clean_message(cli, args, needle):
+    code, out, err = cli(*args)
+    assert code == 2 and needle in err and "Traceback" not in err + out, err
+
+
+def test_a_damaged_checkpoint_is_a_clean_error(cli):
+    assert cli("train", *TINY, "-q")[0] == 0
+    best = runs_dir() / "cifar10" / "T0" / "best.pt"
+    good = best.read_bytes()
+    import torch
+
+    state = torch.load(best, weights_only=True)
+    state["model"] = {k: v[..., :1] for k, v in state["model"].items()}  # tampered: other shapes
+    torch.save(state, best)
+    for content in (None, good[:len(good) // 2], b"garbage"):
+        if content is not None:
+            best.write_bytes(content)
+        code, _, err = cli("evaluate", "T0", "targets=[blur]")
+        assert code == 2 and "checkpoint" in err and "damaged" in err and "Traceback" not in err, err
+
+
+def test_export_onto_a_directory_or_an_unwritable_place(cli, tmp_path):
+    assert cli("train", *TINY, "-q")[0] == 0
+    (tmp_path / "dir.xlsx").mkdir()
+    code, _, err = cli("export-log", str(tmp_path / "dir.xlsx"), "--force")
+    assert code == 2 and "is a directory" in err
+    code, _, err = cli("export-log", "/proc/x.csv")
+    assert code == 2 and "Cannot write /proc/x.csv" in err and "Traceback" not in err
+
+
+def test_a_read_only_runs_directory_is_a_clean_error(cli, monkeypatch):
+    monkeypatch.setenv("CNNLAB_RUNS_DIR", "/proc/cnnlab-runs")
+    code, _, err = cli("train", *TINY, "-q")
+    assert code == 2 and "not writable" in err and "Traceback" not in err
+
+
+def test_nan_validation_loss_is_divergence(cli, monkeypatch):
+    import cnnlab.engine as engine
+
+    real = engine.evaluate
+
+    def overflowing(model, batches, *args, **kwargs):
+        loss, acc, cm = real(model, batches, *args, **kwargs)
+        return float("nan"), acc, cm
+
+    monkeypatch.setattr(engine, "evaluate", overflowing)
+    code, _, err = cli("train", *TINY, "-q")
+    assert code == 1 and "val loss became nan" in err
+    assert Store().find("T0").state == "FAILED"
+
+
+def test_a_huge_grid_says_so_and_plans_in_milliseconds_per_trial(cli):
+    space = [f"{k}={','.join(str(v) for v in values)}" for k, values in
+             (("lr", [1e-4, 3e-4, 1e-3, 3e-3]), ("dropout", [0, 0.1, 0.2, 0.3]), ("dense_units", [16, 32, 64, 128]),
+              ("batch_size", [32, 64, 128, 256]), ("seed", [0, 1, 2, 3]))]
+    code, out, err = cli("sweep", *space, "--dry-run")
+    assert code == 0, err
+    assert "note: 1,024 trials" in err and out.count("\n") >= 1024
+
+
+def test_reusing_a_sweep_name_with_another_space_is_refused(cli):
+    assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "mine", "-q")[0] == 0
+    code, _, err = cli("sweep", "dropout=0,0.5", *TINY, "--name", "mine", "-q")
+    assert code == 2 and "already exists with another spec" in err and "mine-2" in err
+    assert len(Store().runs(sweep="mine")) == 2
+    assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "mine", "-q")[0] == 0  # the same spec resumes
