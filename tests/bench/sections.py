@@ -384,5 +384,9 @@ def bench_fast(report, accuracy: bool = False) -> None:
                    + "; curve (epoch, s, acc without TTA): " + ", ".join(f"({e}, {t:.0f}, {a:.3f})" for e, t, a in curve))
 
 
-ALL = {"train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
+from .faults import bench_faults  # noqa: E402
+
+SYNTHETIC = {"faults"}  # sections that need no real CIFAR-10
+
+ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
        "fast": bench_fast}

@@ -1,0 +1,148 @@
+"""`make bench ARGS=faults`: the store under the faults a user meets (issue 14), many rounds each.
+
+(a) four `cnnlab train` at once on a fresh store; (b) Ctrl-C at a random moment of a first train;
+(c) SIGKILL of a `--workers 2` sweep parent, then the same command again; (d) SIGKILL of a train,
+then the next command. Each round runs in a fresh runs directory on synthetic data and counts runs
+recorded, lost, duplicated, left RUNNING, processes left alive and stores left unusable.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50", "arch=lenet5"]
+SLOW = ["data=synthetic", "data.n_train=3000", "data.n_test=100", "batch_size=50"]
+MARKERS = ("cnnlab", "multiprocessing.spawn")
+
+
+def _cli(env, *args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _ours(runs: Path) -> list:
+    """PIDs of live processes of this round (their command line or environment names its runs directory)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) == os.getpid() or (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if str(runs).encode() in (proc / "environ").read_bytes() and \
+                    any(m.encode() in (proc / "cmdline").read_bytes() for m in MARKERS):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait(condition, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _inspect(env, runs: Path, expected_finished: int, tally: Counter) -> None:
+    """Open the store as the next command would and count what it holds."""
+    alive = _ours(runs)
+    if alive and not _wait(lambda: not _ours(runs), 30):
+        tally["processes left alive"] += len(_ours(runs))
+        for pid in _ours(runs):
+            os.kill(pid, signal.SIGKILL)
+    listed = subprocess.run([sys.executable, "-m", "cnnlab.cli", "runs", "--status", "FINISHED"], env=env,
+                            capture_output=True, text=True)
+    if listed.returncode != 0 and "No runs" not in listed.stderr:
+        tally["stores left unusable"] += 1
+        return
+    from cnnlab.store import Store
+
+    os.environ["CNNLAB_RUNS_DIR"] = str(runs)
+    try:
+        if not (runs / "mlflow.db").exists():
+            tally["runs lost"] += expected_finished
+            return
+        records = Store().runs()
+    finally:
+        os.environ.pop("CNNLAB_RUNS_DIR")
+    finished = [r for r in records if r.state == "FINISHED"]
+    tally["runs recorded"] += len(records)
+    tally["runs lost"] += max(0, expected_finished - len({r.trial_key for r in finished}))
+    tally["runs duplicated"] += sum(n - 1 for n in Counter(r.id for r in records).values() if n > 1)
+    tally["runs duplicated"] += sum(n - 1 for n in Counter((r.sweep, r.trial_key) for r in finished
+                                                           if r.sweep).values() if n > 1)
+    tally["runs left RUNNING"] += sum(r.state == "RUNNING" for r in records)
+
+
+def four_at_once(env, runs: Path, rng, tally: Counter) -> None:
+    procs = [_cli(env, "train", *TINY, f"seed={i}", "-q") for i in range(4)]
+    codes = [p.wait(timeout=600) for p in procs]
+    tally["commands failed"] += sum(c != 0 for c in codes)
+    _inspect(env, runs, 4, tally)
+
+
+def ctrl_c_first_train(env, runs: Path, rng, tally: Counter) -> None:
+    proc = _cli(env, "train", *TINY, "-q")
+    time.sleep(rng.uniform(0.2, 3.0))
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    again = subprocess.run([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "seed=9", "-q"], env=env,
+                           capture_output=True, text=True)
+    tally["commands failed"] += again.returncode != 0
+    _inspect(env, runs, 1, tally)
+
+
+def kill_sweep_parent(env, runs: Path, rng, tally: Counter) -> None:
+    args = ["sweep", "lr=0.003,0.001", *SLOW, "epochs=3", "--workers", "2", "--name", "faults", "-q"]
+    proc = _cli(env, *args)
+    logs = [runs / "cifar10" / "faults" / t / "train.log" for t in ("T0", "T1")]
+    _wait(lambda: all(p.exists() and "epoch 1/" in p.read_text() for p in logs), 300)
+    time.sleep(rng.uniform(0, 1.5))
+    proc.kill()
+    proc.communicate(timeout=60)
+    again = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=env, capture_output=True, text=True)
+    tally["commands failed"] += again.returncode != 0
+    _inspect(env, runs, 2, tally)
+
+
+def kill_train(env, runs: Path, rng, tally: Counter) -> None:
+    proc = _cli(env, "train", *SLOW, "epochs=30", "-q")
+    log = runs / "cifar10" / "T0" / "train.log"
+    _wait(lambda: log.exists() and "epoch 1/" in log.read_text(), 300)
+    time.sleep(rng.uniform(0, 2))
+    proc.kill()
+    proc.communicate(timeout=60)
+    _inspect(env, runs, 0, tally)
+
+
+CASES = {"(a) 4 trains at once on a fresh store": four_at_once,
+         "(b) Ctrl-C at a random moment of a first train": ctrl_c_first_train,
+         "(c) SIGKILL of a --workers 2 sweep parent, then resume": kill_sweep_parent,
+         "(d) SIGKILL of a train, then the next command": kill_train}
+
+
+def bench_faults(report, accuracy: bool = False) -> None:
+    rounds = int(os.environ.get("CNNLAB_FAULT_ROUNDS", 20))
+    rng = random.Random(0)
+    for label, case in CASES.items():
+        tally: Counter = Counter()
+        start = time.perf_counter()
+        for _ in range(rounds):
+            with tempfile.TemporaryDirectory() as tmp:
+                runs = Path(tmp) / "runs"
+                env = {**os.environ, "CNNLAB_RUNS_DIR": str(runs), "CNNLAB_DATA_DIR": str(Path(tmp) / "data")}
+                case(env, runs, rng, tally)
+        keys = ("runs recorded", "runs lost", "runs duplicated", "runs left RUNNING", "processes left alive",
+                "stores left unusable", "commands failed")
+        report.add(f"faults_{case.__name__}", {k: tally[k] for k in keys},
+                   f"{label}, {rounds} rounds ({time.perf_counter() - start:.0f} s): "
+                   + ", ".join(f"{k} {tally[k]}" for k in keys))
