@@ -27,10 +27,27 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on the terminal (the log file gets all)."),
     show_config: bool = typer.Option(False, "--cfg", help="Print the resolved config and exit."),
 ) -> None:
-    """Train one model: compose the config from conf/ plus OVERRIDES, train, log to MLflow."""
+    """Train one model: compose the config from conf/ plus OVERRIDES, train, log to MLflow.
+
+    `cnnlab train resume=RUN` continues a KILLED run from its last whole epoch, in the same MLflow run.
+    """
     from .config import compose
 
     overrides = overrides or []
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if resume:
+        from .store import Store, Tag
+        from .train import train as run_training
+
+        if len(overrides) > 1:
+            raise CnnlabError(f"resume= continues a run with the config it was started with; give it alone "
+                              f"(got {' '.join(overrides)}).")
+        record = Store(create=False).find(resume[0][len("resume="):])
+        typer.echo(f"resuming {record.experiment} {record.id} (run {record.run_id})", err=True)
+        result = run_training(None, record.tags.get(Tag.OVERRIDES, "").split(), quiet=quiet, resume=record)
+        typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
+                   f"run_dir={result.run_dir}")
+        return
     cfg = compose(overrides)
     if show_config:
         from omegaconf import OmegaConf
@@ -84,12 +101,38 @@ def sweep(
                          pruner=pruner, metric=metric, direction=direction, seed=sampler_seed, name=name)
     runner = Sweep(spec, workers=workers, storage=storage, force=force, join=bool(join), quiet=quiet)
     if dry_run:
-        print_plan(runner.name, spec, runner.plan(), runner.strategy.describe())
+        planned = runner.plan()
+        print_plan(runner.name, spec, planned, runner.strategy.describe())
+        _print_estimate(runner, planned, workers)
         return
     result = runner.run()
     print_summary(spec, result)
     if result.outcomes and all(o.state == "FAILED" for o in result.outcomes):
         raise typer.Exit(1)
+
+
+def _print_estimate(runner, planned, workers: int) -> None:
+    """How long the sweep would take: from the store's past runs like its trials, or timed steps here."""
+    from .store import Store
+    from .sweep.estimate import estimate, human
+    from .sweep.spec import Trial
+
+    try:
+        store = Store(runner.tracking_uri, create=False)
+    except CnnlabError:  # no store yet: nothing to learn from
+        store = None
+    budget = None
+    if not planned:  # a strategy that chooses as it goes: its base config, once per trial of its budget
+        budget = getattr(runner.strategy, "budget", 1)
+        planned = [Trial("base", runner.spec.fixed, {})]
+    seconds, how = estimate(planned, store)
+    seconds *= budget or 1
+    text = f"estimated: ~{human(seconds)} one trial after another ({how})"
+    if budget:
+        text += f"; {budget} trials of the base config, before pruning"
+    if workers > 1:
+        text += f"; ~{human(seconds / workers)} with --workers {workers} if each worker has cores (or a GPU) of its own"
+    typer.echo(text)
 
 
 # the filters export-log and runs share (Typer reads the option from the annotation)
@@ -287,6 +330,15 @@ def describe(
     console.print(f"parameters: {params:,} = {human(params * BYTES)}B (x{BYTES} bytes, fp32); "
                   f"activations: {acts:,} per image = {human(acts * BYTES)}B forward; "
                   f"FLOPs: {human(flops)} per image ({human(flops / 2)} multiply-adds)")
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="The project directory (default: here).")) -> None:
+    """Make DIRECTORY a cnnlab project: conf/ for your own presets and sweeps (layered over cnnlab's), runs/."""
+    from .project import init_project
+
+    for line in init_project(directory):
+        typer.echo(line)
 
 
 @data_app.command("import")

@@ -12,7 +12,7 @@ import re
 from typing import List, Tuple
 
 from .errors import CnnlabError
-from .schema import KNOBS, NOT_IN_KEY, RANGES, Config, conf_dir
+from .schema import KNOBS, NOT_IN_KEY, RANGES, Config, conf_dir, conf_dirs
 
 _schema_registered = False
 
@@ -58,6 +58,11 @@ def schema_keys() -> List[str]:
     return walk(Config, "")
 
 
+def config_groups() -> set:
+    """The config groups (arch, data, recipe, ...): subdirectories of every config directory."""
+    return {p.name for d in conf_dirs() for p in d.iterdir() if p.is_dir()}
+
+
 def check_keys(overrides: List[str]) -> None:
     """Refuse an override of a key the schema does not know, with or without Hydra's `+` (which would record
     a param that does nothing), suggesting the closest valid key."""
@@ -70,7 +75,7 @@ def check_keys(overrides: List[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException:
         return  # a syntax error: Hydra's own message says where
-    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    groups = config_groups()
     valid = schema_keys()
     for override in parsed:
         key = override.get_key_element().lstrip("+~")
@@ -93,14 +98,15 @@ def compose(overrides: List[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     directory = conf_dir()
-    if not (directory / "config.yaml").is_file():
-        raise CnnlabError(f"No config.yaml in {directory}: set CNNLAB_CONF_DIR to cnnlab's conf/ directory.")
     check_keys(overrides)
     _register_schema()
+    # the project's configs are layered over cnnlab's own: Hydra looks in the primary directory, then these
+    search = [d.as_uri() for d in conf_dirs() if d != directory]
+    hydra_overrides = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            cfg = hydra_compose(config_name="config", overrides=[*overrides, *hydra_overrides])
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise CnnlabError(f"Bad config override(s) {' '.join(overrides)!s}: {hydra_message(exc)}") from None
     finally:
@@ -115,7 +121,7 @@ class Composer:
     `~`, a package) goes through compose() as it is."""
 
     def __init__(self):
-        self.groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+        self.groups = config_groups()
         self.cache = {}
 
     def __call__(self, overrides: List[str]):

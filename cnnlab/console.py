@@ -46,4 +46,16 @@ class Reporter:
 
             yield update
 
+    @contextmanager
+    def phase(self, label: str, total: int):
+        """Yields update(done) for any other step that takes a while (validation, the test set, TTA, target
+        sets): a live bar only on a terminal."""
+        if self.quiet or not self.console.is_terminal:
+            yield lambda *args: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=True) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda done: progress.update(task, completed=done)

@@ -307,7 +307,7 @@ def _download(cfg_data, root: Path) -> None:
 def load(cfg_data, seed: int = 0) -> Dataset:
     """The dataset `cfg_data` names, as uint8 tensors in memory."""
     if cfg_data.name == "synthetic":
-        return synthetic(cfg_data.n_train, cfg_data.n_test, seed=seed)
+        return synthetic(cfg_data.n_train or 2000, cfg_data.n_test or 500, seed=seed)
     if cfg_data.name != "cifar10":
         raise CnnlabError(f"Unknown data set {cfg_data.name!r}. Valid: cifar10, synthetic.")
     import numpy as np
@@ -470,6 +470,14 @@ class Batches:
     def __len__(self) -> int:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def state_dict(self) -> dict:
+        """Where the batches stand (the random stream and the epoch), to continue exactly where they were."""
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch = state["epoch"]
 
     def __iter__(self):
         import torch

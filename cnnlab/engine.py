@@ -32,8 +32,14 @@ def pick_device(name: str):
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError("device=cuda but torch sees no CUDA GPU here. Valid: auto, cpu (or mps on Apple).")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CnnlabError(f"device={name} but torch sees no CUDA GPU here. Valid: auto, cpu (or mps on Apple).")
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise CnnlabError(f"device={name} but torch sees {count} GPU(s) here: valid indexes are 0 to "
+                              f"{count - 1} (cuda:0 ... cuda:{count - 1}).")
     if name == "mps" and not torch.backends.mps.is_available():
         raise CnnlabError("device=mps but this machine has no Apple GPU. Valid: auto, cpu (or cuda with a GPU).")
     return torch.device(name)
@@ -235,8 +241,10 @@ def tta_logits(model, x):
     return 0.5 * mirror(x) + 0.5 * shifted
 
 
-def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False, tta: bool = False):
-    """(loss, accuracy, confusion matrix or None) over `batches`; tta=True averages flipped and shifted views."""
+def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False, tta: bool = False,
+             update: Callable = lambda *a: None):
+    """(loss, accuracy, confusion matrix or None) over `batches`; tta=True averages flipped and shifted views.
+    update(batches done) after each batch (a progress bar)."""
     import torch
     import torch.nn.functional as F
 
@@ -246,7 +254,8 @@ def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = Fals
     matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.inference_mode(), autocast(device, amp_dtype):
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches, 1):
+            update(i)
             logits = tta_logits(model, x) if tta else model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             pred = logits.argmax(1)
@@ -311,7 +320,7 @@ class Trainer:
 
     def train_epoch(self, batches, last: bool, update: Callable = lambda *a: None) -> Dict[str, float]:
         """One pass over `batches`: {train_loss, train_acc, img_per_s, train_time}; update(done, loss, acc, img/s)
-        is called every 20 steps. `last`: the final epoch, after which lookahead's average replaces the weights."""
+        is called four times a second. `last`: the final epoch, after which lookahead's average replaces the weights."""
         import torch
         import torch.nn.functional as F
 
@@ -320,7 +329,7 @@ class Trainer:
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
+        seen, shown = 0, t0
         for step, (x, y) in enumerate(batches, 1):
             with autocast(self.device, self.amp_dtype):
                 logits = self.step_model(x)
@@ -344,16 +353,49 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if step % 20 == 0:
+            if time.perf_counter() - shown > 0.25:  # a live bar four times a second (a sync with the device)
                 update(step, loss_sum.item() / seen, correct.item() / seen, seen / (time.perf_counter() - t0))
+                shown = time.perf_counter()
         if self.lookahead is not None and last:
             self.lookahead.finish()  # the last weights are the averaged ones
         train_time = time.perf_counter() - t0
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                 "img_per_s": seen / train_time, "train_time": train_time}
 
-    def evaluate(self, batches, confusion: bool = False, tta: bool = False):
-        return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, confusion=confusion, tta=tta)
+    def evaluate(self, batches, confusion: bool = False, tta: bool = False, update: Callable = lambda *a: None):
+        return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, confusion=confusion, tta=tta,
+                        update=update)
+
+    def state_dict(self) -> dict:
+        """Everything training changes (weights, optimizer, schedule, loss scale, EMA, lookahead, torch's random
+        stream), to continue exactly where it stood."""
+        import torch
+
+        state = {"model": plain(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.lookahead is not None:
+            state["lookahead"] = {"slow": self.lookahead.slow, "steps": self.lookahead.steps}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        import torch
+
+        plain(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(self.lookahead.slow, state["lookahead"]["slow"])
+            self.lookahead.steps = state["lookahead"]["steps"]
+        torch.set_rng_state(state["rng"])
 
     @property
     def lr(self) -> float:

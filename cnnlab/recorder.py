@@ -22,7 +22,7 @@ from . import __version__
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
-from .schema import PROJECT_ROOT, runs_dir, safe_name
+from .schema import project_root, runs_dir, safe_name
 from .store import Store, Tag
 
 
@@ -38,22 +38,38 @@ class Result:
     tracking_seconds: float = 0.0
 
 
+class SignalGate:
+    """SIGINT/SIGTERM during a training. While set-up runs (imports, data, model: code of other libraries that
+    may catch and drop an exception) a signal is only remembered; `arm()` raises it as Interrupted, and from
+    then on a signal raises at once. Later signals wait until the run is recorded."""
+
+    def __init__(self):
+        self.fired: Optional[int] = None
+        self.armed = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.fired is None:
+            self.fired = signum
+            if self.armed:
+                raise Interrupted(signum)
+
+    def arm(self) -> None:
+        self.armed = True
+        if self.fired is not None:
+            raise Interrupted(self.fired)
+
+
 @contextmanager
 def signals_as_exceptions():
-    """SIGINT/SIGTERM raise Interrupted once; later signals wait until the run is recorded."""
+    """A SignalGate over SIGINT and SIGTERM for the block (only in the main thread: elsewhere signals are not
+    ours to handle)."""
+    gate = SignalGate()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield gate
         return
-    fired = []
-
-    def handler(signum, frame):
-        if not fired:
-            fired.append(signum)
-            raise Interrupted(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, gate._handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield gate
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -74,7 +90,7 @@ def new_run_dir(parent: Path, name: str) -> Path:
 
 def git_commit() -> Optional[str]:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True,
                              timeout=5)
         if out.returncode != 0:
             return None
@@ -134,11 +150,16 @@ class Recorder:
     def __init__(self, cfg, overrides: Sequence[str], *, summary: str, sizes: Dict[str, int], device: str,
                  precision: str, tags: Optional[dict] = None, parent_run_id: Optional[str] = None,
                  run_root: Optional[Path] = None, log_id: Optional[str] = None, quiet: bool = False,
-                 started: Optional[float] = None):
+                 started: Optional[float] = None, resume=None, state: Optional[dict] = None):
+        """resume: the Record of a KILLED run to continue, with `state` its last checkpoint (run_resumable)."""
         import torch
 
         self.started = started or time.perf_counter()  # wall time counts from here
         self.cfg, self.cfg_dict = cfg, to_dict(cfg)
+        self.best_path = self.last_path = None
+        if resume is not None:
+            self._reopen(resume, state, quiet)
+            return
         run_tags = {
             "cnnlab.version": __version__, "cnnlab.device": device, "cnnlab.precision": precision,
             "cnnlab.torch": torch.__version__, Tag.OVERRIDES: " ".join(overrides),
@@ -167,31 +188,44 @@ class Recorder:
         self.history: List[Dict[str, float]] = []
         self.best = {"val_acc": -1.0, "epoch": 0}
         self.best_path, self.last_path = self.dir / "best.pt", self.dir / "last.pt"
+        self.earlier = 0.0  # wall time of earlier sessions of this run
+
+    def _reopen(self, record, state: dict, quiet: bool) -> None:
+        self.run = Store(self.cfg.tracking.uri).reopen(record)
+        self.run.keep_alive()
+        self.id, self.dir = record.id, record.run_dir
+        self.report = Reporter(self.dir / "train.log", quiet=quiet)
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        self.best_path, self.last_path = self.dir / "best.pt", self.dir / "last.pt"
+        self.earlier = state.get("wall_seconds", 0.0)
+        self.report.line(f"resumed {self.id} ({self.run.run_id}) after epoch {self.epoch}/{self.cfg.epochs}")
 
     @property
     def epoch(self) -> int:
         """The last epoch recorded."""
         return len(self.history)
 
-    def epoch_done(self, epoch: int, metrics: Dict[str, float], trainer) -> None:
-        """Record an epoch: metrics to MLflow and the log, the best checkpoint (by val_acc; the latest when
-        there is no validation split) and the last one (with the optimizer, to continue from)."""
+    def epoch_done(self, epoch: int, metrics: Dict[str, float], trainer, batches) -> None:
+        """Record an epoch: the best checkpoint (by val_acc; the latest when there is no validation split), the
+        last one (with all the state to continue from: `cnnlab train resume=RUN`), metrics to MLflow and the log."""
         self.history.append({"epoch": epoch, **metrics})
-        self.run.log_metrics(metrics, step=epoch)
-        self.report.line(epoch_line(epoch, self.cfg.epochs, metrics))
         score = metrics.get("val_acc", epoch)
         state = {"model": trainer.checkpoint_module.state_dict(), "config": self.cfg_dict, "epoch": epoch,
                  "metrics": metrics}
         if score > self.best["val_acc"]:
             self.best = {"val_acc": score, "epoch": epoch}
             save_checkpoint(self.best_path, state)
-        save_checkpoint(self.last_path, {**state, "optimizer": trainer.optimizer.state_dict()})
+        save_checkpoint(self.last_path, {**state, "trainer": trainer.state_dict(), "batches": batches.state_dict(),
+                                         "history": self.history, "best": self.best,
+                                         "wall_seconds": self.earlier + time.perf_counter() - self.started})
+        self.run.log_metrics(metrics, step=epoch)
+        self.report.line(epoch_line(epoch, self.cfg.epochs, metrics))
 
     def finished(self, final: Dict[str, float], matrix, classes: Sequence[str], extra: Dict[str, float]) -> Result:
         """The run's final scores, per-class accuracy, confusion matrix and artifacts; ends it FINISHED."""
         per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float()).tolist()
         final = {**final, **{f"test_acc_{c}": a for c, a in zip(classes, per_class)},
-                 "wall_time": time.perf_counter() - self.started}
+                 "wall_time": self.earlier + time.perf_counter() - self.started}
         with open(self.dir / "per_class.csv", "w") as f:
             f.write("class,test_acc,support\n")
             for c, a, n in zip(classes, per_class, matrix.sum(1).tolist()):
@@ -207,13 +241,12 @@ class Recorder:
         self.run.end("FINISHED")
         return self._result("FINISHED", {**final, **extra})
 
-    def killed(self, exc: Interrupted, trainer) -> None:
+    def killed(self, exc: Interrupted) -> None:
+        """Ended by a signal: last.pt stays the end of the last whole epoch, to resume from."""
         signum = exc.exit_code - 128
-        save_checkpoint(self.last_path, {"model": trainer.checkpoint_module.state_dict(), "config": self.cfg_dict,
-                                         "epoch": self.epoch, "metrics": self.history[-1] if self.history else {},
-                                         "optimizer": trainer.optimizer.state_dict()})
-        self.report.line(f"interrupted (signal {signum}) in epoch {self.epoch + 1}: run {self.id} KILLED, "
-                         f"last checkpoint {self.last_path}")
+        kept = f"resume it from epoch {self.epoch} with `cnnlab train resume={self.id}`" if self.epoch else \
+            "no epoch finished"
+        self.report.line(f"interrupted (signal {signum}) in epoch {self.epoch + 1}: run {self.id} KILLED; {kept}")
         self.run.end("KILLED", f"signal {signum} in epoch {self.epoch + 1}")
 
     def pruned(self, exc: Exception, extra: Dict[str, float]) -> Result:
@@ -230,4 +263,29 @@ class Recorder:
 
     def _result(self, status: str, metrics: Dict[str, float]) -> Result:
         return Result(self.run.run_id, self.id, self.dir, status, metrics, self.history,
-                      time.perf_counter() - self.started, self.run.seconds)
+                      self.earlier + time.perf_counter() - self.started, self.run.seconds)
+
+
+def resumable(record) -> dict:
+    """The last checkpoint of a run to continue: refuses a run that cannot be, saying why."""
+    import torch
+
+    from .errors import CnnlabError
+
+    if record.state in ("FINISHED", "PRUNED"):
+        raise CnnlabError(f"Run {record.id} is {record.state}: there is nothing to resume. Train a new run instead.")
+    if record.state == "RUNNING":
+        raise CnnlabError(f"Run {record.id} is still RUNNING (process {record.tags.get(Tag.OWNER, '?')}).")
+    path = (record.run_dir or Path("")) / "last.pt"
+    if not path.exists():
+        raise CnnlabError(f"Run {record.id} has no last checkpoint at {path}: it ended before its first epoch did. "
+                          "Train it again.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CnnlabError(f"Run {record.id}'s last checkpoint {path} is damaged ({type(exc).__name__}); it cannot "
+                          "be resumed.") from None
+    if "trainer" not in state:
+        raise CnnlabError(f"Run {record.id}'s last checkpoint {path} was written by an older cnnlab without the "
+                          "state to continue from; it cannot be resumed.")
+    return state

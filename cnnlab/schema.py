@@ -14,16 +14,42 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent
+SOURCE_ROOT = PACKAGE.parent  # a source checkout's top (where conf/ stays in this repository)
+PROJECT_MARKERS = ("conf/config.yaml", "runs/mlflow.db")  # what makes a directory a cnnlab project
+
+
+def package_conf() -> Path:
+    """The default configs: cnnlab/conf in an installed package, conf/ of a source checkout."""
+    inside = PACKAGE / "conf"
+    return inside if (inside / "config.yaml").is_file() else SOURCE_ROOT / "conf"
+
+
+def project_root() -> Path:
+    """The user's project: the working directory, or its nearest parent that is a cnnlab project (it has
+    conf/config.yaml, as `cnnlab init` makes, or a store in runs/); the working directory when none is."""
+    cwd = Path.cwd().resolve()
+    for directory in (cwd, *cwd.parents):
+        if any((directory / marker).exists() for marker in PROJECT_MARKERS):
+            return directory
+    return cwd
+
+
+def conf_dirs() -> List[Path]:
+    """Where configs are found, first match wins: $CNNLAB_CONF_DIR or the project's conf/, then cnnlab's own."""
+    own = Path(os.environ.get("CNNLAB_CONF_DIR", project_root() / "conf")).resolve()
+    dirs = [own] if own.is_dir() else []
+    return dirs + [d for d in [package_conf().resolve()] if d not in dirs]
 
 
 def conf_dir() -> Path:
-    return Path(os.environ.get("CNNLAB_CONF_DIR", PROJECT_ROOT / "conf")).resolve()
+    """The primary config directory: the first of conf_dirs() with a config.yaml."""
+    return next(d for d in conf_dirs() if (d / "config.yaml").is_file())
 
 
 def runs_dir() -> Path:
     """Run directories and the default MLflow store: `runs/` of the project, or $CNNLAB_RUNS_DIR."""
-    return Path(os.environ.get("CNNLAB_RUNS_DIR", PROJECT_ROOT / "runs")).resolve()
+    return Path(os.environ.get("CNNLAB_RUNS_DIR", project_root() / "runs")).resolve()
 
 
 def safe_name(name: str) -> str:
@@ -34,13 +60,6 @@ def safe_name(name: str) -> str:
     if text == name:
         return text
     return f"{text or 'name'}-{hashlib.sha1(str(name).encode()).hexdigest()[:6]}"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 class Precision(str, Enum):
@@ -96,8 +115,8 @@ class DataConfig:
     download: bool = True  # fetch CIFAR-10 with torchvision when it is not in the cache
     url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     md5: str = "c58f30108f718f92721af3b95e74349a"
-    n_train: int = 2000  # synthetic only: training images
-    n_test: int = 500  # synthetic only: test images
+    n_train: Optional[int] = None  # synthetic only: training images (conf/data/synthetic.yaml)
+    n_test: Optional[int] = None  # synthetic only: test images
 
 
 @dataclass
@@ -119,7 +138,7 @@ class Config:
     experiment: str = "cifar10"  # MLflow experiment, and runs/<experiment>/
     run_name: Optional[str] = None  # null: the run's log ID (T<n>)
     seed: int = 0
-    device: Device = Device.auto
+    device: str = "auto"  # auto | cpu | cuda | cuda:<index> | mps
     precision: Precision = Precision.auto
     threads: int = 0  # CPU threads for torch; 0: torch's default
     # the knobs the exercise varies
@@ -166,6 +185,8 @@ NOT_IN_KEY = ("experiment", "run_name", "threads", "tracking")
 
 # key -> (is the value valid?, what is valid)
 RANGES = {
+    "device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+               "auto, cpu, cuda, cuda:<GPU index> or mps"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "lr": (lambda v: v > 0, "a number > 0"),

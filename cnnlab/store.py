@@ -515,6 +515,15 @@ class Store:
         """A handle for writing to a run that already exists."""
         return Run(self, record.run_id, record.id, record.experiment_id, 0.0)
 
+    def reopen(self, record: Record) -> "Run":
+        """A KILLED or FAILED run RUNNING again, owned by this process (`cnnlab train resume=RUN`)."""
+        for tag in (Tag.STATE, Tag.REASON):
+            if tag in record.tags:
+                self.client.delete_tag(record.run_id, tag)
+        self._set_tags(record.run_id, {Tag.OWNER: owner(), Tag.HEARTBEAT: str(int(time.time()))})
+        self.client.update_run(record.run_id, status="RUNNING")
+        return self.open(record)
+
     # ---- reading
 
     def _search(self, exp_ids: List[str], where: Dict[str, str], *, extra: Sequence[str] = (),

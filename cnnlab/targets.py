@@ -30,8 +30,9 @@ def target_sets(names: List[str], x_test, y_test, root: Path, severity: int = 3,
 
 
 def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int, amp_dtype, device,
-                     channels_last: bool, image_size: int, severity: int = 3, seed: int = 0) -> Dict[str, float]:
-    """`target_acc_<name>` for each target set, with the model as it is."""
+                     channels_last: bool, image_size: int, severity: int = 3, seed: int = 0,
+                     update=lambda done: None) -> Dict[str, float]:
+    """`target_acc_<name>` for each target set, with the model as it is; update(sets done) after each."""
     from .data import Batches
     from .engine import evaluate
 
@@ -41,6 +42,7 @@ def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int
                           channels_last=channels_last)
         _, acc, _ = evaluate(model, batches, amp_dtype, len(ds.classes))
         scores[f"target_acc_{name}"] = acc
+        update(len(scores))
     return scores
 
 

@@ -97,6 +97,7 @@ def test_ctrl_c_while_a_first_train_creates_the_store_leaves_it_usable():
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+        assert proc.returncode in (130, -signal.SIGINT)  # never swallowed, wherever it lands
         done = cnnlab("train", *TINY, "-q")
         assert done.returncode == 0, done.stderr[-2000:]
         shutil.rmtree(runs_dir())
@@ -151,9 +152,9 @@ def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_no
     assert sorted((r.id, r.state) for r in children) == [("two/T0", "KILLED"), ("two/T1", "KILLED")]
     resumed = cnnlab(*args, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    runs = Store().runs(sweep="two")
-    assert sorted((r.id, r.state) for r in runs) == [("two/T0", "KILLED"), ("two/T0-2", "FINISHED"),
-                                                     ("two/T1", "KILLED"), ("two/T1-2", "FINISHED")]
+    assert "two/T0 resumed from its last whole epoch" in resumed.stdout
+    runs = Store().runs(sweep="two")  # the killed trials continued in their own runs: nothing twice
+    assert sorted((r.id, r.state) for r in runs) == [("two/T0", "FINISHED"), ("two/T1", "FINISHED")]
     parent = Store().runs(parents=True, sweep="two")
     assert [r.state for r in parent if r.is_sweep_parent] == ["FINISHED"]
 

@@ -58,7 +58,9 @@ def test_named_sweep_file_and_command_line_win():
     assert spec.strategy == "list" and spec.name == "exercise"
     trials = expand(spec)
     assert len(trials) == 8 and trials[0].params == {}
-    assert all(t.overrides[-1] == "epochs=1" for t in trials)
+    # the command line wins, and each key is given once: trials that set epochs=10 run 1 epoch and say so
+    assert all([o for o in t.overrides if o.startswith("epochs=")] == ["epochs=1"] for t in trials)
+    assert all("epochs" not in t.params for t in trials) and trials[2].params == {"batch_size": "100"}
 
 
 @pytest.mark.parametrize("args, options, needle", [

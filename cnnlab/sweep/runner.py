@@ -150,6 +150,10 @@ class Sweep:
             children = self.children()
         done: Dict[str, Record] = {}
         self.attempts: Dict[str, int] = {}
+        self.resumable: Dict[str, Record] = {}  # trial key -> its KILLED latest attempt, continued where it stood
+        for record in summary.latest_attempts(children):
+            if record.state == "KILLED" and record.run_dir is not None and (record.run_dir / "last.pt").exists():
+                self.resumable[record.trial_key] = record
         for record in children:
             if record.trial:
                 self.attempts[record.trial] = max(self.attempts.get(record.trial, 0), record.attempt)
@@ -218,9 +222,15 @@ class Sweep:
         return executor, queue
 
     def _submit(self, executor, trial: Trial) -> Future:
-        attempt = self.attempts.get(trial.id, 0) + 1
-        self.attempts[trial.id] = attempt
-        args = (trial, self.spec, self.name, self.parent_id, str(self.root), self.storage, attempt)
+        resume = self.resumable.pop(trial.key, None)
+        if resume is not None:
+            attempt = resume.attempt
+            self.notes.append(f"{resume.id} resumed from its last whole epoch")
+        else:
+            attempt = self.attempts.get(trial.id, 0) + 1
+            self.attempts[trial.id] = attempt
+        args = (trial, self.spec, self.name, self.parent_id, str(self.root), self.storage, attempt,
+                resume.run_id if resume is not None else None)
         self.display.trial_started(trial)
         if isinstance(executor, Inline):
             return executor.submit(run_trial, *args, self.display.on_progress)

@@ -28,7 +28,7 @@ def _dataset(cfg):
     from ..engine import pick_device
 
     d = cfg.data
-    device = pick_device(cfg.device.value)
+    device = pick_device(cfg.device)
     key = (d.name, d.root, d.n_train, d.n_test, cfg.seed if d.name == "synthetic" else None, str(device))
     cache = _WORKER.setdefault("datasets", {})
     if key not in cache:
@@ -43,8 +43,9 @@ def log_id(sweep: str, trial_id: str, attempt: int) -> str:
 
 
 def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root: str, storage: str,
-              attempt: int = 1, progress=None) -> Outcome:
-    """Train one trial as a child run. Failures become an Outcome; a signal propagates as Interrupted."""
+              attempt: int = 1, resume: Optional[str] = None, progress=None) -> Outcome:
+    """Train one trial as a child run (or continue the KILLED run `resume`, a run ID). Failures become an
+    Outcome; a signal propagates as Interrupted."""
     from ..config import compose
     from ..train import train
     from .strategies import get_strategy
@@ -68,8 +69,16 @@ def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root
             Tag.CONFIG_KEY: trial.group, Tag.SWEPT: json.dumps(trial.params)}
     try:
         cfg = compose(trial.overrides)
-        result = train(cfg, trial.overrides, dataset=_dataset(cfg), on_epoch=on_epoch, parent_run_id=parent_run_id,
-                       tags=tags, run_root=Path(run_root), log_id=log_id(sweep, trial.id, attempt), quiet=True)
+        if resume is not None:
+            from ..store import Store
+
+            record = Store(cfg.tracking.uri).get(resume)
+            result = train(None, trial.overrides, dataset=_dataset(cfg), on_epoch=on_epoch, quiet=True,
+                           resume=record)
+        else:
+            result = train(cfg, trial.overrides, dataset=_dataset(cfg), on_epoch=on_epoch,
+                           parent_run_id=parent_run_id, tags=tags, run_root=Path(run_root),
+                           log_id=log_id(sweep, trial.id, attempt), quiet=True)
     except Interrupted:
         raise
     except BaseException as exc:  # the trial failed; the sweep goes on
@@ -129,11 +138,11 @@ def init_worker(threads: int, devices: Any, progress_queue, parent_pid: int) -> 
 
 
 def work(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root: str, storage: str,
-         attempt: int) -> Outcome:
+         attempt: int, resume: Optional[str]) -> Outcome:
     """run_trial in a worker process: its progress over the queue, a signal as a KILLED outcome."""
     queue = _WORKER.get("progress")
     try:
-        return run_trial(trial, spec, sweep, parent_run_id, run_root, storage, attempt,
+        return run_trial(trial, spec, sweep, parent_run_id, run_root, storage, attempt, resume,
                          progress=queue.put if queue is not None else None)
     except Interrupted:
         if _orphaned():  # its run is recorded KILLED; nobody is left to tell

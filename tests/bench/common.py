@@ -7,9 +7,9 @@ import platform
 import time
 from pathlib import Path
 
-from cnnlab.schema import PROJECT_ROOT
+from cnnlab.schema import SOURCE_ROOT
 
-REPORTS = PROJECT_ROOT / "reports"
+REPORTS = SOURCE_ROOT / "reports"
 
 
 def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:

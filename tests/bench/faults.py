@@ -83,10 +83,19 @@ def _inspect(env, runs: Path, expected_finished: int, tally: Counter) -> None:
     tally["runs left RUNNING"] += sum(r.state == "RUNNING" for r in records)
 
 
+def _failed(tally: Counter, stderr: str) -> None:
+    """Count a command that failed, keeping the last line it said."""
+    tally["commands failed"] += 1
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    tally[f"why: {(lines or ['(nothing)'])[-1][:200]}"] += 1
+
+
 def four_at_once(env, runs: Path, rng, tally: Counter) -> None:
     procs = [_cli(env, "train", *TINY, f"seed={i}", "-q") for i in range(4)]
-    codes = [p.wait(timeout=600) for p in procs]
-    tally["commands failed"] += sum(c != 0 for c in codes)
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            _failed(tally, err)
     _inspect(env, runs, 4, tally)
 
 
@@ -94,10 +103,16 @@ def ctrl_c_first_train(env, runs: Path, rng, tally: Counter) -> None:
     proc = _cli(env, "train", *TINY, "-q")
     time.sleep(rng.uniform(0.2, 3.0))
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=120)
+    try:
+        proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        tally["commands hung"] += 1
+        proc.kill()
+        proc.communicate()
     again = subprocess.run([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "seed=9", "-q"], env=env,
                            capture_output=True, text=True)
-    tally["commands failed"] += again.returncode != 0
+    if again.returncode != 0:
+        _failed(tally, again.stderr)
     _inspect(env, runs, 1, tally)
 
 
@@ -110,7 +125,8 @@ def kill_sweep_parent(env, runs: Path, rng, tally: Counter) -> None:
     proc.kill()
     proc.communicate(timeout=60)
     again = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=env, capture_output=True, text=True)
-    tally["commands failed"] += again.returncode != 0
+    if again.returncode != 0:
+        _failed(tally, again.stderr)
     _inspect(env, runs, 2, tally)
 
 
@@ -142,7 +158,9 @@ def bench_faults(report, accuracy: bool = False) -> None:
                 env = {**os.environ, "CNNLAB_RUNS_DIR": str(runs), "CNNLAB_DATA_DIR": str(Path(tmp) / "data")}
                 case(env, runs, rng, tally)
         keys = ("runs recorded", "runs lost", "runs duplicated", "runs left RUNNING", "processes left alive",
-                "stores left unusable", "commands failed")
-        report.add(f"faults_{case.__name__}", {k: tally[k] for k in keys},
+                "stores left unusable", "commands failed", "commands hung")
+        reasons = {k: n for k, n in tally.items() if k.startswith("why: ")}
+        report.add(f"faults_{case.__name__}", {**{k: tally[k] for k in keys}, "failures": reasons},
                    f"{label}, {rounds} rounds ({time.perf_counter() - start:.0f} s): "
-                   + ", ".join(f"{k} {tally[k]}" for k in keys))
+                   + ", ".join(f"{k} {tally[k]}" for k in keys)
+                   + "".join(f"; {n} x {k}" for k, n in reasons.items()))

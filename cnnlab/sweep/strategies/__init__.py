@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
 from ...errors import CnnlabError
-from ..spec import Outcome, Spec, Trial, base_seed, identity, parse, short
+from ...config import identity
+from ..spec import Outcome, Spec, Trial, base_seed, merged, override_key, parse, resolved, short
 
 _STRATEGIES: Dict[str, type] = {}
 HUGE = 1000  # more trials than this: say so before checking them all
@@ -81,24 +82,36 @@ class Strategy:
         """Every trial ahead of time (each point once per seed), each config checked: a bad one raises
         CnnlabError naming the trial."""
         seed0 = base_seed(self.spec) if self.spec.repeats > 1 else None
+        fixed = {override_key(o) for o in self.spec.cli_overrides}  # the command line's values win
         trials = []
         for point in self.points():
             for r in range(self.spec.repeats):
                 extra = [f"seed={seed0 + r}"] if seed0 is not None else []
-                overrides = [*self.spec.overrides, *(f"{k}={v}" if v != "" else k for k, v in point.items()),
-                             *self.spec.cli_overrides, *extra]
-                params = {**{k: short(v) for k, v in point.items()}, **({"seed": str(seed0 + r)} if extra else {})}
+                overrides = merged([*self.spec.overrides, *(f"{k}={v}" if v != "" else k for k, v in point.items()),
+                                    *self.spec.cli_overrides, *extra])
+                params = {**{k: short(v) for k, v in point.items() if k not in fixed},
+                          **({"seed": str(seed0 + r)} if extra else {})}
                 trials.append(Trial(f"T{len(trials)}", overrides, params))
         if len(trials) > HUGE:
             print(f"note: {len(trials):,} trials; checking every config first takes a few ms each "
                   f"(~{len(trials) * 0.007:.0f} s)", file=sys.stderr, flush=True)
         for trial in trials:
+            label = f"Trial {trial.id}" + (f" ({' '.join(f'{k}={v}' for k, v in trial.params.items())})"
+                                           if trial.params else "")
             try:
-                trial.key, trial.group = identity(trial.overrides)
+                cfg = resolved(trial.overrides)
             except CnnlabError as exc:
-                raise CnnlabError(f"Trial {trial.id} ({' '.join(f'{k}={v}' for k, v in trial.params.items())}) "
-                                  f"is not a valid config: {exc}") from None
+                raise CnnlabError(f"{label} is not a valid config: {exc}") from None
+            self.check_objective(cfg, label)
+            trial.key, trial.group = identity(cfg)
         return trials
+
+    def check_objective(self, cfg, label: str) -> None:
+        """Refuse a trial whose objective cannot be computed: a validation metric needs a validation split."""
+        if self.spec.metric.startswith("val_") and not cfg.val_split:
+            raise CnnlabError(f"{label} has val_split=0 (recipe=fast94 sets it so): it holds out no validation "
+                              f"images, so the sweep's objective {self.spec.metric} cannot be computed and would "
+                              "rank its trials on nothing. Add val_split=0.1 to the sweep's overrides.")
 
     def prepare(self, name: str, storage: str, join: bool) -> None:
         """Open what the strategy keeps of its own (Optuna's study) before the sweep records anything."""

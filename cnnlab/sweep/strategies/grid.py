@@ -13,6 +13,8 @@ from . import Strategy, register
 @register("grid")
 class Grid(Strategy):
     def check(self) -> None:
+        if not self.spec.space and self.spec.repeats > 1:
+            return  # one configuration, several seeds: the most common reason for repeats
         super().check()
         for override in parse(self.spec.space):
             if type(override.value()).__name__ == "IntervalSweep":

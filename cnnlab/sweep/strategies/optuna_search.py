@@ -9,7 +9,8 @@ from dataclasses import asdict
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ...errors import CnnlabError
-from ..spec import Outcome, Spec, Trial, format_value, identity, parse, short
+from ...config import identity
+from ..spec import Outcome, Spec, Trial, format_value, merged, parse, resolved, short
 from . import Context, Strategy, register
 
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "gp": "GPSampler",
@@ -102,9 +103,11 @@ class Optuna(Strategy):
             values = dist.choices if hasattr(dist, "choices") else (dist.low, dist.high)
             for value in values:
                 try:
-                    identity([*self.spec.overrides, f"{key}={format_value(value)}", *self.spec.cli_overrides])
+                    cfg = resolved(merged([*self.spec.overrides, f"{key}={format_value(value)}",
+                                           *self.spec.cli_overrides]))
                 except CnnlabError as exc:
                     raise CnnlabError(f"Search space {key}: {exc}") from None
+                self.check_objective(cfg, f"Search space {key}={format_value(value)}")
         return []
 
     def prepare(self, name: str, storage_url: str, join: bool) -> None:
@@ -140,10 +143,10 @@ class Optuna(Strategy):
                 return
             asked = study.ask(dists)
             values = {k: format_value(v) for k, v in asked.params.items()}
-            trial = Trial(f"T{asked.number}", [*self.spec.overrides, *(f"{k}={v}" for k, v in values.items()),
-                                               *self.spec.cli_overrides],
+            trial = Trial(f"T{asked.number}", merged([*self.spec.overrides, *(f"{k}={v}" for k, v in values.items()),
+                                                      *self.spec.cli_overrides]),
                           {k: short(v) for k, v in values.items()}, number=asked.number)
-            trial.key, trial.group = identity(trial.overrides)
+            trial.key, trial.group = identity(resolved(trial.overrides))
             if trial.key in ctx.done:  # this config already ran: reuse its result, train nothing
                 record = ctx.done[trial.key]
                 value = record.metrics.get(f"{self.spec.metric}_best", record.metrics.get(self.spec.metric))

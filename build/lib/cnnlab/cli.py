@@ -1,0 +1,400 @@
+"""The `cnnlab` command line. Heavy libraries are imported inside the commands that use them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from .errors import CnnlabError, Diverged, Interrupted
+
+app = typer.Typer(
+    help="Run, track and compare CNN experiments on CIFAR-10.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Bring CIFAR-10 into the local cache and inspect it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+OVERRIDES_HELP = "Hydra overrides: key=value (e.g. arch=vgg_small dropout=0.5 lr=1e-3); see conf/config.yaml."
+ROOT_HELP = "Cache directory (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)."
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP, show_default=False),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on the terminal (the log file gets all)."),
+    show_config: bool = typer.Option(False, "--cfg", help="Print the resolved config and exit."),
+) -> None:
+    """Train one model: compose the config from conf/ plus OVERRIDES, train, log to MLflow.
+
+    `cnnlab train resume=RUN` continues a KILLED run from its last whole epoch, in the same MLflow run.
+    """
+    from .config import compose
+
+    overrides = overrides or []
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if resume:
+        from .store import Store, Tag
+        from .train import train as run_training
+
+        if len(overrides) > 1:
+            raise CnnlabError(f"resume= continues a run with the config it was started with; give it alone "
+                              f"(got {' '.join(overrides)}).")
+        record = Store(create=False).find(resume[0][len("resume="):])
+        typer.echo(f"resuming {record.experiment} {record.id} (run {record.run_id})", err=True)
+        result = run_training(None, record.tags.get(Tag.OVERRIDES, "").split(), quiet=quiet, resume=record)
+        typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
+                   f"run_dir={result.run_dir}")
+        return
+    cfg = compose(overrides)
+    if show_config:
+        from omegaconf import OmegaConf
+
+        from .config import resolve, to_dict
+
+        typer.echo(OmegaConf.to_yaml(to_dict(resolve(cfg))))
+        return
+    from .train import train as run_training
+
+    result = run_training(cfg, overrides, quiet=quiet)
+    typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
+               f"run_dir={result.run_dir}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    overrides: Optional[List[str]] = typer.Argument(
+        None, show_default=False,
+        help="Fixed overrides plus a search space in Hydra's grammar (lr=0.1,0.01 dropout='interval(0,0.5)' "
+             "'lr=tag(log,interval(1e-4,1e-1))' depth='range(1,4)'); sweep=NAME loads conf/sweep/NAME.yaml."),
+    strategy: Optional[str] = typer.Option(None, help="grid | random | optuna | list (default: grid)"),
+    trials: Optional[int] = typer.Option(None, help="random/optuna: number of trials (default: 10)"),
+    repeats: Optional[int] = typer.Option(None, help="Seeds per configuration (seed, seed+1, ...)."),
+    workers: int = typer.Option(1, help="Trials run at once, each in its own process (CPU threads are split)."),
+    sampler: Optional[str] = typer.Option(None, help="optuna: tpe | random | cmaes | gp | qmc (default: tpe)"),
+    pruner: Optional[str] = typer.Option(None, help="optuna: median | hyperband | none (default: none)"),
+    metric: Optional[str] = typer.Option(None, help="Objective: val_acc | val_loss (default: val_acc)"),
+    direction: Optional[str] = typer.Option(None, help="maximize | minimize (default: from the metric)"),
+    sampler_seed: Optional[int] = typer.Option(None, help="Seed of the random/optuna sampler."),
+    name: Optional[str] = typer.Option(None, help="Sweep name (the parent run); default: derived from the spec."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (postgresql://...) shared across machines; "
+                                                     "default: a journal file in the sweep's run directory."),
+    join: Optional[str] = typer.Option(None, help="Join the running Optuna sweep NAME in --storage (another machine)."),
+    force: bool = typer.Option(False, "--force", help="Run every trial again, even FINISHED ones."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial list and run nothing."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; one line per finished trial."),
+) -> None:
+    """Run many trainings of one base config (grid, random, Optuna), resumable, as parent/child MLflow runs."""
+    from .sweep import Sweep, load_spec
+    from .sweep.display import print_plan, print_summary
+
+    if join:
+        from .sweep.strategies.optuna_search import load_joined_spec
+
+        if not storage:
+            raise CnnlabError("--join NAME needs --storage URL: the database the sweep was started with.")
+        spec = load_joined_spec(join, storage)
+    else:
+        spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=repeats, sampler=sampler,
+                         pruner=pruner, metric=metric, direction=direction, seed=sampler_seed, name=name)
+    runner = Sweep(spec, workers=workers, storage=storage, force=force, join=bool(join), quiet=quiet)
+    if dry_run:
+        planned = runner.plan()
+        print_plan(runner.name, spec, planned, runner.strategy.describe())
+        _print_estimate(runner, planned, workers)
+        return
+    result = runner.run()
+    print_summary(spec, result)
+    if result.outcomes and all(o.state == "FAILED" for o in result.outcomes):
+        raise typer.Exit(1)
+
+
+def _print_estimate(runner, planned, workers: int) -> None:
+    """How long the sweep would take: from the store's past runs like its trials, or timed steps here."""
+    from .store import Store
+    from .sweep.estimate import estimate, human
+    from .sweep.spec import Trial
+
+    try:
+        store = Store(runner.tracking_uri, create=False)
+    except CnnlabError:  # no store yet: nothing to learn from
+        store = None
+    budget = None
+    if not planned:  # a strategy that chooses as it goes: its base config, once per trial of its budget
+        budget = getattr(runner.strategy, "budget", 1)
+        planned = [Trial("base", runner.spec.fixed, {})]
+    seconds, how = estimate(planned, store)
+    seconds *= budget or 1
+    text = f"estimated: ~{human(seconds)} one trial after another ({how})"
+    if budget:
+        text += f"; {budget} trials of the base config, before pruning"
+    if workers > 1:
+        text += f"; ~{human(seconds / workers)} with --workers {workers} if each worker has cores (or a GPU) of its own"
+    typer.echo(text)
+
+
+# the filters export-log and runs share (Typer reads the option from the annotation)
+Experiments = Annotated[Optional[List[str]], typer.Option(
+    "--experiment", help="MLflow experiment(s) to read (repeatable; default: cifar10).")]
+SweepName = Annotated[Optional[str], typer.Option("--sweep", help="Only the trials of this sweep.")]
+Statuses = Annotated[Optional[List[str]], typer.Option(
+    "--status", help="Only runs in this state: FINISHED, FAILED, KILLED, PRUNED, RUNNING (repeatable).")]
+Since = Annotated[Optional[str], typer.Option("--since", help="Only runs started on or after this date (2026-11-24).")]
+Until = Annotated[Optional[str], typer.Option("--until", help="Only runs started on or before this date.")]
+Archs = Annotated[Optional[List[str]], typer.Option("--arch", help="Only runs of this architecture (repeatable).")]
+Baseline = Annotated[Optional[str], typer.Option(
+    "--baseline", help="Run (log ID, name or run-ID prefix) that ARCHITECTURE CHANGES compares with (default: the sweep's base config, "
+                       "else the previous run).")]
+Sort = Annotated[Optional[str], typer.Option(
+    "--sort", help="Order rows by: start (default), val_acc, test_acc, train_acc, lr, batch_size, epochs, wall_time, "
+                   "params, flops.")]
+Top = Annotated[Optional[int], typer.Option("--top", help="Only the first N rows (after sorting).")]
+
+
+def _day(option: str, value: Optional[str], end: bool = False) -> Optional[int]:
+    """--since/--until DATE as ms since the epoch; --until a day includes that day."""
+    import datetime as dt
+
+    if not value:
+        return None
+    try:
+        day = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CnnlabError(f"--{option} {value}: expected a date like 2026-11-24 (or 2026-11-24T15:00).") from None
+    if end and len(value) <= 10:
+        day += dt.timedelta(days=1)
+    return int(day.timestamp() * 1000)
+
+
+def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=None):
+    from . import log as run_log
+    from .store import Store
+
+    store = Store(create=False)
+    records = store.runs(experiment or ["cifar10"], sweep=sweep, states=[s.upper() for s in status or []],
+                         since=_day("since", since), until=_day("until", until, end=True), archs=arch or [])
+    base = None
+    if baseline:
+        base = store.find(baseline)
+        typer.echo(f"baseline: {base.experiment} {base.id} (run {base.run_id})", err=True)
+    log = run_log.build(store, records, base, **({"ui_url": ui_url} if ui_url else {}))
+    return run_log.sort_top(log, sort, top)
+
+
+@app.command("export-log")
+def export_log(
+    path: Path = typer.Argument(..., help="Output file: .xlsx (the full workbook), .csv or .md (the log table)."),
+    experiment: Experiments = None, sweep: SweepName = None, status: Statuses = None, since: Since = None,
+    until: Until = None, arch: Archs = None, baseline: Baseline = None, sort: Sort = None, top: Top = None,
+    ui_url: str = typer.Option("http://127.0.0.1:5000", help="Base URL of the MLflow UI for the run links."),
+    force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
+) -> None:
+    """Write the training log of the recorded runs, in the exercise's format (Excel, CSV or Markdown)."""
+    from . import export
+
+    export.check_destination(path, force)  # before reading anything
+    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=ui_url)
+    export.write(log, path, force=force)
+    typer.echo(f"wrote {len(log.table)} run(s) to {path}")
+
+
+@app.command()
+def runs(
+    experiment: Experiments = None, sweep: SweepName = None, status: Statuses = None, since: Since = None,
+    until: Until = None, arch: Archs = None, baseline: Baseline = None, sort: Sort = None, top: Top = None,
+    only_changed: bool = typer.Option(False, "--only-changed", help="Only the columns whose values vary."),
+) -> None:
+    """The training log in the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .log import changed_columns
+
+    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top)
+    shown = [c for c in log.columns if c.short]
+    if log.table["TARGET ACC AVG"].isna().all():
+        shown = [c for c in shown if c.header != "TARGET ACC AVG"]
+    if only_changed:
+        keep = set(changed_columns(log))
+        shown = [c for c in shown if c.header in keep]
+    out = Table(title=f"{len(log.rows)} run(s)", show_lines=False)
+    for c in shown:
+        out.add_column(c.short, justify="left" if c.fmt == "text" else "right", no_wrap=not c.width,
+                       overflow="fold", min_width=24 if c.width else None)
+    for i, row in enumerate(log.table.itertuples(index=False)):
+        values = dict(zip(log.table.columns, row))
+        out.add_row(*(c.text(values[c.header]) for c in shown), style="bold" if i == log.best else None)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(160, console.width))  # piped: don't fold the table into 80 columns
+    console.print(out)
+
+
+@app.command()
+def evaluate(
+    run: str = typer.Argument(..., help="The run: its log ID (T3, exercise/T3), run name, or run-ID prefix."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="targets=[gaussian_noise,blur,...] severity=3"),
+) -> None:
+    """Evaluate a recorded run's best checkpoint on target sets (shifted test sets) and log the scores to it."""
+    from .corruptions import NAMES
+    from .store import Store
+    from .targets import evaluate_run
+
+    targets, severity = list(NAMES[:-1]), 3
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        if key == "targets":
+            targets = [t.strip() for t in value.strip("[]").split(",") if t.strip()]
+        elif key == "severity" and value.isdigit() and 1 <= int(value) <= 5:
+            severity = int(value)
+        else:
+            raise CnnlabError(f"Bad argument {item!r}: expected targets=[name,...] ({', '.join(NAMES)}) "
+                              "or severity=1..5.")
+    from .corruptions import check
+
+    check(targets)
+    store = Store(create=False)
+    record = store.find(run)
+    typer.echo(f"evaluating {record.experiment} {record.id} (run {record.run_id}, {record.name})")
+    for name, acc in evaluate_run(record, targets, severity, store).items():
+        typer.echo(f"{name} {acc:.4f}")
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; anything but 127.0.0.1 exposes your runs "
+                                               "to the network."),
+    experiment: Optional[str] = typer.Option(None, help="Experiment whose runs table the printed URL opens "
+                                                         "(default: the one used most recently)."),
+) -> None:
+    """Start the MLflow UI on this project's store and print the URL of the experiment's runs table."""
+    from .ui import serve
+
+    raise typer.Exit(serve(port=port, host=host, experiment=experiment))
+
+
+@app.command()
+def models() -> None:
+    """The architectures: parameters, FLOPs per 32x32 image, the knobs each takes, what it is."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .describe import human, model_table
+
+    table = Table(title="architectures (3x32x32 input, 10 classes; recipes in conf/arch/<name>.yaml)")
+    for col in ("arch", "params", "FLOPs/img", "knobs", "description"):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs/img") else "left",
+                         overflow="fold", no_wrap=col == "arch")
+    for row in model_table():
+        knobs = ", ".join(row["knobs"] + [f"arch.{p}" for p in row["arch_params"]])
+        table.add_row(row["arch"], human(row["params"]), human(row["flops"]), knobs, row["description"])
+    Console().print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def describe(
+    args: Optional[List[str]] = typer.Argument(
+        None, show_default=False,
+        help="arch=NAME plus image_size=, num_classes=, in_channels= and knobs (dropout=0.5, arch.growth_rate=24)."),
+) -> None:
+    """The per-layer table of the lectures: output shape, activations and their memory, parameters, FLOPs.
+
+    Describes the architecture as defined (its builder's defaults), not a training recipe.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .describe import BYTES, build, human, layers, parse_args
+
+    name, inputs, knobs = parse_args(args or [])
+    size, in_channels = inputs.get("image_size", 32), inputs.get("in_channels", 3)
+    rows = layers(build(name, inputs, knobs), in_channels, size)
+    title = (f"{name}: {in_channels}x{size}x{size} input, {inputs.get('num_classes', 10)} classes"
+             + (f", {' '.join(f'{k}={v}' for k, v in knobs.items())}" if knobs else ""))
+    table = Table(title=title)
+    for col in ("layer", "type", "output", "activations", "memory", "params", "FLOPs"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for r in rows:
+        table.add_row(r.name, r.label, "x".join(map(str, r.shape)), f"{r.activations:,}",
+                      human(r.activations * BYTES) + "B", f"{r.params:,}", human(r.flops))
+    params, acts, flops = (sum(getattr(r, k) for r in rows) for k in ("params", "activations", "flops"))
+    table.add_section()
+    table.add_row("total", "", "", f"{acts:,}", human(acts * BYTES) + "B", f"{params:,}", human(flops))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(140, console.width))
+    console.print(table)
+    console.print(f"parameters: {params:,} = {human(params * BYTES)}B (x{BYTES} bytes, fp32); "
+                  f"activations: {acts:,} per image = {human(acts * BYTES)}B forward; "
+                  f"FLOPs: {human(flops)} per image ({human(flops / 2)} multiply-adds)")
+
+
+@app.command()
+def init(directory: Path = typer.Argument(Path("."), help="The project directory (default: here).")) -> None:
+    """Make DIRECTORY a cnnlab project: conf/ for your own presets and sweeps (layered over cnnlab's), runs/."""
+    from .project import init_project
+
+    for line in init_project(directory):
+        typer.echo(line)
+
+
+@data_app.command("import")
+def data_import(
+    path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace a cache whose classes differ from this copy's."),
+) -> None:
+    """Decode a local copy of CIFAR-10 once into the uint8 cache that training loads."""
+    from .data import import_dataset
+
+    info = import_dataset(path, root, force=force)
+    typer.echo(f"imported {info['train']:,} train + {info['test']:,} test images, {len(info['classes'])} classes, "
+               f"from {info['source']} into {info['cache']} in {info['seconds']} s")
+
+
+@data_app.command("info")
+def data_info(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
+    """Show what the cache holds."""
+    from .data import CACHE_NAME, cache_info, data_root
+
+    info = cache_info(root)
+    if info is None:
+        typer.echo(f"no cache at {data_root(root) / CACHE_NAME}: run `cnnlab data import PATH` "
+                   "(or `cnnlab train`, which downloads CIFAR-10 when online)")
+        raise typer.Exit(1)
+    shape = "x".join(str(v) for v in info["image_shape"])
+    typer.echo(
+        f"cache     {info['cache']} ({info['bytes'] / 1e6:.0f} MB)\n"
+        f"source    {info['source']}\n"
+        f"sha256    {info['sha256'] or '-'}\n"
+        f"imported  {info['imported']}\n"
+        f"images    {info['train']:,} train, {info['test']:,} test, {shape}\n"
+        f"classes   {', '.join(info['classes'])}\n"
+        f"mean/std  {', '.join(f'{v:.4f}' for v in info['mean'])} / {', '.join(f'{v:.4f}' for v in info['std'])}"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except CnnlabError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except Diverged as exc:
+        typer.echo(f"error: training diverged: {exc}", err=True)
+        sys.exit(1)
+    except PermissionError as exc:
+        typer.echo(f"error: permission denied: cannot write {exc.filename or exc}. Make it writable, or point "
+                   "$CNNLAB_RUNS_DIR / $CNNLAB_DATA_DIR elsewhere; nothing recorded was changed.", err=True)
+        sys.exit(2)
+    except Interrupted as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,538 @@
+"""Data: CIFAR-10 decoded once into a uint8 cache, held in memory as tensors, served in batches.
+
+- `import_dataset(path)` reads an image folder (directory, .tar, .tar.gz, .zip laid out
+  `train/<class>/*`, `test/<class>/*`) or the official `cifar-10-python.tar.gz`, and writes
+  `<root>/cifar10.npz` atomically: a bad input never replaces a good cache.
+- `load(cfg.data)` returns the cached set (downloading it first with torchvision where
+  allowed), or a generated synthetic set for tests and quick checks.
+- `split()` carves a seeded, stratified validation split (and train fraction) out of train.
+- `Batches` serves shuffled batches from device-resident tensors, with crop+flip augmentation
+  and normalisation done on the whole batch: no per-image Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import tarfile
+import tempfile
+import zlib
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Tuple
+
+from .errors import CnnlabError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CACHE_NAME = "cifar10.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+_FOLDER_IMAGE = re.compile(r"(?:^|/)(train|test)/([^/]+)/[^/]+$")
+_CIFAR_BATCH = re.compile(r"(?:^|/)(data_batch_[1-5]|test_batch|batches\.meta)$")
+IMPORT_HELP = (
+    "Give an image folder (a directory, .tar, .tar.gz or .zip with train/<class>/* and "
+    "test/<class>/*) or the official cifar-10-python.tar.gz."
+)
+
+
+def data_root(root: Optional[str] = None) -> Path:
+    """Where the cache lives: `root`, else $CNNLAB_DATA_DIR, else ~/.cache/cnnlab."""
+    path = root or os.environ.get("CNNLAB_DATA_DIR") or Path.home() / ".cache" / "cnnlab"
+    return Path(path).expanduser().resolve()
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in memory: images uint8 (N, 3, H, W), labels int64 (N,)."""
+
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
+    classes: Tuple[str, ...]
+    mean: Tuple[float, ...]  # per channel, on the 0-1 scale, over the training images
+    std: Tuple[float, ...]
+    name: str = "cifar10"
+
+    def to(self, device) -> "Dataset":
+        """The same data set with its tensors on `device` (sweep workers keep it on their GPU)."""
+        from dataclasses import replace
+
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
+
+
+# ---------------------------------------------------------------- reading an input
+
+
+def _members(path: Path) -> Iterator[Tuple[str, bytes]]:
+    """(relative posix path, bytes) of every file in a directory, tar(.gz) or zip."""
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            yield file.relative_to(path).as_posix(), file.read_bytes()
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.is_dir():
+                    yield info.filename, archive.read(info)
+    elif tarfile.is_tarfile(path):
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive:
+                if member.isfile():
+                    yield member.name, archive.extractfile(member).read()
+    else:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        kind = {b"PK\x03\x04": "zip", b"\x1f\x8b\x08\x00": "gzip"}.get(magic) or \
+            ("gzip" if magic[:2] == b"\x1f\x8b" else None)
+        if kind:
+            raise CnnlabError(f"{path} is a {kind} file that cannot be read to its end: it is truncated or corrupt. "
+                              f"Download or copy it again. {IMPORT_HELP}")
+        raise CnnlabError(f"{path} is neither a directory nor a .tar, .tar.gz or .zip archive. {IMPORT_HELP}")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the official CIFAR batches (dicts of numpy arrays and lists) and nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _decode_image(data: bytes, name: str):
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    except Exception as exc:  # PIL raises many types for bad bytes
+        raise CnnlabError(f"{name} is not a readable image ({exc}).") from None
+
+
+def _read(path: Path):
+    """Images and labels of `path`: ((x_train, y_train), (x_test, y_test), classes)."""
+    import numpy as np
+
+    folder = {"train": [], "test": []}  # (class name, file name, image)
+    batches = {}
+    for name, data in _members(path):
+        if _CIFAR_BATCH.search(name):
+            try:
+                batches[_CIFAR_BATCH.search(name).group(1)] = _CifarUnpickler(
+                    io.BytesIO(data), encoding="latin1").load()
+            except Exception as exc:
+                raise CnnlabError(f"{path}: {name} is not a readable CIFAR batch ({exc}).") from None
+        elif (m := _FOLDER_IMAGE.search(name)) and name.lower().endswith(IMAGE_SUFFIXES):
+            folder[m.group(1)].append((m.group(2), name, _decode_image(data, f"{path}: {name}")))
+
+    if batches:
+        missing = [b for b in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if b not in batches]
+        if missing:
+            raise CnnlabError(f"{path} looks like cifar-10-python.tar.gz but lacks {', '.join(missing)}: "
+                              "the archive is incomplete.")
+        meta = batches.get("batches.meta", {})
+        classes = tuple(meta.get("label_names", CIFAR10_CLASSES))
+
+        def stack(names):
+            x = np.concatenate([np.asarray(batches[b]["data"], dtype=np.uint8) for b in names])
+            y = np.concatenate([np.asarray(batches[b]["labels"], dtype=np.int64) for b in names])
+            return x.reshape(-1, 3, 32, 32), y
+
+        return stack([f"data_batch_{i}" for i in range(1, 6)]), stack(["test_batch"]), classes
+
+    if not folder["train"] or not folder["test"]:
+        raise CnnlabError(f"Found no {'train' if not folder['train'] else 'test'} images in {path}. {IMPORT_HELP}")
+    classes = tuple(sorted({c for c, _, _ in folder["train"]}))
+    extra = {c for c, _, _ in folder["test"]} - set(classes)
+    if extra:
+        raise CnnlabError(f"{path}: test/ has classes that train/ lacks: {', '.join(sorted(extra))}.")
+    shapes = {img.shape for split in folder.values() for _, _, img in split}
+    if len(shapes) != 1:
+        raise CnnlabError(f"{path}: images differ in size ({', '.join(str(s[1:]) for s in sorted(shapes))}); "
+                          "all must have the same height and width.")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def stack(items):  # in (class, file name) order, whatever order the archive had
+        items = sorted(items, key=lambda item: (index[item[0]], item[1]))
+        return (np.stack([img for _, _, img in items]).astype(np.uint8),
+                np.array([index[c] for c, _, _ in items], dtype=np.int64))
+
+    return stack(folder["train"]), stack(folder["test"]), classes
+
+
+def _channel_stats(x) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    import numpy as np
+
+    mean = np.zeros(3)
+    sq = np.zeros(3)
+    for i in range(0, len(x), 5000):  # chunked: no float copy of the whole set
+        chunk = x[i:i + 5000].astype(np.float64) / 255
+        mean += chunk.sum(axis=(0, 2, 3))
+        sq += (chunk ** 2).sum(axis=(0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean /= n
+    std = np.sqrt(sq / n - mean ** 2)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _sha256(path: Path) -> str:
+    if path.is_dir():
+        return ""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _clean_temporaries(directory: Path) -> None:
+    """Remove the half-written caches of imports that were killed (their process is gone)."""
+    for tmp in directory.glob(".cifar10-*.npz"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+        except (IndexError, ValueError):
+            pid = None
+        if pid is None or not Path(f"/proc/{pid}").exists() or pid == os.getpid():
+            tmp.unlink(missing_ok=True)
+
+
+def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dict:
+    """Decode `path` into the cache; returns the cache's info. The old cache survives any failure, and a copy
+    with other classes than the cache's replaces it only with `force`."""
+    import numpy as np
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CnnlabError(f"{path} does not exist. {IMPORT_HELP}")
+    cache = data_root(root) / CACHE_NAME
+    if cache.parent.is_dir():
+        _clean_temporaries(cache.parent)
+    start = time.perf_counter()
+    try:
+        (x_train, y_train), (x_test, y_test), classes = _read(path)
+    except CnnlabError:
+        raise
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise CnnlabError(f"Could not read {path}: it is corrupt or truncated ({type(exc).__name__}: {exc}). "
+                          f"{IMPORT_HELP} Any earlier cache is left as it was.") from None
+    try:
+        old = cache_info(root)
+    except CnnlabError:  # an unreadable cache: this import is how to replace it
+        old = None
+    if old is not None and list(old["classes"]) != list(classes) and not force:
+        gone = sorted(set(old["classes"]) - set(classes))
+        extra = sorted(set(classes) - set(old["classes"]))
+        what = "; ".join(p for p in (f"missing {', '.join(gone)}" if gone else "", f"new {', '.join(extra)}"
+                                     if extra else "") if p) or "a different order"
+        raise CnnlabError(f"{path} has {len(classes)} classes where the cache has {len(old['classes'])} ({what}): "
+                          f"importing it would replace the cache every run trains on. Check the copy, or pass "
+                          f"--force to replace the cache anyway. The cache is unchanged.")
+    mean, std = _channel_stats(x_train)
+    meta = {
+        "source": str(path.resolve()), "sha256": _sha256(path), "imported": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "classes": list(classes), "mean": mean, "std": std,
+        "train": int(len(y_train)), "test": int(len(y_test)), "image_shape": list(x_train.shape[1:]),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".cifar10-{os.getpid()}-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, meta=json.dumps(meta))
+        os.replace(tmp, cache)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {**meta, "cache": str(cache), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def cache_info(root: Optional[str] = None) -> Optional[dict]:
+    """The cache's metadata, or None when there is none."""
+    import numpy as np
+
+    cache = data_root(root) / CACHE_NAME
+    if not cache.exists():
+        return None
+    with _open_cache(cache) as archive:
+        meta = json.loads(str(archive["meta"]))
+    return {**meta, "cache": str(cache), "bytes": cache.stat().st_size}
+
+
+def _open_cache(cache: Path):
+    """The cache's npz archive; an unreadable one is a clear error that says how to make it again."""
+    import numpy as np
+
+    try:
+        archive = np.load(cache)
+        archive["meta"]  # noqa: B018 (read now: a garbage file fails here, not mid-run)
+        return archive
+    except Exception as exc:  # numpy raises many types for a bad file
+        raise CnnlabError(f"The data cache {cache} is unreadable ({type(exc).__name__}: {exc}): it is corrupt or not "
+                          f"a cnnlab cache. Import the data again (`cnnlab data import PATH`), or delete it so that "
+                          "`cnnlab train` downloads CIFAR-10 again.") from None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _download(cfg_data, root: Path) -> None:
+    """Fetch the official archive with torchvision's downloader (checksum verified), then import it."""
+    from torchvision.datasets.utils import download_url
+
+    filename = "cifar-10-python.tar.gz"
+    try:
+        download_url(cfg_data.url, str(root), filename, md5=cfg_data.md5)
+    except Exception as exc:  # urllib, socket and checksum errors all land here
+        raise CnnlabError(
+            f"CIFAR-10 is not in the cache ({root / CACHE_NAME}) and could not be downloaded from "
+            f"{cfg_data.url} ({type(exc).__name__}: {exc}). If this machine is offline, copy the data "
+            f"here and run `cnnlab data import PATH`. {IMPORT_HELP}"
+        ) from None
+    archive = root / filename
+    import_dataset(archive, str(root))
+    archive.unlink()
+
+
+def load(cfg_data, seed: int = 0) -> Dataset:
+    """The dataset `cfg_data` names, as uint8 tensors in memory."""
+    if cfg_data.name == "synthetic":
+        return synthetic(cfg_data.n_train or 2000, cfg_data.n_test or 500, seed=seed)
+    if cfg_data.name != "cifar10":
+        raise CnnlabError(f"Unknown data set {cfg_data.name!r}. Valid: cifar10, synthetic.")
+    import numpy as np
+    import torch
+
+    root = data_root(cfg_data.root)
+    cache = root / CACHE_NAME
+    if not cache.exists():
+        if not cfg_data.download:
+            raise CnnlabError(f"CIFAR-10 is not in the cache ({cache}) and data.download=false. "
+                              f"Run `cnnlab data import PATH`. {IMPORT_HELP}")
+        _download(cfg_data, root)
+    with _open_cache(cache) as archive:
+        try:
+            meta = json.loads(str(archive["meta"]))
+            arrays = {k: torch.from_numpy(archive[k]) for k in ("x_train", "y_train", "x_test", "y_test")}
+        except Exception as exc:
+            raise CnnlabError(f"The data cache {cache} is damaged ({type(exc).__name__}: {exc}). Import the data again "
+                              "(`cnnlab data import PATH`).") from None
+    return Dataset(**arrays, classes=tuple(meta["classes"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+
+
+def cifar10_1(root: Path):
+    """CIFAR-10.1 v6 (Recht et al.) from `root`: cifar10.1_v6_data.npy and cifar10.1_v6_labels.npy, as
+    (uint8 images N x 3 x 32 x 32, labels)."""
+    import numpy as np
+    import torch
+
+    data, labels = root / "cifar10.1_v6_data.npy", root / "cifar10.1_v6_labels.npy"
+    if not data.exists() or not labels.exists():
+        raise CnnlabError(f"Target cifar10_1 needs CIFAR-10.1 v6 in {root}: download cifar10.1_v6_data.npy and "
+                          "cifar10.1_v6_labels.npy from github.com/modestyachts/CIFAR-10.1 (datasets/) into it.")
+    x = torch.from_numpy(np.load(data)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.load(labels).astype(np.int64))
+
+
+def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, size: int = 32,
+              seed: int = 0) -> Dataset:
+    """A learnable stand-in for CIFAR-10: each class is a smooth random colour pattern, shifted and noised.
+
+    The same seed gives the same images. Small models reach well above chance in one or two epochs.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1234 + seed)
+    prototypes = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=g), size=size + 8,
+                               mode="bilinear", align_corners=False)
+
+    def make(n):
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        dx, dy = torch.randint(0, 9, (2, n), generator=g)
+        rows = dy[:, None] + torch.arange(size)
+        cols = dx[:, None] + torch.arange(size)
+        x = prototypes[y[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        x = x + 0.25 * torch.randn(x.shape, generator=g)
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    mean, std = _channel_stats(x_train.numpy())
+    return Dataset(x_train, y_train, x_test, y_test, tuple(f"class{i}" for i in range(num_classes)),
+                   mean, std, name="synthetic")
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def stratified_split(y, fraction: float, seed: int):
+    """Indices (taken, rest): `fraction` of each class taken, chosen by `seed`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    taken, rest = [], []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g).to(idx.device)]
+        k = int(round(fraction * len(idx)))
+        taken.append(idx[:k])
+        rest.append(idx[k:])
+    return torch.cat(taken).sort().values, torch.cat(rest).sort().values
+
+
+@dataclass
+class Splits:
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_val: "torch.Tensor"
+    y_val: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
+
+
+def split(ds: Dataset, val_split: float, train_fraction: float = 1.0, seed: int = 0) -> Splits:
+    """Validation split (stratified, seeded) out of train; then a stratified fraction of the rest."""
+    val_idx, train_idx = stratified_split(ds.y_train, val_split, seed)
+    if train_fraction < 1:
+        keep, _ = stratified_split(ds.y_train[train_idx], train_fraction, seed + 1)
+        train_idx = train_idx[keep]
+    if len(train_idx) == 0:
+        raise CnnlabError(f"data.train_fraction={train_fraction} leaves no training images.")
+    return Splits(ds.x_train[train_idx], ds.y_train[train_idx], ds.x_train[val_idx], ds.y_train[val_idx],
+                  ds.x_test, ds.y_test)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def crop_views(x, pad: int):
+    """Every crop of the uint8 images `x` (N, C, H, W) zero-padded by `pad`, and of their mirror images, as one
+    strided view indexed [image + N * mirrored, dy, dx] -> (C, H, W): a batch of random crops is then one gather
+    instead of a per-pixel index computation (5x faster on the CPU)."""
+    import torch
+    import torch.nn.functional as F
+
+    padded = F.pad(x, (pad, pad, pad, pad))
+    padded = torch.cat([padded, padded.flip(-1)])
+    n, c, h, w = padded.shape
+    sn, sc, sh, sw = padded.stride()
+    return padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h - 2 * pad, w - 2 * pad), (sn, sh, sw, sc, sh, sw))
+
+
+def random_crop_flip(crops, idx, pad: int, generator, flip=None):
+    """Images `idx` randomly shifted by up to `pad` pixels (zero fill) and mirrored, per image, from crop_views(x, pad).
+
+    flip: a bool mask of the images to mirror; None draws one (probability 1/2 each).
+    """
+    import torch
+
+    n = len(idx)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(crops.device)
+    if flip is None:
+        flip = torch.rand(n, generator=generator).to(crops.device) < 0.5
+    # the crop at dx of a mirror image is the mirror of the crop at 2 * pad - dx of the original
+    return crops[idx + len(crops) // 2 * flip, dy, torch.where(flip, 2 * pad - dx, dx)]
+
+
+class Batches:
+    """Batches of (normalised float images, labels) from uint8 tensors already on `device`."""
+
+    def __init__(self, x, y, batch_size: int, *, mean, std, shuffle: bool = False, augment: bool = False,
+                 translate: int = 4, flip: str = "random", image_size: int = 32, channels_last: bool = False,
+                 drop_last: bool = False, seed: int = 0):
+        import torch
+
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
+        self.translate, self.flip = translate, flip
+        self.image_size = image_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        # alternating flips: a random first choice per image, then the opposite every other epoch
+        self.flip_first = (torch.rand(len(y), generator=self.generator) < 0.5).to(x.device)
+        self.crops = crop_views(x, translate) if augment else None
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def state_dict(self) -> dict:
+        """Where the batches stand (the random stream and the epoch), to continue exactly where they were."""
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.epoch = state["epoch"]
+
+    def __iter__(self):
+        import torch
+        import torch.nn.functional as F
+
+        n = len(self.y)
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = torch.randperm(n, generator=self.generator).to(self.x.device) if self.shuffle else None
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
+            idx = order[sl] if order is not None else sl
+            yb = self.y[idx]
+            if self.augment:
+                rows = idx if order is not None else torch.arange(sl.start, sl.stop, device=yb.device)
+                flip = None
+                if self.flip == "alternating":
+                    flip = self.flip_first[idx] ^ bool(epoch % 2)
+                elif self.flip == "none":
+                    flip = torch.zeros(len(yb), dtype=torch.bool, device=yb.device)
+                xb = random_crop_flip(self.crops, rows, self.translate, self.generator, flip)
+            else:
+                xb = self.x[idx]
+            xb = (xb.float() - self.mean) / self.std
+            if self.image_size != xb.shape[-1]:
+                xb = F.interpolate(xb, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+            yield xb.contiguous(memory_format=self.memory_format), yb
+
+
+@dataclass
+class Loaders:
+    """The batches one training run reads, all on its device."""
+
+    train: Batches
+    val: Batches
+    test: Batches
+    sample: Batches  # up to 5,000 training images in one batch, for layers set from data (the `prepare` hook)
+    sizes: dict  # split.train / split.val / split.test: images in each
+    eval_batch_size: int
+    channels_last: bool
+
+
+def loaders(ds: Dataset, cfg, device) -> Loaders:
+    """Split `ds` as `cfg` says and serve its parts from `device` (channels_last except on Apple's MPS)."""
+    splits = split(ds, cfg.val_split, cfg.data.train_fraction, cfg.seed)
+    channels_last = device.type != "mps"
+    to_dev = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    common = dict(mean=ds.mean, std=ds.std, image_size=cfg.image_size, channels_last=channels_last)
+    train = Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
+                    augment=cfg.augment, translate=cfg.translate, flip=cfg.flip.value,
+                    drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed, **common)
+    eval_size = max(cfg.batch_size, 500)
+    return Loaders(
+        train=train,
+        val=Batches(to_dev(splits.x_val), to_dev(splits.y_val), eval_size, **common),
+        test=Batches(to_dev(splits.x_test), to_dev(splits.y_test), eval_size, **common),
+        sample=Batches(train.x[:5000], train.y[:5000], 5000, **common),
+        sizes={"split.train": len(splits.y_train), "split.val": len(splits.y_val), "split.test": len(splits.y_test)},
+        eval_batch_size=eval_size, channels_last=channels_last)

@@ -1,0 +1,25 @@
+"""The one exception type for mistakes a user can fix.
+
+The CLI prints a CnnlabError as one paragraph and exits with code 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class CnnlabError(Exception):
+    """A bad input: what was wrong and what is valid, in one paragraph."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run is FAILED."""
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; `exit_code` is 130 or 143 (128 + signal number)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.exit_code = 128 + signum
+
+
+class Pruned(Exception):
+    """A sweep's pruner stopped the trial early: the run ends KILLED, tagged cnnlab.state=PRUNED."""

@@ -1,0 +1,249 @@
+"""Writing the training log (log.py) as a file: .xlsx (the full workbook), .csv or .md (the log table).
+
+Every format takes its columns, their groups and formats from columns.py. A file is written aside
+and moved into place, and never over an existing one without `force`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+from .columns import FORMATS, GROUPS
+from .errors import CnnlabError
+from .log import Log
+
+FORMATS_BY_SUFFIX = (".xlsx", ".csv", ".md")
+
+
+def check_destination(path: Path, force: bool) -> None:
+    """Refuse before any work: unknown format, existing file without force, unwritable directory."""
+    if path.suffix.lower() not in FORMATS_BY_SUFFIX:
+        raise CnnlabError(f"{path}: unknown format {path.suffix or '(no extension)'}; "
+                          f"valid: {', '.join(FORMATS_BY_SUFFIX)}.")
+    if path.is_dir():
+        raise CnnlabError(f"{path} is a directory; give a file name (e.g. {path / 'runs.xlsx'}).")
+    if path.exists() and not force:
+        raise CnnlabError(f"{path} exists; pass --force to replace it (the old file stays until the new one is complete).")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CnnlabError(f"Cannot write {path}: directory {parent} does not exist.")
+    if not os.access(parent, os.W_OK):
+        raise CnnlabError(f"Cannot write {path}: directory {parent} is not writable.")
+
+
+def write(log: Log, path: Path, force: bool = False) -> Path:
+    """Write `log` to `path` (format from the extension) atomically: a crash leaves any old file intact."""
+    path = Path(path)
+    check_destination(path, force)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
+                                   suffix=".tmp")
+    except OSError as exc:
+        raise CnnlabError(f"Cannot write {path}: {exc.strerror or exc}.") from None
+    os.close(fd)
+    try:
+        {".xlsx": _write_xlsx, ".csv": _write_csv, ".md": _write_md}[path.suffix.lower()](log, Path(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CnnlabError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was replaced.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's CSV-injection rule
+
+
+def neutralised(value):
+    """A text cell a spreadsheet would run as a formula, made text: a leading apostrophe."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def _write_csv(log: Log, path: Path) -> None:
+    log.table.map(neutralised).to_csv(path, index=False)
+
+
+def markdown(log: Log) -> str:
+    """The log table in Markdown, each cell in its column's format."""
+    lines = ["| " + " | ".join(c.header for c in log.columns) + " |", "|" + "---|" * len(log.columns)]
+    for values in log.table.itertuples(index=False):
+        lines.append("| " + " | ".join(c.text(v).replace("|", "\\|") for c, v in zip(log.columns, values)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_md(log: Log, path: Path) -> None:
+    path.write_text("# Training log\n\n" + markdown(log))
+
+
+def _write_xlsx(log: Log, path: Path) -> None:
+    from openpyxl import Workbook
+    from openpyxl.comments import Comment
+    from openpyxl.formatting.rule import ColorScaleRule
+    from openpyxl.styles import Alignment, Border, PatternFill, Side
+    from openpyxl.utils import get_column_letter
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Training log"
+    table, columns = log.table, log.columns
+    header_fill = PatternFill("solid", fgColor="1F4E78")
+    group_fill = PatternFill("solid", fgColor="2E75B6")
+    white = _font(bold=True, color="FFFFFF")
+    center = Alignment(horizontal="center", vertical="center", wrap_text=True)
+    thin = Side(style="thin", color="BFBFBF")
+
+    # row 1: the course's group headers, merged over their columns
+    col = 1
+    for title in GROUPS:
+        width = sum(c.group == title for c in columns)
+        if not width:
+            continue
+        ws.cell(row=1, column=col, value=title)
+        if width > 1:
+            ws.merge_cells(start_row=1, start_column=col, end_row=1, end_column=col + width - 1)
+        for c in range(col, col + width):
+            ws.cell(row=1, column=c).fill = group_fill
+            ws.cell(row=1, column=c).font = white
+            ws.cell(row=1, column=c).alignment = center
+        col += width
+    for c, column in enumerate(columns, 1):
+        cell = ws.cell(row=2, column=c, value=column.header)
+        cell.fill, cell.font, cell.alignment = header_fill, white, center
+        cell.border = Border(bottom=thin)
+    ws.row_dimensions[1].height = 30  # "Target Dataset" wraps over a single column
+    ws.row_dimensions[2].height = 32
+
+    for r, values in enumerate(table.itertuples(index=False), 3):
+        for c, (column, value) in enumerate(zip(columns, values), 1):
+            cell = ws.cell(row=r, column=c)
+            _set(cell, value)
+            if FORMATS[column.fmt][0]:
+                cell.number_format = FORMATS[column.fmt][0]
+            if column.header == "MLFLOW" and value:
+                cell.hyperlink = value
+                cell.style = "Hyperlink"
+            if column.width:
+                cell.alignment = Alignment(wrap_text=True, vertical="top")
+    last = len(table) + 2
+    if log.best is not None:  # the best run by validation accuracy: the test set never chooses
+        best_fill = PatternFill("solid", fgColor="FFF2CC")
+        for c, column in enumerate(columns, 1):
+            cell = ws.cell(row=log.best + 3, column=c)
+            cell.fill = best_fill
+            if column.header != "MLFLOW":
+                cell.font = _font(bold=True)
+        ws.cell(row=2, column=[c.header for c in columns].index("ACC VAL") + 1).comment = Comment(
+            "The highlighted row is the best run by validation accuracy (the test set never chooses).", "cnnlab")
+    for c, column in enumerate(columns, 1):
+        if column.fmt == "acc":
+            letter = get_column_letter(c)
+            ws.conditional_formatting.add(f"{letter}3:{letter}{last}", ColorScaleRule(
+                start_type="min", start_color="F8696B", mid_type="percentile", mid_value=50, mid_color="FFEB84",
+                end_type="max", end_color="63BE7B"))
+    ws.freeze_panes = "B3"
+    ws.auto_filter.ref = f"A2:{get_column_letter(len(columns))}{last}"
+    _landscape(ws)
+    _fit_columns(ws, table, {c.header: c.width for c in columns if c.width})
+
+    _write_curves(wb, log)
+    _write_frame(wb, "Per class", log.per_class, FORMATS["acc"][0])
+    _write_frame(wb, "Sweeps", log.sweeps, "0.0000")
+    wb.save(path)
+
+
+def _set(cell, value) -> None:
+    """A cell's value: numbers as numbers, text always as text (never a formula, whatever it starts with)."""
+    value = _cell_value(value)
+    cell.value = value
+    if isinstance(value, str) and value.startswith("="):
+        cell.data_type = "s"
+
+
+def _font(**kwargs):
+    """A font in the workbook's default face (a bare Font() renders in a serif face in LibreOffice)."""
+    from openpyxl.styles import Font
+
+    return Font(name="Calibri", size=11, **kwargs)
+
+
+def _landscape(ws) -> None:
+    """Print (and convert to PDF) landscape, the whole width on one page."""
+    ws.page_setup.orientation = "landscape"
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.sheet_properties.pageSetUpPr.fitToPage = True
+    ws.print_title_rows = "1:2" if ws.title == "Training log" else "1:1"
+
+
+def _cell_value(value):
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def _fit_columns(ws, table, caps: Dict[str, int]) -> None:
+    from openpyxl.utils import get_column_letter
+
+    for c, name in enumerate(table.columns, 1):
+        texts = [v for v in table[name].tolist() if isinstance(v, str)]
+        longest = max([len(name) // 2 + 1, 8] + [len(v) for v in texts])  # headers wrap onto two lines
+        ws.column_dimensions[get_column_letter(c)].width = min(caps.get(name, 60), longest + 2)
+
+
+def _write_frame(wb, title: str, frame, number_format: str) -> Any:
+    from openpyxl.styles import Alignment, PatternFill
+
+    ws = wb.create_sheet(title)
+    for c, name in enumerate(frame.columns, 1):
+        cell = ws.cell(row=1, column=c, value=name)
+        cell.font = _font(bold=True, color="FFFFFF")
+        cell.fill = PatternFill("solid", fgColor="1F4E78")
+        cell.alignment = Alignment(horizontal="center", wrap_text=True)
+    for r, row in enumerate(frame.itertuples(index=False), 2):
+        for c, value in enumerate(row, 1):
+            cell = ws.cell(row=r, column=c)
+            _set(cell, value)
+            if isinstance(cell.value, float):
+                cell.number_format = number_format
+    ws.freeze_panes = "B2"
+    _fit_columns(ws, frame, {"CONFIG": 50})
+    _landscape(ws)
+    return ws
+
+
+MAX_SERIES = 25  # more lines than this make a chart unreadable
+
+
+def _write_curves(wb, log: Log) -> None:
+    from openpyxl.chart import Reference, ScatterChart, Series
+
+    ws = _write_frame(wb, "Curves", log.curves, "0.0000")
+    if log.curves.empty:
+        return
+    ids = list(dict.fromkeys(log.curves["ID"]))
+    col = {name: i + 1 for i, name in enumerate(log.curves.columns)}
+    for n, (metric, title) in enumerate((("val_acc", "validation accuracy"), ("epoch_test_acc", "test accuracy"),
+                                         ("val_loss", "validation loss"))):
+        chart = ScatterChart()
+        shown = ids[:MAX_SERIES]
+        chart.title = title + (f" (first {MAX_SERIES} of {len(ids)} runs)" if len(ids) > MAX_SERIES else "")
+        chart.style, chart.height, chart.width = 13, 8, 16
+        chart.x_axis.title, chart.y_axis.title = "epoch", metric
+        for tid in shown:
+            rows = [i + 2 for i, v in enumerate(log.curves["ID"]) if v == tid]
+            xs = Reference(ws, min_col=col["epoch"], min_row=rows[0], max_row=rows[-1])
+            ys = Reference(ws, min_col=col[metric], min_row=rows[0], max_row=rows[-1])
+            series = Series(ys, xs, title=str(tid))
+            series.marker.symbol = "circle"
+            series.smooth = False
+            chart.series.append(series)
+        ws.add_chart(chart, f"K{2 + n * 17}")

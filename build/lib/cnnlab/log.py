@@ -1,0 +1,288 @@
+"""The training log: recorded runs as the rows of the course's table, plus their per-epoch curves,
+per-class accuracy and per-configuration summaries over seeds.
+
+`build()` reads the runs the store gives and the groups summary.py computes, `sort_top()` orders
+and cuts, and columns.py says what each column shows. ARCHITECTURE CHANGES is the difference
+between a run's resolved config and its baseline, written the way the course writes it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import columns as cols
+from . import summary
+from .errors import CnnlabError
+from .store import Record, Store, ui_link
+
+CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc")
+# config keys whose changes ARCHITECTURE CHANGES describes (the others have columns of their own)
+CHANGE_KEYS = ("arch.name", "dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth",
+               "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "label_smoothing", "augment",
+               "early_stopping")
+# config keys that say nothing about what a run computes: a trial equal to its base in all else is the baseline
+BOOKKEEPING = ("seed", "run_name", "experiment", "threads", "device", "precision")
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe_changes(base: Dict[str, Any], cfg: Dict[str, Any]) -> str:
+    """What changed from `base` to `cfg`, in the course's words: 'Increase dense units 64→500; added dropout 0.5'."""
+    parts = []
+    keys = list(CHANGE_KEYS) + sorted(k for k in set(base) | set(cfg)
+                                      if k.startswith("arch.") and k != "arch.name")
+    for key in keys:
+        a, b = base.get(key), cfg.get(key)
+        if a == b or (a is None and b is None):
+            continue
+        if key == "arch.name":
+            parts.append(f"architecture {a}→{b}")
+        elif key == "dense_units":
+            if not b:
+                parts.append("removed dense layer")
+            elif not a:
+                parts.append(f"added dense layer of {b} units")
+            else:
+                parts.append(f"{'increase' if b > a else 'decrease'} dense units {a}→{b}")
+        elif key == "dropout":
+            if not b:
+                parts.append("removed dropout")
+            elif not a:
+                parts.append(f"added dropout {_num(b)}")
+            else:
+                parts.append(f"dropout {_num(a)}→{_num(b)}")
+        elif key == "batch_norm":
+            parts.append("batch norm on" if b else "batch norm off")
+        elif key == "augment":
+            parts.append("augmentation on" if b else "augmentation off")
+        elif key == "nesterov":
+            parts.append("Nesterov momentum on" if b else "Nesterov momentum off")
+        elif key == "pool":
+            parts.append(f"{b} pooling instead of {a}")
+        elif key == "width":
+            parts.append(f"width x{_num(a)}→x{_num(b)}")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {_num(a)}→{_num(b)}")
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:]
+
+
+def _same(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Same configuration apart from bookkeeping (seed, names, sizes)."""
+    keys = {k for k in set(a) | set(b) if not k.startswith(("split.", "tracking.")) and k not in BOOKKEEPING}
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _count(n: Optional[int]) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1000:g}k" if n >= 1000 else str(n)
+
+
+@dataclass
+class Row:
+    """One run as the log sees it; columns.py reads its cells from here."""
+
+    record: Record
+    changes: str
+    group: Optional[summary.Group]  # its configuration over seeds (None: not FINISHED)
+    link: str
+    runs_root: Path
+
+    def param(self, key: str) -> Any:
+        return self.record.params.get(key)
+
+    def metric(self, *keys: str) -> Optional[float]:
+        for key in keys:
+            value = self.record.metrics.get(key)
+            if value is not None:
+                return None if value != value else value
+        return None
+
+    def count(self, key: str) -> Optional[int]:
+        value = self.metric(key)
+        return None if value is None else int(value)
+
+    def rounded(self, key: str, digits: int) -> Optional[float]:
+        value = self.metric(key)
+        return None if value is None else round(value, digits)
+
+    @property
+    def file(self) -> str:
+        run_dir = self.record.run_dir
+        if run_dir is None:
+            return self.record.name
+        try:
+            return run_dir.relative_to(self.runs_root).as_posix()
+        except ValueError:
+            return str(run_dir)
+
+    @property
+    def data_sets(self) -> str:
+        frac = self.param("data.train_fraction") or 1.0
+        return (f"{self.param('data.name') or '?'}{f' {frac:.0%}' if frac < 1 else ''} "
+                f"({_count(self.param('split.train'))} train)")
+
+    @property
+    def test_split(self) -> str:
+        return f"val {(self.param('val_split') or 0):.0%} / test {_count(self.param('split.test'))}"
+
+    @property
+    def source_avg(self) -> Optional[float]:
+        values = [v for v in (self.metric("train_acc_final", "train_acc"), self.metric("val_acc_best", "val_acc"),
+                              self.metric("test_acc")) if v is not None]
+        return statistics.fmean(values) if values else None
+
+    @property
+    def targets(self) -> Dict[str, float]:
+        return {k[len("target_acc_"):]: v for k, v in self.record.metrics.items() if k.startswith("target_acc_")}
+
+    @property
+    def target_avg(self) -> Optional[float]:
+        return statistics.fmean(self.targets.values()) if self.targets else None
+
+    @property
+    def mflops(self) -> Optional[float]:
+        flops = self.metric("flops")
+        return None if flops is None else round(flops / 1e6, 2)
+
+
+@dataclass
+class Log:
+    rows: List[Row]
+    columns: List[cols.Column]
+    table: Any  # pandas DataFrame: one row per run, in start order, a column per `columns`
+    curves: Any  # ID, epoch, the CURVE_KEYS
+    per_class: Any  # ID + one column per class
+    sweeps: Any  # per sweep and configuration: mean ± std over seeds
+    best: Optional[int] = None  # row index of the best run (by validation accuracy)
+    groups: List[summary.Group] = field(default_factory=list)
+
+    def column(self, header: str) -> cols.Column:
+        return next(c for c in self.columns if c.header == header)
+
+
+def _sweep_objectives(store: Store, records: Sequence[Record]) -> Dict[str, tuple]:
+    """parent run id -> (metric, direction) of each sweep the records belong to; and its base config."""
+    out = {}
+    for parent_id in {r.parent_run_id for r in records if r.parent_run_id}:
+        parent = store.get(parent_id)
+        base = {k[5:]: v for k, v in parent.params.items() if k.startswith("base.")}
+        out[parent_id] = (parent.params.get("metric") or "val_acc", parent.params.get("direction") or "maximize",
+                          base)
+    return out
+
+
+def build(store: Store, records: List[Record], baseline: Optional[Record] = None,
+          ui_url: str = "http://127.0.0.1:5000") -> Log:
+    """The log of `records` (oldest first)."""
+    import pandas as pd
+
+    from .schema import runs_dir
+
+    if not records:
+        raise CnnlabError(f"No runs match in {store.uri}: train some (`cnnlab train`) or widen the filters.")
+    sweeps = _sweep_objectives(store, records)
+    # one summary for the views: each sweep's groups by its own objective, the single runs' by val_acc
+    groups: List[summary.Group] = []
+    for parent_id, (metric, direction, _) in sweeps.items():
+        groups += summary.groups([r for r in records if r.parent_run_id == parent_id], metric, direction)
+    groups += summary.groups([r for r in records if not r.parent_run_id])
+    group_of = summary.group_of(groups)
+
+    rows = []
+    previous: Dict[str, Dict[str, Any]] = {}  # experiment -> config of the previous single run
+    root = runs_dir()
+    for r in records:
+        if baseline is not None:
+            ref = baseline.params
+        elif r.parent_run_id:
+            ref = sweeps[r.parent_run_id][2] or None
+        else:
+            ref = previous.get(r.experiment_id)
+            previous[r.experiment_id] = r.params
+        is_base = ref is None or (baseline is not None and baseline.run_id == r.run_id)
+        changes = "baseline" if is_base else (describe_changes(ref, r.params) or "no architecture change")
+        if r.parent_run_id and not is_base and changes == "no architecture change" and _same(ref, r.params):
+            changes = "baseline"
+        rows.append(Row(r, changes, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root))
+
+    targets = sorted({t for row in rows for t in row.targets})
+    columns = cols.expand(targets)
+    table = pd.DataFrame([[c.value(row) for c in columns] for row in rows], columns=[c.header for c in columns])
+    scored = table["ACC VAL"].dropna()
+    best = int(scored.astype(float).idxmax()) if len(scored) else None
+
+    ids = [r.id for r in records]
+    hist = store.histories([r.run_id for r in records], CURVE_KEYS)
+    curve_rows = []
+    for tid, r in zip(ids, records):
+        h = hist[r.run_id]
+        for step in sorted({s for values in h.values() for s in values}):
+            curve_rows.append({"ID": tid, "epoch": step, **{k: h.get(k, {}).get(step) for k in CURVE_KEYS}})
+    curves = pd.DataFrame(curve_rows, columns=["ID", "epoch", *CURVE_KEYS])
+
+    classes: List[str] = []
+    for r in records:
+        for k in r.metrics:
+            if k.startswith("test_acc_") and k[9:] not in classes:
+                classes.append(k[9:])
+    per_class = pd.DataFrame([{"ID": tid, **{c: r.metrics.get(f"test_acc_{c}") for c in classes}}
+                              for tid, r in zip(ids, records)], columns=["ID", *classes])
+    sweep_groups = [g for g in groups if g.sweep]
+    return Log(rows, columns, table, curves, per_class, sweep_frame(sweep_groups), best, groups)
+
+
+SWEEP_COLUMNS = ["SWEEP", "CONFIG", "OBJECTIVE", "SEEDS", "MEAN", "STD", "BEST", "TEST MEAN", "TEST STD", "TRIALS"]
+
+
+def sweep_frame(groups: List[summary.Group]):
+    """The Sweeps sheet: one row per sweep configuration, from summary.groups."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "SWEEP": g.sweep, "CONFIG": g.params or "(base)", "OBJECTIVE": g.metric, "SEEDS": g.n, "MEAN": g.mean,
+        "STD": g.std, "BEST": g.best("minimize" if g.metric.endswith("loss") else "maximize"),
+        "TEST MEAN": g.test_mean, "TEST STD": g.test_std, "TRIALS": " ".join(g.ids),
+    } for g in groups], columns=SWEEP_COLUMNS)
+
+
+def sort_top(log: Log, sort: Optional[str] = None, top: Optional[int] = None, reverse: bool = False) -> Log:
+    """Rows ordered by `sort` (accuracies best first, the rest ascending; start order by default), first `top`.
+    IDs are the runs' own: ordering and cutting never renumber."""
+    keys = cols.sort_keys()
+    order = list(range(len(log.rows)))
+    if sort:
+        if sort not in keys:
+            raise CnnlabError(f"--sort {sort}: valid keys are {', '.join(keys)}.")
+        if keys[sort]:
+            column = log.column(keys[sort])
+            order = list(log.table[column.header].sort_values(ascending=not column.descending, na_position="last",
+                                                              kind="stable").index)
+    if reverse:
+        order = order[::-1]
+    if top is not None:
+        if top < 1:
+            raise CnnlabError("--top must be >= 1.")
+        order = order[:top]
+    keep = {log.rows[i].record.id for i in order}
+    best = order.index(log.best) if log.best in order else None
+    return Log([log.rows[i] for i in order], log.columns, log.table.iloc[order].reset_index(drop=True),
+               log.curves[log.curves["ID"].isin(keep)].reset_index(drop=True),
+               log.per_class[log.per_class["ID"].isin(keep)].reset_index(drop=True), log.sweeps, best, log.groups)
+
+
+def changed_columns(log: Log) -> List[str]:
+    """ID plus the headers of the columns whose values differ between rows (what --only-changed shows)."""
+    keep = ["ID"]
+    for name in log.table.columns[1:]:
+        if len({str(v) for v in log.table[name].tolist()}) > 1:
+            keep.append(name)
+    return keep

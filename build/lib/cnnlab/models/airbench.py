@@ -1,0 +1,90 @@
+"""A fast CIFAR-10 net in the style of airbench (Keller Jordan) and Page's ResNet-9: cnnlab's own version.
+
+A frozen 2x2 patch-whitening convolution built from the training images' patch covariance, then
+three conv groups (conv -> 2x2 pool -> BN -> act -> conv -> BN -> act, widths 64-256-256) with
+dirac-initialised convolutions, a 3x3 max pool and a linear head scaled by 1/9. Every part is a
+knob so that a sweep can ablate it (conf/sweep/fast94_ablation.yaml).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import register
+from .layers import activation as act_layer
+from .layers import channels, pool2d
+
+
+class Whiten(nn.Conv2d):
+    """2x2 patch whitening: eigenvectors of the patch covariance scaled by 1/sqrt(eigenvalue), and their
+    negatives (2 x 12 filters). Set from data by `fit()`; its weights are then frozen."""
+
+    def __init__(self, in_channels: int, kernel_size: int = 2):
+        n = in_channels * kernel_size * kernel_size
+        super().__init__(in_channels, 2 * n, kernel_size, padding=0, bias=True)
+        self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        k = self.kernel_size[0]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # N C H W k k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, images.shape[1] * k * k)
+        patches = patches - patches.mean(0, keepdim=True)
+        cov = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).view(-1, images.shape[1], k, k)
+        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight.dtype))
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def _norm(c: int) -> nn.Module:
+    """BatchNorm without a learned scale (only a shift), with fast-moving statistics, as airbench has it."""
+    bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class AirbenchNet(nn.Sequential):
+    def prepare(self, images: torch.Tensor) -> None:
+        """Called by train() once with normalised training images: fit the whitening filters."""
+        first = self[0]
+        if isinstance(first, Whiten):
+            first.fit(images)
+
+
+@register("airbench")
+def airbench(*, num_classes: int, in_channels: int, image_size: int, width: float = 1.0, batch_norm: bool = True,
+             activation: str = "gelu", pool: str = "max", whiten: bool = True, dirac: bool = True,
+             scale: float = 1 / 9) -> nn.Module:
+    """airbench-style fast CIFAR net: frozen patch whitening, 3 conv groups (64-256-256), dirac init, scaled head."""
+    widths = [channels(w, width) for w in (64, 256, 256)]
+    if whiten:
+        stem: list[nn.Module] = [Whiten(in_channels), act_layer(activation)]
+        cin = 4 * in_channels * 2
+    else:
+        cin = 24
+        stem = [nn.Conv2d(in_channels, cin, 2, bias=True), act_layer(activation)]
+    layers = list(stem)
+    for cout in widths:
+        for i in range(2):
+            conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
+            if dirac:  # start each conv as (part of) an identity: a deep net that begins as a shallow one
+                nn.init.dirac_(conv.weight[:cin])
+            layers.append(conv)
+            if i == 0:
+                layers.append(pool2d(pool))
+            if batch_norm:
+                layers.append(_norm(cout))
+            layers.append(act_layer(activation))
+            cin = cout
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes, bias=False), Scale(scale)]
+    return AirbenchNet(*layers)

@@ -1,0 +1,82 @@
+"""Target datasets: the test set under named corruptions (corruptions.py) and CIFAR-10.1.
+
+`eval.targets=[gaussian_noise,blur]` evaluates them at the end of training; `cnnlab evaluate RUN
+targets=[...]` on a recorded run's best checkpoint. Accuracies are logged as metrics
+`target_acc_<name>`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from . import corruptions
+from .errors import CnnlabError
+
+
+def target_sets(names: List[str], x_test, y_test, root: Path, severity: int = 3,
+                seed: int = 0) -> Dict[str, tuple]:
+    """name -> (images, labels) for each requested target set."""
+    from .data import cifar10_1
+
+    corruptions.check(names)
+    sets = {}
+    for name in names:
+        if name == corruptions.CIFAR10_1:
+            sets[name] = cifar10_1(root)
+        else:
+            sets[name] = (corruptions.corrupt(x_test, name, severity, seed), y_test)
+    return sets
+
+
+def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int, amp_dtype, device,
+                     channels_last: bool, image_size: int, severity: int = 3, seed: int = 0,
+                     update=lambda done: None) -> Dict[str, float]:
+    """`target_acc_<name>` for each target set, with the model as it is; update(sets done) after each."""
+    from .data import Batches
+    from .engine import evaluate
+
+    scores = {}
+    for name, (x, y) in target_sets(names, ds.x_test, ds.y_test, root, severity, seed).items():
+        batches = Batches(x.to(device), y.to(device), batch_size, mean=ds.mean, std=ds.std, image_size=image_size,
+                          channels_last=channels_last)
+        _, acc, _ = evaluate(model, batches, amp_dtype, len(ds.classes))
+        scores[f"target_acc_{name}"] = acc
+        update(len(scores))
+    return scores
+
+
+def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dict[str, float]:
+    """Evaluate a recorded run's best checkpoint on target sets and log the scores into that run."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from . import data, engine
+
+    corruptions.check(names)
+    checkpoint = (record.run_dir or Path("")) / "best.pt"
+    if not checkpoint.exists():
+        raise CnnlabError(f"Run {record.id} has no checkpoint at {checkpoint} (it did not finish, or its run "
+                          "directory moved).")
+    damaged = f"Run {record.id}'s checkpoint {checkpoint} is damaged"
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        cfg = OmegaConf.create(state["config"])
+        precision = str(cfg.precision)
+    except Exception as exc:  # truncated, garbage, or not a checkpoint of ours: torch raises many types
+        raise CnnlabError(f"{damaged} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it cannot be "
+                          "evaluated. Train the run again to get a new one.") from None
+    device, amp_dtype = engine.setup_torch("auto", precision)
+    ds = data.load(cfg.data, seed=cfg.seed)
+    model = engine.build(cfg, len(ds.classes), ds.x_test.shape[1], device)
+    try:
+        engine.plain(model).load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CnnlabError(f"{damaged}: its weights do not fit the model its config describes "
+                          f"({str(exc).splitlines()[0][:200]}).") from None
+    scores = evaluate_targets(model, names, ds, data.data_root(cfg.data.root), batch_size=500, amp_dtype=amp_dtype,
+                              device=device, channels_last=device.type != "mps", image_size=cfg.image_size,
+                              severity=severity, seed=cfg.seed)
+    if store is not None:
+        store.open(record).log_metrics(scores, step=int(record.metrics.get("epochs_run", 0)))
+    return scores

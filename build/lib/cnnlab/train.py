@@ -1,0 +1,166 @@
+"""Training: a composed config in, a trained model, a run directory and an MLflow run out.
+
+`train()` reads top to bottom: set up torch, load and split the data, build the model and its
+trainer, open the run's record, loop over epochs (train, validate, test, checkpoint), then score
+the best checkpoint. The engine (engine.py) does the computing, the Recorder (recorder.py) the
+recording and the end states: a signal ends the run KILLED (exit 130/143), an exception or a NaN
+loss FAILED, a sweep's pruner PRUNED.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import data as data_mod
+from . import engine
+from .config import resolve
+from .errors import Diverged, Interrupted, Pruned
+from .recorder import Recorder, Result, resumable, signals_as_exceptions
+
+
+def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optional[Callable] = None,
+          parent_run_id: Optional[str] = None, tags: Optional[dict] = None, run_root: Optional[Path] = None,
+          log_id: Optional[str] = None, quiet: bool = False, resume=None) -> Result:
+    """Train `cfg` (as composed; resolved here) and record it.
+
+    dataset: an already loaded data.Dataset (sweep workers load once and reuse it).
+    on_epoch(epoch, metrics): called after each epoch; raising errors.Pruned stops the run as PRUNED.
+    run_root: where the run directory goes (default runs/<experiment>/); it is named after the run.
+    log_id: the ID a sweep gave this trial (default: the next T<n> of the experiment).
+    resume: the Record of a KILLED run to continue from its last whole epoch, in the same MLflow run, with
+    the config it was started with (`cfg` is then None): the result is the one an uninterrupted run gives.
+    """
+    with signals_as_exceptions() as gate:  # from here on a signal ends the run KILLED, never half-recorded
+        return _train(cfg, overrides, gate, dataset=dataset, on_epoch=on_epoch, parent_run_id=parent_run_id,
+                      tags=tags, run_root=run_root, log_id=log_id, quiet=quiet, resume=resume)
+
+
+def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_root, log_id, quiet,
+           resume) -> Result:
+    import torch
+
+    from . import store
+    from .config import identity
+
+    started = time.perf_counter()
+    store.preload()  # MLflow takes about a second to import: do it while the data loads
+    state = None
+    if resume is not None:
+        from omegaconf import OmegaConf
+
+        from .schema import Config
+
+        state = resumable(resume)
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    cfg = resolve(cfg)
+    trial_key, config_key = identity(cfg)  # every run knows its configuration: summaries group seeds by it
+    tags = {store.Tag.TRIAL_KEY: trial_key, store.Tag.CONFIG_KEY: config_key, **(tags or {})}
+    device, amp_dtype = engine.setup_torch(cfg.device, cfg.precision.value, cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+    ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
+    loaders = data_mod.loaders(ds, cfg, device)
+    num_classes, in_channels = len(ds.classes), ds.x_train.shape[1]
+    model = engine.build(cfg, num_classes, in_channels, device, prepare_batches=loaders.sample)
+    n_params = sum(p.numel() for p in model.parameters())
+    flops = engine.count_flops(model, in_channels, cfg.image_size, device)
+    trainer = engine.Trainer(cfg, model, loaders.train, amp_dtype, num_classes)
+    if state is not None:  # where the killed run stood after its last whole epoch
+        trainer.load_state_dict(state["trainer"])
+        loaders.train.load_state_dict(state["batches"])
+
+    if gate.fired is not None:  # stopped during set-up: nothing was recorded, nothing is
+        raise Interrupted(gate.fired)
+    precision = engine.precision_name(amp_dtype)
+    rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n",
+                   sizes=loaders.sizes, device=str(device), precision=precision, tags=tags,
+                   parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started,
+                   resume=resume, state=state)
+    if state is None:
+        rec.run.log_metrics({"params": n_params, "flops": flops})
+        sizes = loaders.sizes
+        rec.report.line(f"run {rec.id} ({rec.run.run_id}): {cfg.arch.name}, {n_params:,} params, "
+                        f"{flops / 1e6:.1f} MFLOPs/img, {sizes['split.train']:,} train / {sizes['split.val']:,} val / "
+                        f"{sizes['split.test']:,} test, {device} {precision}")
+    size = {"params": n_params, "flops": flops}
+    try:
+        gate.arm()  # a signal during set-up ends the run here, KILLED
+        fit(cfg, trainer, loaders, rec, on_epoch)
+        final, matrix = score(cfg, trainer, loaders, rec, ds, device)
+    except Pruned as exc:
+        return rec.pruned(exc, size)
+    except Interrupted as exc:
+        rec.killed(exc)
+        raise
+    except BaseException as exc:
+        rec.failed(exc)
+        raise
+    return rec.finished(final, matrix, ds.classes, size)
+
+
+def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable]) -> None:
+    """The epochs (after those a resumed run had done): train, validate (and test, for the curve), record, stop
+    early when asked."""
+    report = rec.report
+    for epoch in range(rec.epoch + 1, cfg.epochs + 1):
+        if cfg.early_stopping and epoch - 1 - rec.best["epoch"] >= cfg.early_stopping:
+            break  # a resumed run that had already stopped early
+        t0 = time.perf_counter()
+        with report.epoch(epoch, cfg.epochs, len(loaders.train)) as update:
+            metrics = trainer.train_epoch(loaders.train, last=epoch == cfg.epochs, update=update)
+        if not math.isfinite(metrics["train_loss"]):
+            raise Diverged(f"the training loss became {metrics['train_loss']} in epoch {epoch}; "
+                           f"try a lower lr (now {cfg.lr})")
+        if len(loaders.val.y):
+            with report.phase(f"epoch {epoch}/{cfg.epochs} validation", len(loaders.val)) as update:
+                metrics["val_loss"], metrics["val_acc"], _ = trainer.evaluate(loaders.val, update=update)
+        if cfg.eval.test_every_epoch:  # the curve; "test_acc" itself is the final score of the chosen checkpoint
+            with report.phase(f"epoch {epoch}/{cfg.epochs} test", len(loaders.test)) as update:
+                metrics["epoch_test_loss"], metrics["epoch_test_acc"], _ = trainer.evaluate(loaders.test,
+                                                                                            update=update)
+        for key in ("val_loss", "epoch_test_loss"):
+            if key in metrics and not math.isfinite(metrics[key]):
+                raise Diverged(f"the {key.replace('epoch_', '').replace('_', ' ')} became {metrics[key]} in epoch "
+                               f"{epoch} (the weights overflow); try a lower lr (now {cfg.lr})")
+        metrics.pop("train_time")
+        metrics.update(lr=trainer.lr, epoch_time=time.perf_counter() - t0)
+        rec.epoch_done(epoch, metrics, trainer, loaders.train)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        if cfg.early_stopping and epoch - rec.best["epoch"] >= cfg.early_stopping:
+            rec.report.line(f"early stop: no better val_acc for {cfg.early_stopping} epochs")
+            break
+
+
+def score(cfg, trainer, loaders, rec: Recorder, ds, device):
+    """The best checkpoint's final scores on the test set (and the target sets): (metrics, confusion matrix)."""
+    import torch
+
+    state = torch.load(rec.best_path, map_location=device, weights_only=True)
+    trainer.checkpoint_module.load_state_dict(state["model"])
+    label = f"final test of epoch {state['epoch']}'s weights" + (" (TTA: 6 views)" if cfg.tta else "")
+    with rec.report.phase(label, len(loaders.test)) as update:
+        test_loss, test_acc, matrix = trainer.evaluate(loaders.test, confusion=True, tta=cfg.tta, update=update)
+    chosen = rec.history[state["epoch"] - 1]
+    history = rec.history
+    final = {
+        "test_acc": test_acc, "test_loss": test_loss, "best_epoch": state["epoch"],
+        "train_acc_final": chosen["train_acc"], "val_acc_best": chosen.get("val_acc", float("nan")),
+        "val_loss_best": min((h["val_loss"] for h in history if "val_loss" in h), default=float("nan")),
+        **({"no_tta_test_acc": chosen["epoch_test_acc"]} if cfg.tta and "epoch_test_acc" in chosen else {}),
+        "epochs_run": len(history), "train_time": sum(h["epoch_time"] for h in history),
+        "compile_time": trainer.compile_time,
+    }
+    if cfg.eval.targets:
+        from .targets import evaluate_targets
+
+        with rec.report.phase("target sets", len(cfg.eval.targets)) as update:
+            final.update(evaluate_targets(trainer.eval_model, list(cfg.eval.targets), ds,
+                                          data_mod.data_root(cfg.data.root), batch_size=loaders.eval_batch_size,
+                                          amp_dtype=trainer.amp_dtype, device=device,
+                                          channels_last=loaders.channels_last, image_size=cfg.image_size,
+                                          severity=cfg.eval.severity, seed=cfg.seed, update=update))
+    return final, matrix
