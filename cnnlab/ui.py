@@ -84,6 +84,12 @@ def guard(parent: int, cmd: List[str]) -> int:
     return proc.returncode or 0
 
 
+def last_url() -> str:
+    """Where `cnnlab ui` last served this project (the workbook's run links point there), else port 5000."""
+    path = runs_dir() / "mlflow-ui.url"
+    return path.read_text().strip() if path.is_file() else "http://127.0.0.1:5000"
+
+
 def latest_experiment(store) -> Optional[str]:
     """The experiment of the most recently started run."""
     runs = store.runs()
@@ -124,6 +130,7 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] =
     try:
         _wait_until_up(base, proc, log_path)
         url = ui_link(base, known[experiment]) if experiment else base
+        (runs_dir() / "mlflow-ui.url").write_text(base + "\n")
         print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
         if ready is not None:
             ready(url)

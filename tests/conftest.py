@@ -46,8 +46,9 @@ def mlflow_client():
 OURS = ("cnnlab", "multiprocessing.spawn", "mlflow ui", "mlflow server", "uvicorn", "huey", "mlflow.server")
 
 
-def _leftovers(since: float) -> list:
-    """(pid, command) of processes matching OURS started after `since` (seconds since boot), zombies aside."""
+def _leftovers(since: float, marker: str) -> list:
+    """(pid, command) of processes matching OURS, started after `since` (seconds since boot) with `marker` in their
+    environment (this session's temporary directory: tests point CNNLAB_RUNS_DIR into it), zombies aside."""
     import os
     from pathlib import Path
 
@@ -57,17 +58,20 @@ def _leftovers(since: float) -> list:
         try:
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ours = marker.encode() in (proc / "environ").read_bytes()
         except OSError:
+            continue
+        if not ours:
             continue
         if int(proc.name) == os.getpid() or fields[0] == "Z" or int(fields[19]) / ticks < since:
             continue
-        if "resource_tracker" not in command and any(marker in command for marker in OURS):
+        if "resource_tracker" not in command and any(name in command for name in OURS):
             found.append((int(proc.name), command[:160]))
     return found
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_process_left_behind():
+def no_process_left_behind(tmp_path_factory):
     """The suite leaves no process of ours running: checked at the end, after a grace for slow exits."""
     import os
     import signal
@@ -75,11 +79,12 @@ def no_process_left_behind():
     from pathlib import Path
 
     started = float(Path("/proc/uptime").read_text().split()[0])
+    marker = str(tmp_path_factory.getbasetemp())
     yield
     deadline = time.time() + 30
-    while _leftovers(started) and time.time() < deadline:
+    while _leftovers(started, marker) and time.time() < deadline:
         time.sleep(0.5)
-    left = _leftovers(started)
+    left = _leftovers(started, marker)
     for pid, _ in left:  # stop them by PID, then say so
         try:
             os.kill(pid, signal.SIGKILL)

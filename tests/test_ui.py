@@ -52,8 +52,15 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_ui_url_api_and_clean_stop(ui):
+@pytest.mark.slow
+def test_ui_url_api_and_clean_stop(ui, cli, tmp_path):
     url, run, proc, port = ui
+    assert cli("export-log", str(tmp_path / "log.csv"))[0] == 0  # the workbook links where the UI serves
+    import pandas as pd
+
+    link = pd.read_csv(tmp_path / "log.csv")["MLFLOW"][0]
+    assert link == f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" \
+                   "?workflowType=machine_learning"
     assert url == (f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs"
                    "?workflowType=machine_learning")
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
@@ -121,6 +128,7 @@ def test_a_real_browser_finds_the_runs(ui, tmp_path):
     assert run.info.run_name in dom, dom[-2000:]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_it_even_when_started_with_sigint_ignored(cli):
     """A background job from a script (or a parent such as a test runner) can hand SIGINT down ignored."""
     assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
@@ -140,6 +148,7 @@ def server_processes(port: int) -> list:
     return subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True).stdout.split()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP])
 def test_the_server_never_outlives_cnnlab_ui(cli, signum):
     """kill -9 of `cnnlab ui`, or its terminal closing (SIGHUP): its MLflow server stops too."""
