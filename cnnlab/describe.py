@@ -8,6 +8,7 @@ FLOPs come from torch itself (parameter tensors, torch.utils.flop_counter), not 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -75,10 +76,14 @@ def parse_args(args: Sequence[str]) -> Tuple[str, Dict[str, Any], Dict[str, Any]
 
 
 def build(name: str, inputs: Dict[str, Any], knobs: Dict[str, Any]):
+    """The model on the meta device: shapes, parameters and FLOPs without allocating or initialising weights."""
+    import torch
+
     from .models import get_arch
 
     try:
-        return get_arch(name).build(**inputs, **knobs).eval()
+        with torch.device("meta"):
+            return get_arch(name).build(**inputs, **knobs).eval()
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CnnlabError(f"arch={name} cannot be built with {inputs or ''} {knobs or ''}: {exc}") from None
 
@@ -95,7 +100,7 @@ def layers(model, in_channels: int, image_size: int) -> List[Row]:
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            model(torch.zeros(1, in_channels, image_size, image_size))
+            model(torch.zeros(1, in_channels, image_size, image_size, device="meta"))
     finally:
         for h in hooks:
             h.remove()
@@ -116,6 +121,29 @@ def layers(model, in_channels: int, image_size: int) -> List[Row]:
             rows[-1].flops += f
             if kind not in ("Flatten", "Identity", "Sequential"):
                 rows[-1].folded.append(kind)
+    return lecture_names(rows)
+
+
+def lecture_names(rows: List[Row]) -> List[Row]:
+    """Rows named by position in a plain stack of layers (0.1.0) get the lectures' names instead: conv1_1,
+    conv1_2, pool1, conv2_1, ..., then fc6, fc7, fc8 after VGG-16's five stages. Named layers keep theirs."""
+    stage, index, dense = 1, 0, 0
+    for row in rows[1:]:
+        kind = row.kind.split()[0]
+        numbered = re.fullmatch(r"[\d.]+", row.name) is not None
+        if kind == "Conv2d":
+            index += 1
+            new = f"conv{stage}_{index}"
+        elif "Pool" in kind and dense == 0:
+            new = f"pool{stage}"
+            stage, index = stage + 1, 0
+        elif kind == "Linear":
+            dense += 1
+            new = f"fc{stage + (1 if index else 0) + dense - 1}"
+        else:
+            new = row.name
+        if numbered:
+            row.name = new
     return rows
 
 
@@ -128,10 +156,11 @@ def model_table() -> List[Dict[str, Any]]:
 
     table = []
     for name, spec in registry().items():
-        model = spec.build().eval()
+        with torch.device("meta"):  # shapes only: no weights allocated or initialised
+            model = spec.build().eval()
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            model(torch.zeros(1, 3, 32, 32))
+            model(torch.zeros(1, 3, 32, 32, device="meta"))
         table.append({"arch": name, "params": sum(p.numel() for p in model.parameters()),
                       "flops": counter.get_total_flops(), "knobs": list(spec.knobs),
                       "arch_params": list(spec.params), "description": spec.description})

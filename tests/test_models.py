@@ -176,6 +176,12 @@ def test_describe_vgg16_is_the_lecture_table(cli):
     for shape in ("64x224x224", "64x112x112", "128x112x112", "256x56x56", "512x28x28", "512x14x14", "512x7x7"):
         assert shape in out
     assert out.count("Conv2d 3x3") == 13 and out.count("MaxPool2d") == 5
+    # the lecture's layer names, each on its own layer's row (not positions like 0.1.0)
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    for name, shape in {"conv1_1": "64x224x224", "conv1_2": "64x224x224", "pool1": "64x112x112",
+                        "conv3_3": "256x56x56", "pool5": "512x7x7", "fc6": "4096", "fc8": "1000"}.items():
+        assert f" {shape} " in rows[name], name
+    assert not [name for name in rows if name[0].isdigit()]
 
 
 def test_describe_lenet_is_the_lecture_table(cli):
