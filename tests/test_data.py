@@ -216,7 +216,19 @@ def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image():
     assert torch.equal(fixed, x[idx].flip(-1))
 
 
-def test_synthetic_is_deterministic_and_learnable_shape():
+def test_synthetic_is_deterministic_and_learnable():
     a, b = data.synthetic(100, 20, seed=0), data.synthetic(100, 20, seed=0)
     assert torch.equal(a.x_train, b.x_train) and a.x_train.shape == (100, 3, 32, 32)
     assert torch.bincount(a.y_train).tolist() == [10] * 10
+    assert not torch.equal(a.x_train, data.synthetic(100, 20, seed=1).x_train)
+    # learnable: the class shows in the pixels (a nearest class mean of coarse features finds it on the test
+    # split), and only through the label: with the labels shuffled the same classifier is at chance
+    ds = data.synthetic(1000, 300, seed=0)
+    features = lambda x: torch.nn.functional.avg_pool2d(x.float() / 255, 8).flatten(1)  # noqa: E731
+
+    def accuracy(labels):
+        means = torch.stack([features(ds.x_train)[labels == c].mean(0) for c in range(10)])
+        return (torch.cdist(features(ds.x_test), means).argmin(1) == ds.y_test).float().mean().item()
+
+    assert accuracy(ds.y_train) > 0.9
+    assert accuracy(ds.y_train[torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))]) < 0.3

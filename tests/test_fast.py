@@ -105,9 +105,18 @@ def test_norm_lr_scale_puts_batchnorm_in_a_faster_group():
     bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     assert {id(p) for p in fast[0]["params"]} == bn
     assert fast[0]["weight_decay"] == pytest.approx(1e-4)  # lr x wd, the decay per step, is unchanged
-    sched = make_scheduler(resolve(compose(["arch=vgg_small", "norm_lr_scale=64", "scheduler=onecycle"])),
-                           make_optimizer(cfg, model), 10)
-    assert sched is not None
+    # the schedule scales both groups alike: at one-cycle's peak the BatchNorm group is 64x the common lr
+    onecycle = resolve(compose(["arch=vgg_small", "norm_lr_scale=64", "scheduler=onecycle", "lr=0.1", "epochs=1"]))
+    opt = make_optimizer(onecycle, model)
+    sched = make_scheduler(onecycle, opt, 100)
+    peak = []
+    for _ in range(100):
+        peak.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    top = max(peak, key=lambda lrs: lrs[0])
+    assert top[0] == pytest.approx(0.1, rel=0.02) and top[1] == pytest.approx(6.4, rel=0.02)
+    assert peak[0][1] / peak[0][0] == pytest.approx(64) and peak[-1][0] < 0.01
 
 
 def test_lookahead_pulls_weights_towards_their_slow_average():
