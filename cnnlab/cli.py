@@ -168,7 +168,7 @@ def _day(option: str, value: Optional[str], end: bool = False) -> Optional[int]:
     return int(day.timestamp() * 1000)
 
 
-def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=None):
+def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=None, curves=True):
     from . import log as run_log
     from .store import Store
 
@@ -179,7 +179,7 @@ def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_
     if baseline:
         base = store.find(baseline)
         typer.echo(f"baseline: {base.experiment} {base.id} (run {base.run_id})", err=True)
-    log = run_log.build(store, records, base, **({"ui_url": ui_url} if ui_url else {}))
+    log = run_log.build(store, records, base, curves=curves, **({"ui_url": ui_url} if ui_url else {}))
     return run_log.sort_top(log, sort, top)
 
 
@@ -188,14 +188,17 @@ def export_log(
     path: Path = typer.Argument(..., help="Output file: .xlsx (the full workbook), .csv or .md (the log table)."),
     experiment: Experiments = None, sweep: SweepName = None, status: Statuses = None, since: Since = None,
     until: Until = None, arch: Archs = None, baseline: Baseline = None, sort: Sort = None, top: Top = None,
-    ui_url: str = typer.Option("http://127.0.0.1:5000", help="Base URL of the MLflow UI for the run links."),
+    ui_url: Optional[str] = typer.Option(None, help="Base URL of the MLflow UI for the run links (default: where "
+                                                    "`cnnlab ui` last served this project, else :5000)."),
     force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
 ) -> None:
     """Write the training log of the recorded runs, in the exercise's format (Excel, CSV or Markdown)."""
     from . import export
 
     export.check_destination(path, force)  # before reading anything
-    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=ui_url)
+    from .ui import last_url
+
+    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=ui_url or last_url())
     export.write(log, path, force=force)
     typer.echo(f"wrote {len(log.table)} run(s) to {path}")
 
@@ -205,31 +208,54 @@ def runs(
     experiment: Experiments = None, sweep: SweepName = None, status: Statuses = None, since: Since = None,
     until: Until = None, arch: Archs = None, baseline: Baseline = None, sort: Sort = None, top: Top = None,
     only_changed: bool = typer.Option(False, "--only-changed", help="Only the columns whose values vary."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="table | tsv | csv | md (default: a table on a "
+                                                             "terminal, tab-separated rows when piped)."),
 ) -> None:
-    """The training log in the terminal."""
+    """The training log in the terminal (every column, untruncated, when piped)."""
     from rich.console import Console
-    from rich.table import Table
 
     from .log import changed_columns
 
-    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top)
+    console = Console()
+    fmt = fmt or ("table" if console.is_terminal else "tsv")
+    if fmt not in ("table", "tsv", "csv", "md"):
+        raise CnnlabError(f"--format {fmt}: valid formats are table, tsv, csv, md.")
+    log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, curves=False)
     shown = [c for c in log.columns if c.short]
     if log.table["TARGET ACC AVG"].isna().all():
         shown = [c for c in shown if c.header != "TARGET ACC AVG"]
     if only_changed:
         keep = set(changed_columns(log))
         shown = [c for c in shown if c.header in keep]
-    out = Table(title=f"{len(log.rows)} run(s)", show_lines=False)
-    for c in shown:
-        out.add_column(c.short, justify="left" if c.fmt == "text" else "right", no_wrap=not c.width,
-                       overflow="fold", min_width=24 if c.width else None)
-    for i, row in enumerate(log.table.itertuples(index=False)):
-        values = dict(zip(log.table.columns, row))
-        out.add_row(*(c.text(values[c.header]) for c in shown), style="bold" if i == log.best else None)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(160, console.width))  # piped: don't fold the table into 80 columns
-    console.print(out)
+    rows = [[c.text(values[c.header]) for c in shown]
+            for values in (dict(zip(log.table.columns, row)) for row in log.table.itertuples(index=False))]
+    header = [c.short for c in shown]
+    if fmt == "tsv":
+        for cells in [header, *rows]:
+            typer.echo("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in cells))
+    elif fmt == "csv":
+        import csv
+
+        from .export import neutralised
+
+        writer = csv.writer(sys.stdout)
+        writer.writerows([header, *[[neutralised(cell) for cell in cells] for cells in rows]])
+    elif fmt == "md":
+        typer.echo("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for cells in rows:
+            typer.echo("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    else:
+        from rich.table import Table
+
+        out = Table(title=f"{len(log.rows)} run(s)", show_lines=False)
+        for c in shown:
+            out.add_column(c.short, justify="left" if c.fmt == "text" else "right", no_wrap=not c.width,
+                           overflow="fold", min_width=24 if c.width else None)
+        for i, cells in enumerate(rows):
+            out.add_row(*cells, style="bold" if i == log.best else None)
+        if not console.is_terminal:
+            console = Console(width=max(160, console.width))  # asked for a table in a pipe: room for it
+        console.print(out)
 
 
 @app.command()

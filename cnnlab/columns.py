@@ -34,6 +34,7 @@ class Column:
     sort: Optional[str] = None  # the --sort key that orders by this column
     short: Optional[str] = None  # its name in `cnnlab runs`; None: not shown there
     width: Optional[int] = None  # the widest a workbook column gets (long texts wrap)
+    when: Optional[Callable[[list], bool]] = None  # shown only if this holds for the rows (None: always)
 
     def text(self, value: Any) -> str:
         """The value as .md and the terminal show it."""
@@ -51,30 +52,42 @@ class Column:
 
 TARGETS = "<one column per target set>"
 
+def _repeats(rows) -> bool:
+    return any(r.group is not None and r.group.n > 1 for r in rows)
+
+
 COLUMNS: List[Any] = [
     Column("ID", "Experiment", lambda r: r.record.id, sort="id", short="id"),
     Column("BATCH SIZE", "Experiment", lambda r: r.param("batch_size"), "int", "batch_size", "batch"),
-    Column("FILE", "Experiment", lambda r: r.file, width=40),
-    Column("DATA SETS", "Experiment", lambda r: r.data_sets, short="data"),
-    Column("TEST SPLIT", "Experiment", lambda r: r.test_split),
+    Column("FILE", "Experiment", lambda r: r.file, width=28),
+    Column("DATA SETS", "Experiment", lambda r: r.data_sets, short="data", width=16),
+    Column("TEST SPLIT", "Experiment", lambda r: r.test_split, width=12),
     Column("EPOCH", "Experiment", lambda r: r.param("epochs"), "int", "epochs", "epochs"),
     Column("LR", "Experiment", lambda r: r.param("lr"), "lr", "lr", "lr"),
     Column("IMAGE SIZE", "Experiment", lambda r: f"{r.param('image_size') or 32}x{r.param('image_size') or 32}"),
-    Column("ARCHITECTURE CHANGES", "Experiment", lambda r: r.changes, short="changes", width=48),
-    Column("ACC TRAIN", "Source Dataset", lambda r: r.metric("train_acc_final", "train_acc"), "acc", "train_acc",
-           "train acc"),
+    Column("ARCHITECTURE CHANGES", "Experiment", lambda r: r.changes, short="changes", width=36),
+    Column("TRAINING CHANGES", "Experiment", lambda r: r.training_changes, short="training", width=30,
+           when=lambda rows: any(r.training_changes for r in rows)),
+    # the held-out accuracies the model is judged on (the course's Source Dataset group), then the mean over seeds
     Column("ACC VAL", "Source Dataset", lambda r: r.metric("val_acc_best", "val_acc"), "acc", "val_acc", "val acc"),
-    Column("ACC TEST", "Source Dataset", lambda r: r.metric("test_acc"), "acc", "test_acc", "test acc"),
-    Column("ACC AVG", "Source Dataset", lambda r: r.source_avg, "acc"),
+    Column("ACC TEST", "Source Dataset", lambda r: r.metric("no_tta_test_acc", "test_acc"), "acc", "test_acc",
+           "test acc"),
+    Column("ACC TEST TTA", "Source Dataset", lambda r: r.tta_acc, "acc", "tta_acc", "tta acc",
+           when=lambda rows: any(r.tta_acc is not None for r in rows)),
+    Column("ACC AVG", "Source Dataset", lambda r: r.group and r.group.test_mean, "acc", "acc_avg", "mean test"),
+    Column("ACC STD", "Source Dataset", lambda r: r.group and r.group.test_std, "acc", short="± std", when=_repeats),
+    Column("N", "Source Dataset", lambda r: r.group and r.group.n, "int", short="seeds", when=_repeats),
     TARGETS,
     Column("TARGET ACC AVG", "Target Dataset", lambda r: r.target_avg, "acc", short="target acc"),
+    Column("ACC TRAIN", "Details", lambda r: r.metric("train_acc_final", "train_acc"), "acc", "train_acc",
+           "train acc"),
     Column("ARCH", "Details", lambda r: r.param("arch.name"), short="arch"),
     Column("PARAMS", "Details", lambda r: r.count("params"), "count", "params"),
     Column("MFLOPS", "Details", lambda r: r.mflops, "mflops", "flops", "MFLOPs"),
     Column("WALL TIME (S)", "Details", lambda r: r.rounded("wall_time", 1), "seconds", "wall_time", "time (s)"),
     Column("STATUS", "Details", lambda r: r.record.state, short="status"),
     Column("RUN ID", "Details", lambda r: r.record.run_id),
-    Column("MLFLOW", "Details", lambda r: r.link, width=30),
+    Column("MLFLOW", "Details", lambda r: r.link, width=14),
 ]
 
 
@@ -83,12 +96,13 @@ def target_column(name: str) -> Column:
                   lambda r, key=f"target_acc_{name}": r.metric(key), "acc")
 
 
-def expand(targets: Sequence[str]) -> List[Column]:
-    """COLUMNS with TARGETS replaced by a column per target set name."""
+def expand(targets: Sequence[str], rows: Optional[list] = None) -> List[Column]:
+    """COLUMNS with TARGETS replaced by a column per target set name, and (given the rows) without the
+    columns whose `when` does not hold for them."""
     out: List[Column] = []
     for column in COLUMNS:
         out += [target_column(t) for t in targets] if column is TARGETS else [column]
-    return out
+    return [c for c in out if rows is None or c.when is None or c.when(rows)]
 
 
 def sort_keys() -> Dict[str, str]:

@@ -96,9 +96,10 @@ def _write_xlsx(log: Log, path: Path) -> None:
     white = _font(bold=True, color="FFFFFF")
     center = Alignment(horizontal="center", vertical="center", wrap_text=True)
     thin = Side(style="thin", color="BFBFBF")
+    widths = _fit_columns(ws, table, {c.header: c.width for c in columns if c.width})
 
     # row 1: the course's group headers, merged over their columns
-    col = 1
+    col, groups = 1, []
     for title in GROUPS:
         width = sum(c.group == title for c in columns)
         if not width:
@@ -110,25 +111,30 @@ def _write_xlsx(log: Log, path: Path) -> None:
             ws.cell(row=1, column=c).fill = group_fill
             ws.cell(row=1, column=c).font = white
             ws.cell(row=1, column=c).alignment = center
+        groups.append((col, col + width - 1))
         col += width
     for c, column in enumerate(columns, 1):
         cell = ws.cell(row=2, column=c, value=column.header)
         cell.fill, cell.font, cell.alignment = header_fill, white, center
         cell.border = Border(bottom=thin)
     ws.row_dimensions[1].height = 30  # "Target Dataset" wraps over a single column
-    ws.row_dimensions[2].height = 32
+    ws.row_dimensions[2].height = LINE * max(_lines(c.header, w) for c, w in zip(columns, widths))
 
+    top = Alignment(wrap_text=True, vertical="top")
     for r, values in enumerate(table.itertuples(index=False), 3):
+        lines = 1
         for c, (column, value) in enumerate(zip(columns, values), 1):
             cell = ws.cell(row=r, column=c)
-            _set(cell, value)
+            if column.header == "MLFLOW" and value:  # a short link text: a URL would run off the page
+                cell.value, cell.hyperlink, cell.style = "open run", value, "Hyperlink"
+            else:
+                _set(cell, value)
             if FORMATS[column.fmt][0]:
                 cell.number_format = FORMATS[column.fmt][0]
-            if column.header == "MLFLOW" and value:
-                cell.hyperlink = value
-                cell.style = "Hyperlink"
-            if column.width:
-                cell.alignment = Alignment(wrap_text=True, vertical="top")
+            cell.alignment = top  # every cell of a tall row starts at its top, text wrapping in its column
+            if isinstance(cell.value, str):
+                lines = max(lines, _lines(cell.value, widths[c - 1]))
+        ws.row_dimensions[r].height = LINE * lines  # LibreOffice and Excel do not grow rows for wrapped text
     last = len(table) + 2
     if log.best is not None:  # the best run by validation accuracy: the test set never chooses
         best_fill = PatternFill("solid", fgColor="FFF2CC")
@@ -147,13 +153,57 @@ def _write_xlsx(log: Log, path: Path) -> None:
                 end_type="max", end_color="63BE7B"))
     ws.freeze_panes = "B3"
     ws.auto_filter.ref = f"A2:{get_column_letter(len(columns))}{last}"
-    _landscape(ws)
-    _fit_columns(ws, table, {c.header: c.width for c in columns if c.width})
+    _paginate(ws, widths, groups)
 
     _write_curves(wb, log)
     _write_frame(wb, "Per class", log.per_class, FORMATS["acc"][0])
     _write_frame(wb, "Sweeps", log.sweeps, "0.0000")
     wb.save(path)
+
+
+LINE = 15  # points per line of 11-point text
+PAGE_WIDTH = 135  # column-width units across a landscape A4 page at 100%
+
+
+def _lines(text: str, width: float) -> int:
+    """How many lines `text` wraps to in a column `width` characters wide."""
+    import textwrap
+
+    return max(1, len(textwrap.wrap(str(text), max(1, int(width) - 1), break_long_words=True)))
+
+
+def _paginate(ws, widths, groups) -> None:
+    """Print landscape, the header rows and the ID column on every page, the column groups kept whole on a page
+    where they fit, and one scale for all pages (readable, never the whole width squeezed onto one)."""
+    from openpyxl.worksheet.pagebreak import Break, ColBreak
+
+    pages, current = [], []
+    capacity = PAGE_WIDTH / 0.8 - widths[0]  # at 80%: pages hold this much beside the repeated ID column
+    for first, end in groups:
+        cols = list(range(first, end + 1))
+        if first == 1:
+            cols = cols[1:]
+        for c in cols:  # a group goes whole onto the page when it fits, else onto fresh ones
+            if current and sum(widths[i - 1] for i in current) + widths[c - 1] > capacity:
+                pages.append(current)
+                current = []
+            current.append(c)
+        if current and c == cols[-1] and sum(widths[i - 1] for i in current) > capacity / 2:
+            pages.append(current)
+            current = []
+    if current:
+        pages.append(current)
+    ws.col_breaks = ColBreak()
+    for page in pages[:-1]:
+        ws.col_breaks.append(Break(id=page[-1]))
+    widest = max(sum(widths[i - 1] for i in page) for page in pages) + widths[0]
+    ws.page_setup.orientation = "landscape"
+    ws.page_setup.paperSize = ws.PAPERSIZE_A4
+    ws.page_setup.scale = max(40, min(100, int(100 * PAGE_WIDTH / widest)))
+    ws.sheet_properties.pageSetUpPr.fitToPage = False
+    ws.print_title_rows = "1:2"
+    ws.print_title_cols = "A:A"
+    ws.print_options.gridLines = True
 
 
 def _set(cell, value) -> None:
@@ -172,12 +222,13 @@ def _font(**kwargs):
 
 
 def _landscape(ws) -> None:
-    """Print (and convert to PDF) landscape, the whole width on one page."""
+    """Print (and convert to PDF) landscape, the whole width on one page, the header on every page."""
     ws.page_setup.orientation = "landscape"
+    ws.page_setup.paperSize = ws.PAPERSIZE_A4
     ws.page_setup.fitToWidth = 1
     ws.page_setup.fitToHeight = 0
     ws.sheet_properties.pageSetUpPr.fitToPage = True
-    ws.print_title_rows = "1:2" if ws.title == "Training log" else "1:1"
+    ws.print_title_rows = "1:1"
 
 
 def _cell_value(value):
@@ -190,37 +241,56 @@ def _cell_value(value):
     return value
 
 
-def _fit_columns(ws, table, caps: Dict[str, int]) -> None:
+def _fit_columns(ws, table, caps: Dict[str, int]) -> list:
+    """Column widths: as wide as the values (up to the cap, where text wraps), never narrower than the longest
+    word of the header (headers wrap at spaces). Returns the widths."""
     from openpyxl.utils import get_column_letter
 
+    widths = []
     for c, name in enumerate(table.columns, 1):
-        texts = [v for v in table[name].tolist() if isinstance(v, str)]
-        longest = max([len(name) // 2 + 1, 8] + [len(v) for v in texts])  # headers wrap onto two lines
-        ws.column_dimensions[get_column_letter(c)].width = min(caps.get(name, 60), longest + 2)
+        texts = [_text(v) for v in table[name].tolist() if v is not None and not (isinstance(v, float) and v != v)]
+        longest = max([len(t) for t in texts] + [0])
+        word = max(len(w) for w in str(name).split())
+        width = max(word + 2, 7, min(caps.get(name, 60), longest + 2))
+        ws.column_dimensions[get_column_letter(c)].width = width
+        widths.append(width)
+    return widths
+
+
+def _text(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _write_frame(wb, title: str, frame, number_format: str) -> Any:
     from openpyxl.styles import Alignment, PatternFill
 
     ws = wb.create_sheet(title)
+    widths = _fit_columns(ws, frame, {"CONFIG": 50, "TRIALS": 40})
     for c, name in enumerate(frame.columns, 1):
         cell = ws.cell(row=1, column=c, value=name)
         cell.font = _font(bold=True, color="FFFFFF")
         cell.fill = PatternFill("solid", fgColor="1F4E78")
-        cell.alignment = Alignment(horizontal="center", wrap_text=True)
+        cell.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
+    ws.row_dimensions[1].height = LINE * max([_lines(n, w) for n, w in zip(frame.columns, widths)] + [1])
     for r, row in enumerate(frame.itertuples(index=False), 2):
+        lines = 1
         for c, value in enumerate(row, 1):
             cell = ws.cell(row=r, column=c)
             _set(cell, value)
+            cell.alignment = Alignment(wrap_text=True, vertical="top")
             if isinstance(cell.value, float):
                 cell.number_format = number_format
+            elif isinstance(cell.value, str):
+                lines = max(lines, _lines(cell.value, widths[c - 1]))
+        ws.row_dimensions[r].height = LINE * lines
     ws.freeze_panes = "B2"
-    _fit_columns(ws, frame, {"CONFIG": 50})
     _landscape(ws)
     return ws
 
 
-MAX_SERIES = 25  # more lines than this make a chart unreadable
+MAX_SERIES = 12  # more lines than this make a chart unreadable
+PALETTE = ("1F77B4", "FF7F0E", "2CA02C", "D62728", "9467BD", "8C564B", "E377C2", "7F7F7F", "BCBD22", "17BECF",
+           "393B79", "AD494A")  # distinct colours (matplotlib's tab10 and two more)
 
 
 def _write_curves(wb, log: Log) -> None:
@@ -231,19 +301,35 @@ def _write_curves(wb, log: Log) -> None:
         return
     ids = list(dict.fromkeys(log.curves["ID"]))
     col = {name: i + 1 for i, name in enumerate(log.curves.columns)}
+    anchor = len(log.curves.columns) + 2
     for n, (metric, title) in enumerate((("val_acc", "validation accuracy"), ("epoch_test_acc", "test accuracy"),
                                          ("val_loss", "validation loss"))):
         chart = ScatterChart()
         shown = ids[:MAX_SERIES]
         chart.title = title + (f" (first {MAX_SERIES} of {len(ids)} runs)" if len(ids) > MAX_SERIES else "")
-        chart.style, chart.height, chart.width = 13, 8, 16
-        chart.x_axis.title, chart.y_axis.title = "epoch", metric
-        for tid in shown:
-            rows = [i + 2 for i, v in enumerate(log.curves["ID"]) if v == tid]
+        chart.style, chart.height, chart.width = 13, 10, 22
+        chart.x_axis.title, chart.y_axis.title = "epoch", metric.replace("_", " ")
+        chart.x_axis.number_format, chart.y_axis.number_format = "0", "0.00"
+        chart.x_axis.delete = chart.y_axis.delete = False
+        chart.legend.position = "r"
+        for i, tid in enumerate(shown):
+            rows = [k + 2 for k, v in enumerate(log.curves["ID"]) if v == tid]
             xs = Reference(ws, min_col=col["epoch"], min_row=rows[0], max_row=rows[-1])
             ys = Reference(ws, min_col=col[metric], min_row=rows[0], max_row=rows[-1])
             series = Series(ys, xs, title=str(tid))
+            colour = PALETTE[i % len(PALETTE)]
+            series.graphicalProperties.line.solidFill = colour
+            series.graphicalProperties.line.width = 19050  # 1.5 pt
             series.marker.symbol = "circle"
+            series.marker.size = 5
+            series.marker.graphicalProperties.solidFill = colour
+            series.marker.graphicalProperties.line.solidFill = colour
             series.smooth = False
             chart.series.append(series)
-        ws.add_chart(chart, f"K{2 + n * 17}")
+        ws.add_chart(chart, f"{_letter(anchor)}{2 + n * 21}")
+
+
+def _letter(column: int) -> str:
+    from openpyxl.utils import get_column_letter
+
+    return get_column_letter(column)

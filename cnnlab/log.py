@@ -16,13 +16,15 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import columns as cols
 from . import summary
 from .errors import CnnlabError
-from .store import Record, Store, ui_link
+from .store import Record, Store, Tag, ui_link
 
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc")
-# config keys whose changes ARCHITECTURE CHANGES describes (the others have columns of their own)
-CHANGE_KEYS = ("arch.name", "dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth",
-               "optimizer", "momentum", "nesterov", "weight_decay", "scheduler", "label_smoothing", "augment",
-               "early_stopping")
+# config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter) ...
+ARCH_KEYS = ("arch.name", "dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth")
+# ... and TRAINING CHANGES; the remaining keys have columns of their own (lr, batch size, epochs, image size, data)
+TRAINING_KEYS = ("optimizer", "momentum", "nesterov", "weight_decay", "decoupled_wd", "norm_lr_scale", "scheduler",
+                 "lr_step_epochs", "lr_gamma", "label_smoothing", "augment", "translate", "flip", "ema", "lookahead",
+                 "early_stopping", "tta", "precision", "compile")
 # config keys that say nothing about what a run computes: a trial equal to its base in all else is the baseline
 BOOKKEEPING = ("seed", "run_name", "experiment", "threads", "device", "precision")
 
@@ -31,11 +33,12 @@ def _num(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def describe_changes(base: Dict[str, Any], cfg: Dict[str, Any]) -> str:
-    """What changed from `base` to `cfg`, in the course's words: 'Increase dense units 64→500; added dropout 0.5'."""
+def describe_changes(base: Dict[str, Any], cfg: Dict[str, Any], keys: Sequence[str] = ARCH_KEYS) -> str:
+    """What changed from `base` to `cfg` in `keys`, in the course's words: 'Increase dense units 64→500; added
+    dropout 0.5'. With the architecture keys, every arch.* parameter counts too."""
     parts = []
-    keys = list(CHANGE_KEYS) + sorted(k for k in set(base) | set(cfg)
-                                      if k.startswith("arch.") and k != "arch.name")
+    if keys is ARCH_KEYS:
+        keys = list(keys) + sorted(k for k in set(base) | set(cfg) if k.startswith("arch.") and k != "arch.name")
     for key in keys:
         a, b = base.get(key), cfg.get(key)
         if a == b or (a is None and b is None):
@@ -91,7 +94,8 @@ class Row:
     """One run as the log sees it; columns.py reads its cells from here."""
 
     record: Record
-    changes: str
+    changes: str  # ARCHITECTURE CHANGES against the baseline
+    training_changes: str  # the same for the training settings without columns of their own
     group: Optional[summary.Group]  # its configuration over seeds (None: not FINISHED)
     link: str
     runs_root: Path
@@ -135,10 +139,9 @@ class Row:
         return f"val {(self.param('val_split') or 0):.0%} / test {_count(self.param('split.test'))}"
 
     @property
-    def source_avg(self) -> Optional[float]:
-        values = [v for v in (self.metric("train_acc_final", "train_acc"), self.metric("val_acc_best", "val_acc"),
-                              self.metric("test_acc")) if v is not None]
-        return statistics.fmean(values) if values else None
+    def tta_acc(self) -> Optional[float]:
+        """The final test accuracy with test-time augmentation, for a run that used it."""
+        return self.metric("test_acc") if self.param("tta") else None
 
     @property
     def targets(self) -> Dict[str, float]:
@@ -169,6 +172,18 @@ class Log:
         return next(c for c in self.columns if c.header == header)
 
 
+def _experiment_baselines(store: Store, records: Sequence[Record]) -> Dict[str, Record]:
+    """experiment id -> its first single run (T0, or its earliest), as the course's log compares with T0; looked
+    up in the store, so that a filtered log still compares with the experiment's own baseline."""
+    out = {}
+    for exp_id in {r.experiment_id for r in records if not r.parent_run_id}:
+        name = next(r.experiment for r in records if r.experiment_id == exp_id)
+        singles = [r for r in store.runs([name]) if not r.parent_run_id and not r.sweep]
+        if singles:
+            out[exp_id] = min(singles, key=lambda r: (r.tags.get(Tag.SEQ, "~"), r.start_time))
+    return out
+
+
 def _sweep_objectives(store: Store, records: Sequence[Record]) -> Dict[str, tuple]:
     """parent run id -> (metric, direction) of each sweep the records belong to; and its base config."""
     out = {}
@@ -181,8 +196,8 @@ def _sweep_objectives(store: Store, records: Sequence[Record]) -> Dict[str, tupl
 
 
 def build(store: Store, records: List[Record], baseline: Optional[Record] = None,
-          ui_url: str = "http://127.0.0.1:5000") -> Log:
-    """The log of `records` (oldest first)."""
+          ui_url: str = "http://127.0.0.1:5000", curves: bool = True) -> Log:
+    """The log of `records` (oldest first); `curves=False` leaves the per-epoch curves out (one query per run)."""
     import pandas as pd
 
     from .schema import runs_dir
@@ -198,33 +213,32 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
     group_of = summary.group_of(groups)
 
     rows = []
-    previous: Dict[str, Dict[str, Any]] = {}  # experiment -> config of the previous single run
+    firsts = _experiment_baselines(store, records) if baseline is None else {}
     root = runs_dir()
     for r in records:
         if baseline is not None:
-            ref = baseline.params
-        elif r.parent_run_id:
-            ref = sweeps[r.parent_run_id][2] or None
-        else:
-            ref = previous.get(r.experiment_id)
-            previous[r.experiment_id] = r.params
-        is_base = ref is None or (baseline is not None and baseline.run_id == r.run_id)
-        changes = "baseline" if is_base else (describe_changes(ref, r.params) or "no architecture change")
-        if r.parent_run_id and not is_base and changes == "no architecture change" and _same(ref, r.params):
-            changes = "baseline"
-        rows.append(Row(r, changes, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root))
+            ref, is_base = baseline.params, baseline.run_id == r.run_id
+        elif r.parent_run_id:  # a sweep's trial: its sweep's base config
+            ref = sweeps[r.parent_run_id][2]
+            is_base = not ref or _same(ref, r.params)
+        else:  # a single run: the experiment's baseline, its first run (T0)
+            first = firsts.get(r.experiment_id)
+            ref, is_base = (first.params if first else None), first is None or first.run_id == r.run_id
+        arch = "baseline" if is_base else (describe_changes(ref, r.params) or "no architecture change")
+        training = "" if is_base else describe_changes(ref, r.params, TRAINING_KEYS)
+        rows.append(Row(r, arch, training, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root))
 
     targets = sorted({t for row in rows for t in row.targets})
-    columns = cols.expand(targets)
+    columns = cols.expand(targets, rows)
     table = pd.DataFrame([[c.value(row) for c in columns] for row in rows], columns=[c.header for c in columns])
     scored = table["ACC VAL"].dropna()
     best = int(scored.astype(float).idxmax()) if len(scored) else None
 
     ids = [r.id for r in records]
-    hist = store.histories([r.run_id for r in records], CURVE_KEYS)
+    hist = store.histories([r.run_id for r in records], CURVE_KEYS) if curves else {}
     curve_rows = []
     for tid, r in zip(ids, records):
-        h = hist[r.run_id]
+        h = hist.get(r.run_id, {})
         for step in sorted({s for values in h.values() for s in values}):
             curve_rows.append({"ID": tid, "epoch": step, **{k: h.get(k, {}).get(step) for k in CURVE_KEYS}})
     curves = pd.DataFrame(curve_rows, columns=["ID", "epoch", *CURVE_KEYS])

@@ -103,6 +103,7 @@ def test_ctrl_c_while_a_first_train_creates_the_store_leaves_it_usable():
         shutil.rmtree(runs_dir())
 
 
+@pytest.mark.slow
 def test_a_copied_store_is_self_contained(cli, tmp_path, monkeypatch):
     assert cli("train", *TINY, "-q")[0] == 0
     original = runs_dir()
@@ -121,6 +122,7 @@ def test_a_copied_store_is_self_contained(cli, tmp_path, monkeypatch):
     assert code == 0 and "target_acc_blur" in out, err
 
 
+@pytest.mark.slow
 def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *LONG, "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -136,6 +138,7 @@ def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
     assert "note:" not in cnnlab("runs").stderr  # said once
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_nothing():
     args = ["sweep", "lr=0.003,0.001", "data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=4",
             "batch_size=50", "--workers", "2", "--name", "two", "-q"]
@@ -204,6 +207,7 @@ def test_garbage_cache_and_truncated_zip_are_clean_errors(cli, tmp_path):
 # ---------------------------------------------------------------- injection and names
 
 
+@pytest.mark.slow
 def test_names_are_never_formulas(cli, tmp_path):
     evil = '=HYPERLINK("evil.example","click me")'
     assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", evil, "-q")[0] == 0
@@ -236,7 +240,7 @@ def test_names_stay_inside_runs(cli, tmp_path):
 def test_quotes_in_names(cli):
     assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "it's", "-q")[0] == 0
     code, out, err = cli("runs", "--sweep", "it's")
-    assert code == 0 and "2 run(s)" in out, err
+    assert code == 0 and len(out.strip().splitlines()) == 3, err
     code, _, err = cli("runs", "--sweep", "a'b\"c")
     assert code == 2 and "No runs match" in err
     code, _, err = cli("evaluate", "x'y")
@@ -253,6 +257,7 @@ def test_unknown_keys_are_refused_with_or_without_plus(cli):
 # ---------------------------------------------------------------- hangs
 
 
+@pytest.mark.slow
 def test_a_server_that_does_not_answer_fails_fast(cli, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     code, _, err = cli("train", *TINY, "-q")
@@ -342,6 +347,7 @@ def test_nan_validation_loss_is_divergence(cli, monkeypatch):
     assert Store().find("T0").state == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_huge_grid_says_so_and_plans_in_milliseconds_per_trial(cli):
     space = [f"{k}={','.join(str(v) for v in values)}" for k, values in
              (("lr", [1e-4, 3e-4, 1e-3, 3e-3]), ("dropout", [0, 0.1, 0.2, 0.3]), ("dense_units", [16, 32, 64, 128]),
@@ -351,6 +357,7 @@ def test_a_huge_grid_says_so_and_plans_in_milliseconds_per_trial(cli):
     assert "note: 1,024 trials" in err and out.count("\n") >= 1024
 
 
+@pytest.mark.slow
 def test_reusing_a_sweep_name_with_another_space_is_refused(cli):
     assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "mine", "-q")[0] == 0
     code, _, err = cli("sweep", "dropout=0,0.5", *TINY, "--name", "mine", "-q")

@@ -22,8 +22,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "cnnlab"
 
 
 def ids_in(out: str) -> list:
-    """The ID column of `cnnlab runs` output, top to bottom."""
-    return re.findall(r"^│ (\S+)\s+│", out, flags=re.M)
+    """The ID column of `cnnlab runs` piped output (tab-separated, a header first), top to bottom."""
+    lines = out.strip().splitlines()
+    assert lines[0].split("\t")[0] == "id"
+    return [line.split("\t")[0] for line in lines[1:]]
 
 
 @pytest.fixture
@@ -50,6 +52,7 @@ def test_ids_are_the_same_under_every_filter(cli, three_runs):
     assert [r.name for r in three_runs.runs()] == ["T0", "T1", "T2"]
 
 
+@pytest.mark.slow
 def test_evaluate_takes_what_runs_printed_and_says_what_it_resolved(cli, three_runs):
     vgg = three_runs.runs(archs=["vgg_small"])[0]
     printed = ids_in(cli("runs", "--arch", "vgg_small")[1])[0]
@@ -78,6 +81,7 @@ def test_quotes_in_references_never_break_the_filter(three_runs):
             three_runs.find(ref)
 
 
+@pytest.mark.slow
 def test_four_trainings_at_once_on_a_fresh_store_get_distinct_ids():
     assert not (runs_dir() / "mlflow.db").exists()
     procs = [subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "arch=lenet5", f"seed={i}", "-q"],
@@ -91,6 +95,7 @@ def test_four_trainings_at_once_on_a_fresh_store_get_distinct_ids():
     assert sorted(p.name for p in (runs_dir() / "cifar10").iterdir()) == printed  # run directories named alike
 
 
+@pytest.mark.slow
 def test_sweep_summary_and_export_agree(cli, tmp_path):
     from cnnlab.sweep import Sweep, load_spec
 
@@ -189,6 +194,7 @@ def test_tag_names_are_the_stores_constants():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_runs_recorded_before_log_ids_get_theirs_once(cli, three_runs):
     """A store written by an earlier cnnlab: runs without the ID tag (a single run named by date, a trial)."""
     client = three_runs.client
@@ -201,3 +207,22 @@ def test_runs_recorded_before_log_ids_get_theirs_once(cli, three_runs):
     assert first[old.info.run_id] == "T3" and first[trial.info.run_id] == "old/T4"
     assert {r.run_id: r.id for r in Store().runs()} == first  # kept, not renumbered
     assert ids_in(cli("runs", "--status", "FINISHED")[1])[-2:] == ["T3", "old/T4"]
+
+
+def test_piped_runs_keep_every_column_and_other_formats(cli, three_runs):
+    code, out, err = cli("runs")
+    lines = out.strip().splitlines()
+    header = lines[0].split("\t")
+    assert code == 0 and all(len(line.split("\t")) == len(header) for line in lines)
+    assert {"id", "changes", "test acc", "status"} <= set(header)  # nothing folded away at any width
+    code, out, _ = cli("runs", "--format", "csv")
+    import csv
+
+    rows = list(csv.reader(out.splitlines()))
+    assert rows[0] == header and [r[0] for r in rows[1:]] == ["T0", "T1", "T2"]
+    code, out, _ = cli("runs", "--format", "md")
+    assert out.splitlines()[0].startswith("| id |") and out.count("\n| T") == 3
+    code, out, _ = cli("runs", "--format", "table")
+    assert "3 run(s)" in out and "┃ id" in out
+    code, _, err = cli("runs", "--format", "xml")
+    assert code == 2 and "valid formats" in err

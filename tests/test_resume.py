@@ -23,6 +23,7 @@ def stop_after(epoch_to_stop: int):
     return on_epoch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [
     ["dropout=0.25", "scheduler=onecycle"],  # dropout and augmentation draw random numbers, the schedule steps
     ["recipe=fast94", "width=0.25", "ema=0.9", "val_split=0.1"],  # lookahead, EMA, alternating flips, triangle
@@ -45,6 +46,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe):
     assert steps == [1, 2, 3, 4]  # the same run, each epoch once
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_cannot_be_resumed(cli):
     assert cli("train", *SMALL[:4], "epochs=1", "-q")[0] == 0
     code, _, err = cli("train", "resume=T0")

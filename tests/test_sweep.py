@@ -87,6 +87,7 @@ def test_cli_bad_sweep_exits_2(cli):
     assert code == 2 and "cannot be a grid" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_grid_sweep_records_parent_and_children_then_resumes_with_nothing(cli, mlflow_client):
     code, out, err = cli("sweep", "lr=0.003,0.001", "dropout=0,0.5", *TINY, "-q")
     assert code == 0, err
@@ -98,11 +99,14 @@ def test_grid_sweep_records_parent_and_children_then_resumes_with_nothing(cli, m
     assert all(k.info.status == "FINISHED" and k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
     assert "best_val_acc" in parent.data.metrics and parent.data.metrics["n_finished"] == 4
     assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)} >= {"summary.csv", "sweep.yaml"}
+    # captured like a pipe: the summary is not wrapped at 80 columns, the parent run ID stays whole
+    assert f"parent run {parent.info.run_id}\n" in out and max(map(len, out.splitlines())) > 80
     code, out, _ = cli("sweep", "lr=0.003,0.001", "dropout=0,0.5", *TINY, "-q")
     assert code == 0 and "nothing to run, 4 trial(s) already FINISHED" in out
     assert len(children(mlflow_client)[1]) == 4
 
 
+@pytest.mark.slow
 def test_failed_trial_does_not_stop_the_sweep(cli, mlflow_client):
     code, out, _ = cli("sweep", "lr=1e30,0.001", "optimizer=sgd", *TINY, "-q")
     assert code == 0
@@ -115,6 +119,7 @@ def test_failed_trial_does_not_stop_the_sweep(cli, mlflow_client):
     assert code == 1
 
 
+@pytest.mark.slow
 def test_sigterm_kills_cleanly_and_rerun_completes_only_the_rest(mlflow_client):
     args = [sys.executable, "-m", "cnnlab.cli", "sweep", "lr=0.003,0.001,0.0003", "dropout=0,0.5",
             "data=synthetic", "data.n_train=600", "epochs=2", "-q"]
@@ -140,6 +145,7 @@ def test_sigterm_kills_cleanly_and_rerun_completes_only_the_rest(mlflow_client):
     assert sum(k.info.status == "FINISHED" for k in kids) == 6
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_fresh_store(cli):
     from cnnlab.store import Store
 
@@ -157,6 +163,7 @@ def optuna_args(pruner: str) -> list:
             "data=synthetic", "data.n_train=300", "epochs=4", "--name", "opt", "-q"]
 
 
+@pytest.mark.slow
 def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
     import optuna
 
@@ -177,6 +184,7 @@ def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
     assert len(children(mlflow_client)[1]) == 10
 
 
+@pytest.mark.slow
 def test_the_chosen_pruner_judges_the_trials(cli, mlflow_client):
     # the same space as above, where the median pruner prunes: --pruner none must prune nothing
     code, out, err = cli(*optuna_args("none"))
@@ -185,6 +193,7 @@ def test_the_chosen_pruner_judges_the_trials(cli, mlflow_client):
     assert [k.data.tags["cnnlab.state"] for k in kids] == ["FINISHED"] * 8
 
 
+@pytest.mark.slow
 def test_join_through_a_database_storage(tmp_path, cli, mlflow_client):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     base = ["sweep", "--strategy", "optuna", "--trials", "3", "dropout=interval(0,0.5)", *TINY, "--name", "shared",

@@ -73,6 +73,7 @@ def test_checkpoint_reproduces_test_accuracy():
     assert acc == pytest.approx(result.metrics["test_acc"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics():
     runs = [train(compose(SMALL + ["epochs=2", f"seed={s}"]), quiet=True) for s in (1, 1, 2)]
     curve = lambda r: [(h["train_loss"], h["val_acc"], h["epoch_test_acc"]) for h in r.history]  # noqa: E731
@@ -100,6 +101,7 @@ def test_run_dirs_never_collide(tmp_path):
     assert sorted(d.name for d in dirs) == ["T3", "T3-2", "T3-3"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_ends_run_killed_and_keeps_last_checkpoint(tmp_path, mlflow_client, signum, code):
     proc = subprocess.Popen(
@@ -119,6 +121,7 @@ def test_signal_ends_run_killed_and_keeps_last_checkpoint(tmp_path, mlflow_clien
     assert "interrupted" in (runs_dir() / run.data.tags["cnnlab.run_dir"] / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_mlflow_preload_thread_does_not_race_the_client(tmp_path):
     """train() imports MLflow in a thread while the data loads; a client made meanwhile must wait for it
     (two threads importing MLflow at once fail with a circular-import error)."""

@@ -106,6 +106,8 @@ def print_summary(spec: Spec, result) -> None:
     from rich.table import Table
 
     console = Console(highlight=False)
+    if not console.is_terminal:  # piped: no wrapping at 80 columns, a run ID stays whole on its line
+        console = Console(highlight=False, soft_wrap=True, width=1000)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
     if result.ran == 0:
