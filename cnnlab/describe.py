@@ -8,8 +8,10 @@ FLOPs come from torch itself (parameter tensors, torch.utils.flop_counter), not 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .errors import CnnlabError
@@ -76,14 +78,10 @@ def parse_args(args: Sequence[str]) -> Tuple[str, Dict[str, Any], Dict[str, Any]
 
 
 def build(name: str, inputs: Dict[str, Any], knobs: Dict[str, Any]):
-    """The model on the meta device: shapes, parameters and FLOPs without allocating or initialising weights."""
-    import torch
-
     from .models import get_arch
 
     try:
-        with torch.device("meta"):
-            return get_arch(name).build(**inputs, **knobs).eval()
+        return get_arch(name).build(**inputs, **knobs).eval()
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CnnlabError(f"arch={name} cannot be built with {inputs or ''} {knobs or ''}: {exc}") from None
 
@@ -91,25 +89,23 @@ def build(name: str, inputs: Dict[str, Any], knobs: Dict[str, Any]):
 def layers(model, in_channels: int, image_size: int) -> List[Row]:
     """One row per layer (conv, dense, pool) in execution order; BN/activation/dropout fold into the layer before."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    calls: List[Tuple[str, Any, Tuple[int, ...]]] = []
+    from .engine import module_flops
+
+    calls: List[Tuple[str, Any, Tuple[int, ...], int]] = []
     names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((names[mod], mod, tuple(out.shape[1:]))))
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append(
+                 (names[mod], mod, tuple(out.shape[1:]), module_flops(mod, inp, out))))
              for m in model.modules() if not list(m.children())]
-    counter = FlopCounterMode(display=False)
     try:
-        with counter, torch.no_grad():
-            model(torch.zeros(1, in_channels, image_size, image_size, device="meta"))
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, image_size, image_size))
     finally:
         for h in hooks:
             h.remove()
-    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
-    root = type(model).__name__
     rows = [Row("input", "", (in_channels, image_size, image_size), in_channels * image_size ** 2, 0, 0)]
-    for name, module, shape in calls:
+    for name, module, shape, f in calls:
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        f = flops.get(f"{root}.{name}", 0)
         kind = type(module).__name__
         if kind in LAYER_TYPES or len(rows) == 1:
             if kind == "Conv2d":
@@ -149,22 +145,48 @@ def lecture_names(rows: List[Row]) -> List[Row]:
 
 def model_table() -> List[Dict[str, Any]]:
     """Every registered architecture at 3x32x32 input and 10 classes."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from .models import registry
 
-    table = []
+    costs = _costs()
+    return [{"arch": name, **costs[name], "knobs": list(spec.knobs), "arch_params": list(spec.params),
+             "description": spec.description} for name, spec in registry().items()]
+
+
+def _costs() -> Dict[str, Dict[str, int]]:
+    """arch -> parameters and FLOPs at 3x32x32 and 10 classes. Building all the models takes seconds and the
+    figures change only with the models' source or torch, so they are kept in the cache directory under a
+    key of both; a new architecture or an edited one is measured again."""
+    import hashlib
+    import json
+
+    import torch
+
+    from .data import data_root
+    from .engine import count_flops
+    from .models import registry
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted((Path(__file__).parent / "models").glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    path = data_root() / f"model-costs-{digest.hexdigest()[:16]}.json"
+    try:
+        costs = json.loads(path.read_text())
+        if set(costs) == set(registry()):
+            return costs
+    except (OSError, ValueError):
+        pass
+    costs = {}
     for name, spec in registry().items():
-        with torch.device("meta"):  # shapes only: no weights allocated or initialised
-            model = spec.build().eval()
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model(torch.zeros(1, 3, 32, 32, device="meta"))
-        table.append({"arch": name, "params": sum(p.numel() for p in model.parameters()),
-                      "flops": counter.get_total_flops(), "knobs": list(spec.knobs),
-                      "arch_params": list(spec.params), "description": spec.description})
-    return table
+        model = spec.build()
+        costs[name] = {"params": sum(p.numel() for p in model.parameters()), "flops": count_flops(model, 3, 32, "cpu")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        temp.write_text(json.dumps(costs))
+        temp.replace(path)
+    except OSError:  # a read-only cache: measured again next time
+        pass
+    return costs
 
 
 def human(n: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,22 @@ def test_models_lists_every_architecture(cli):
     assert "270.0K" in out or "269.7K" in out  # resnet20's 0.27M parameters
 
 
+def test_models_keeps_its_measurements_until_the_source_changes(monkeypatch, tmp_path):
+    from cnnlab import describe, engine
+
+    first = describe.model_table()
+    [cached] = (tmp_path / "data").glob("model-costs-*.json")
+
+    def no_building(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "count_flops", no_building)
+        assert describe.model_table() == first  # read back, not measured
+    cached.write_text("{not json")  # a damaged cache is measured again and rewritten
+    assert describe.model_table() == first and json.loads(cached.read_text())["vgg16"]["params"] > 0
+
+
 def test_published_parameter_counts():
     count = lambda name: sum(p.numel() for p in get_arch(name).build().parameters())  # noqa: E731
     assert count("resnet20") == 269_722 and count("resnet56") == 853_018  # He et al.: 0.27M, 0.85M
@@ -255,3 +272,21 @@ def test_googlenet_auxiliary_heads_use_their_dropout_and_activation():
     assert aux_dropouts == [0.3, 0.3]
     assert all(any(isinstance(m, nn.GELU) for m in head.modules()) for head in model.aux)
     assert not any(isinstance(m, nn.ReLU) for head in model.aux for m in head.modules())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_flops_are_what_torchs_flop_counter_counts(arch):
+    """count_flops (forward hooks with torch's formulas) equals FlopCounterMode on the same model, and
+    describe's per-layer FLOPs add up to it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cnnlab.describe import layers
+    from cnnlab.engine import count_flops
+
+    model = get_arch(arch).build().eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert counter.get_total_flops() > 0
+    assert count_flops(model, 3, 32, "cpu") == counter.get_total_flops()
+    assert sum(row.flops for row in layers(model, 3, 32)) == counter.get_total_flops()
