@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import columns as cols
 from . import summary
 from .errors import CnnlabError
-from .store import Record, Store, Tag, ui_link
+from .store import Record, Store, ui_link
 
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc")
 # config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter) ...
@@ -173,14 +173,13 @@ class Log:
 
 
 def _experiment_baselines(store: Store, records: Sequence[Record]) -> Dict[str, Record]:
-    """experiment id -> its first single run (T0, or its earliest), as the course's log compares with T0; looked
+    """experiment id -> its first single run (T0, or the lowest left), as the course's log compares with T0; looked
     up in the store, so that a filtered log still compares with the experiment's own baseline."""
     out = {}
     for exp_id in {r.experiment_id for r in records if not r.parent_run_id}:
-        name = next(r.experiment for r in records if r.experiment_id == exp_id)
-        singles = [r for r in store.runs([name]) if not r.parent_run_id and not r.sweep]
-        if singles:
-            out[exp_id] = min(singles, key=lambda r: (r.tags.get(Tag.SEQ, "~"), r.start_time))
+        first = store.first_single_run(exp_id)
+        if first is not None:
+            out[exp_id] = first
     return out
 
 

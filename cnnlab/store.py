@@ -619,6 +619,12 @@ class Store:
         return [r for r in records if (parents or not r.is_sweep_parent) and (not states or r.state in states)
                 and (not archs or r.params.get("arch.name") in archs)]
 
+    def first_single_run(self, experiment_id: str) -> Optional[Record]:
+        """The experiment's first run outside sweeps (its T0, or the lowest T<n> left): one indexed query."""
+        found = self._search([experiment_id], {}, extra=[f"tags.`{Tag.SEQ}` LIKE '%'"], max_results=1,
+                             order_by=[f"tags.`{Tag.SEQ}` ASC"])
+        return self._record(found[0]) if found else None
+
     def _give_ids(self, records: List[Record]) -> List[Record]:
         """Runs recorded before log IDs existed get theirs now, once, in start order: a sweep's parent its
         sweep's name, a trial <sweep>/<its run name>, any other run the next T<n> of its experiment."""
