@@ -61,7 +61,8 @@ def _inspect(env, runs: Path, expected_finished: int, tally: Counter) -> None:
             os.kill(pid, signal.SIGKILL)
     listed = subprocess.run([sys.executable, "-m", "cnnlab.cli", "runs", "--status", "FINISHED"], env=env,
                             capture_output=True, text=True)
-    if listed.returncode != 0 and "No runs" not in listed.stderr:
+    empty = "No runs" in listed.stderr or "Unknown experiment" in listed.stderr  # opened fine, holds none yet
+    if listed.returncode != 0 and not empty:
         tally["stores left unusable"] += 1
         return
     from cnnlab.store import Store

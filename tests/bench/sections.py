@@ -307,44 +307,55 @@ def bench_exercise(report, accuracy: bool = False) -> None:
                    f"T{i} {config_acc(ours_acc, i):.3f}/{config_acc(hydra_acc, i):.3f}" for i in range(len(names))))
 
 
+def _fill_store(tmp: str, n: int = 1000) -> float:
+    """A fresh store in `tmp` (CNNLAB_RUNS_DIR must point there) with `n` finished 10-epoch runs logged straight
+    into it; returns the seconds that took."""
+    import random
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from cnnlab.config import compose, flatten, resolve, to_dict
+    from cnnlab.store import Store, Tag
+
+    store = Store()
+    client = store.client
+    base = flatten(to_dict(resolve(compose([]))))
+    rng = random.Random(0)
+    start = time.perf_counter()
+    for i in range(n):
+        params = {**base, "lr": rng.choice([3e-4, 1e-3, 3e-3]), "dense_units": rng.choice([0, 64, 500]),
+                  "dropout": rng.choice([0.0, 0.5]), "batch_norm": rng.choice([True, False]),
+                  "split.train": 45000, "split.val": 5000, "split.test": 10000}
+        run_id = store.create_run("cifar10", {}).run_id  # as train() does: a log ID claimed per run
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, rng.random(), now, e) for e in range(1, 11)
+                   for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_acc")]
+        metrics += [Metric(k, rng.random(), now, 10) for k in
+                    ["test_acc", "val_acc_best", "train_acc_final", "wall_time"] +
+                    [f"test_acc_class{c}" for c in range(10)]]
+        client.log_batch(run_id, metrics=metrics,
+                         params=[Param(k, str(v)) for k, v in list(params.items())[:100]],
+                         tags=[RunTag(Tag.RUN_DIR, f"{tmp}/cifar10/T{i}"), RunTag(Tag.STATE, "FINISHED")])
+        client.set_terminated(run_id, "FINISHED")
+    return time.perf_counter() - start
+
+
 def bench_export(report, accuracy: bool = False) -> None:
     """Issue 4: export-log of 1,000 runs logged straight into a fresh store."""
-    import random
     import tempfile
     import time
     from pathlib import Path
 
-    from mlflow.entities import Metric, Param, RunTag
-
     from cnnlab import export
     from cnnlab import log as run_log
-    from cnnlab.config import compose, flatten, resolve, to_dict
-    from cnnlab.store import Store, Tag
+    from cnnlab.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CNNLAB_RUNS_DIR"] = tmp
         try:
-            store = Store()
-            client = store.client
-            base = flatten(to_dict(resolve(compose([]))))
-            rng = random.Random(0)
-            start = time.perf_counter()
-            for i in range(1000):
-                params = {**base, "lr": rng.choice([3e-4, 1e-3, 3e-3]), "dense_units": rng.choice([0, 64, 500]),
-                          "dropout": rng.choice([0.0, 0.5]), "batch_norm": rng.choice([True, False]),
-                          "split.train": 45000, "split.val": 5000, "split.test": 10000}
-                run_id = store.create_run("cifar10", {}).run_id  # as train() does: a log ID claimed per run
-                now = int(time.time() * 1000)
-                metrics = [Metric(k, rng.random(), now, e) for e in range(1, 11)
-                           for k in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_acc")]
-                metrics += [Metric(k, rng.random(), now, 10) for k in
-                            ["test_acc", "val_acc_best", "train_acc_final", "wall_time"] +
-                            [f"test_acc_class{c}" for c in range(10)]]
-                client.log_batch(run_id, metrics=metrics,
-                                 params=[Param(k, str(v)) for k, v in list(params.items())[:100]],
-                                 tags=[RunTag(Tag.RUN_DIR, f"{tmp}/cifar10/T{i}"), RunTag(Tag.STATE, "FINISHED")])
-                client.set_terminated(run_id, "FINISHED")
-            setup = time.perf_counter() - start
+            setup = _fill_store(tmp)
+            store = Store(create=False)
             for suffix in (".xlsx", ".csv"):
                 start = time.perf_counter()
                 export.write(run_log.build(store, store.runs()), Path(tmp) / f"runs{suffix}")
@@ -354,6 +365,44 @@ def bench_export(report, accuracy: bool = False) -> None:
                            f"(logging them took {setup:.0f} s)")
         finally:
             os.environ.pop("CNNLAB_RUNS_DIR", None)
+
+
+def bench_listings(report, accuracy: bool = False) -> None:
+    """Issue 17: the listing commands, each a fresh `cnnlab` process as a user runs it (median of 3), against
+    the issue's targets; `runs` over a store of 1,000 runs."""
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    cnnlab = str(Path(sys.executable).with_name("cnnlab"))  # the installed console script
+    commands = [("help", ["--help"], 0.5), ("models", ["models"], 2.0),
+                ("describe", ["describe", "arch=vgg16"], 2.0),
+                ("runs_1000", ["runs"], 1.5),
+                ("sweep_dry_run", ["sweep", "lr=1e-3,3e-3", "dropout=0,0.5", "--dry-run"], 2.0)]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "CNNLAB_RUNS_DIR": tmp}
+        os.environ["CNNLAB_RUNS_DIR"] = tmp
+        try:
+            setup = _fill_store(tmp)
+        finally:
+            os.environ.pop("CNNLAB_RUNS_DIR", None)
+        for name, args, target in commands:
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                done = subprocess.run([cnnlab, *args], env=env, capture_output=True, text=True)
+                times.append(time.perf_counter() - start)
+                if done.returncode != 0:
+                    raise RuntimeError(f"cnnlab {' '.join(args)} failed: {done.stderr[-2000:]}")
+            seconds = statistics.median(times)
+            report.add(f"{name}_s", round(seconds, 2),
+                       f"`cnnlab {' '.join(args)}`: {seconds:.2f} s (runs {', '.join(f'{t:.2f}' for t in times)}; "
+                       f"target < {target} s: {'met' if seconds < target else 'NOT met'})"
+                       + (f"; the store holds 1,000 runs (logging them took {setup:.0f} s)" if name == "runs_1000"
+                          else ""))
 
 
 def bench_fast(report, accuracy: bool = False) -> None:
@@ -386,7 +435,7 @@ def bench_fast(report, accuracy: bool = False) -> None:
 
 from .faults import bench_faults  # noqa: E402
 
-SYNTHETIC = {"faults"}  # sections that need no real CIFAR-10
+SYNTHETIC = {"faults", "listings"}  # sections that need no real CIFAR-10
 
 ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
-       "fast": bench_fast}
+       "fast": bench_fast, "listings": bench_listings}
