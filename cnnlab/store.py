@@ -18,6 +18,7 @@ never sees an MLflow object.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -364,18 +365,30 @@ class Store:
             self.writable = True
             if self.uri.startswith(("http://", "https://")):
                 _probe(self.uri)
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._sqlite = path if path is not None and path.exists() else None  # read directly, see _read
         self._names: Dict[str, str] = {}  # experiment id -> name
         if self.writable:
             self.reap()
+
+    @functools.cached_property
+    def client(self):
+        """MLflow's client: every write, and reads other than a SQLite store's runs and experiments."""
+        from mlflow.tracking import MlflowClient
+
+        if _preloading is not None:
+            _preloading.join()
+        return MlflowClient(tracking_uri=self.uri)
 
     # ---- experiments
 
     def experiments(self) -> Dict[str, str]:
         """name -> id of every active experiment."""
-        found = {e.name: e.experiment_id for e in self.client.search_experiments()}
+        rows = self._query(("SELECT name, experiment_id FROM experiments WHERE lifecycle_stage = 'active' "
+                            "ORDER BY experiment_id", ()))
+        if rows is not None:
+            found = {name: str(exp_id) for name, exp_id in rows[0]}
+        else:
+            found = {e.name: e.experiment_id for e in self.client.search_experiments()}
         self._names.update({v: k for k, v in found.items()})
         return found
 
@@ -445,11 +458,13 @@ class Store:
         if not exp_ids:
             return []
         reaped = []
-        for run in self._search(exp_ids, {}, extra=["attributes.status = 'RUNNING'"]):
-            tags = run.data.tags
+        running = self._read(exp_ids, "status = 'RUNNING'")
+        if running is None:
+            running = [self._record(r) for r in self._search(exp_ids, {}, extra=["attributes.status = 'RUNNING'"])]
+        for record in running:
+            tags = record.tags
             if Tag.OWNER not in tags or owner_alive(tags[Tag.OWNER], tags.get(Tag.HEARTBEAT)):
                 continue
-            record = self._record(run)
             host, pid = tags[Tag.OWNER].split()[:2]
             self._end(record.run_id, "KILLED", f"its process ({pid} on {host}) ended without ending it "
                                                 "(killed or crashed)")
@@ -558,14 +573,63 @@ class Store:
         return [r for r in runs if keep(r)]
 
     def _record(self, run) -> Record:
-        tags = run.data.tags
+        return self._make_record(run.info.run_id, run.info.run_name, run.info.experiment_id, run.info.status,
+                                 run.info.start_time, run.data.params, dict(run.data.metrics), dict(run.data.tags))
+
+    def _make_record(self, run_id: str, name: str, experiment_id: str, status: str, start_time: int,
+                     params: Dict[str, str], metrics: Dict[str, float], tags: Dict[str, str]) -> Record:
         return Record(
-            run_id=run.info.run_id, id=tags.get(Tag.ID) or run.info.run_name or run.info.run_id[:8],
-            name=run.info.run_name, experiment=self._experiment_name(run.info.experiment_id),
-            experiment_id=run.info.experiment_id,
-            state=tags.get(Tag.STATE, run.info.status) if run.info.status != "RUNNING" else "RUNNING",
-            start_time=run.info.start_time, params={k: parse_value(v) for k, v in run.data.params.items()},
-            metrics=dict(run.data.metrics), tags=dict(tags), root=self.root)
+            run_id=run_id, id=tags.get(Tag.ID) or name or run_id[:8], name=name,
+            experiment=self._experiment_name(experiment_id), experiment_id=experiment_id,
+            state=tags.get(Tag.STATE, status) if status != "RUNNING" else "RUNNING", start_time=start_time,
+            params={k: parse_value(v) for k, v in params.items()}, metrics=metrics, tags=tags, root=self.root)
+
+    def _query(self, *statements: Tuple[str, Sequence[Any]]) -> Optional[List[list]]:
+        """The rows of each (sql, args), read-only and in one transaction, from the SQLite store; None for a store
+        of another kind, or one whose tables are not as expected (another MLflow): the client reads it then."""
+        if self._sqlite is None:
+            return None
+        import sqlite3
+        from contextlib import closing
+
+        try:
+            with closing(sqlite3.connect(f"{self._sqlite.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+                db.execute("BEGIN")  # one snapshot for all the statements
+                return [db.execute(sql, args).fetchall() for sql, args in statements]
+        except sqlite3.Error:
+            return None
+
+    def _read(self, exp_ids: Sequence[str], where: str = "", args: Sequence[Any] = ()) -> Optional[List[Record]]:
+        """The active runs of `exp_ids` (and `where`, SQL on the runs table) oldest first, read from the SQLite
+        file itself: MLflow's client makes an ORM object of every param, metric and tag, 3 s for 1,000 runs after
+        1.7 s of importing and opening, where these queries take a tenth of that. The tables are MLflow's (runs,
+        params, latest_metrics, tags, as `mlflow db upgrade` keeps them); writes always go through the client.
+        None when the store is not SQLite or its tables are not as expected. A test holds both readers equal."""
+        if not exp_ids:
+            return None if self._sqlite is None else []
+        selected = (f"SELECT run_uuid FROM runs WHERE lifecycle_stage = 'active' AND experiment_id IN "
+                    f"({','.join('?' * len(exp_ids))})" + (f" AND {where}" if where else ""))
+        args = [int(e) for e in exp_ids] + list(args)
+        found = self._query(
+            (f"SELECT run_uuid, name, experiment_id, status, start_time FROM runs WHERE run_uuid IN ({selected}) "
+             "ORDER BY start_time, run_uuid", args),
+            (f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({selected})", args),
+            (f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({selected})", args),
+            (f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({selected})", args))
+        if found is None:
+            return None
+        runs, param_rows, metric_rows, tag_rows = found
+        params: Dict[str, Dict[str, str]] = {r[0]: {} for r in runs}
+        metrics: Dict[str, Dict[str, float]] = {r[0]: {} for r in runs}
+        tags: Dict[str, Dict[str, str]] = {r[0]: {} for r in runs}
+        for run_id, key, value in param_rows:
+            params[run_id][key] = value
+        for run_id, key, value, is_nan in metric_rows:
+            metrics[run_id][key] = float("nan") if is_nan else value
+        for run_id, key, value in tag_rows:
+            tags[run_id][key] = value
+        return [self._make_record(run_id, name, str(exp_id), status, start_time, params[run_id], metrics[run_id],
+                                  tags[run_id]) for run_id, name, exp_id, status, start_time in runs]
 
     def get(self, run_id: str) -> Record:
         return self._record(self.client.get_run(run_id))
@@ -614,13 +678,26 @@ class Store:
             extra.append(f"attributes.start_time >= {int(since)}")
         if until is not None:
             extra.append(f"attributes.start_time < {int(until)}")
-        where = {f"tags.{Tag.SWEEP}": sweep} if sweep else {}
-        records = self._give_ids([self._record(r) for r in self._search(exp_ids, where, extra=extra)])
+        records = self._read(exp_ids)
+        if records is not None:  # the same selection as the search below, made here
+            records = [r for r in records if (not sweep or r.sweep == sweep) and
+                       (since is None or r.start_time >= since) and (until is None or r.start_time < until)]
+        else:
+            where = {f"tags.{Tag.SWEEP}": sweep} if sweep else {}
+            records = [self._record(r) for r in self._search(exp_ids, where, extra=extra)]
+        records = self._give_ids(records)
         return [r for r in records if (parents or not r.is_sweep_parent) and (not states or r.state in states)
                 and (not archs or r.params.get("arch.name") in archs)]
 
     def first_single_run(self, experiment_id: str) -> Optional[Record]:
         """The experiment's first run outside sweeps (its T0, or the lowest T<n> left): one indexed query."""
+        if self._sqlite is not None:
+            found = self._read([experiment_id], f"run_uuid = (SELECT t.run_uuid FROM tags t JOIN runs r USING "
+                                                f"(run_uuid) WHERE t.key = '{Tag.SEQ}' AND r.experiment_id = ? AND "
+                                                "r.lifecycle_stage = 'active' ORDER BY t.value LIMIT 1)",
+                               (int(experiment_id),))
+            if found is not None:
+                return found[0] if found else None
         found = self._search([experiment_id], {}, extra=[f"tags.`{Tag.SEQ}` LIKE '%'"], max_results=1,
                              order_by=[f"tags.`{Tag.SEQ}` ASC"])
         return self._record(found[0]) if found else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import os
 import re
 import subprocess
@@ -226,3 +227,32 @@ def test_piped_runs_keep_every_column_and_other_formats(cli, three_runs):
     assert "3 run(s)" in out and "┃ id" in out
     code, _, err = cli("runs", "--format", "xml")
     assert code == 2 and "valid formats" in err
+
+
+def test_the_sqlite_reader_reads_what_mlflows_client_reads(cli, three_runs):
+    """Store.runs reads a SQLite store's tables directly (fast); MLflow's client must see the very same records:
+    single runs, a sweep's parent and trials, a KILLED run, a RUNNING one, a NaN metric, deleted runs left out,
+    and the filters."""
+    assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "s", "-q")[0] == 0
+    client = three_runs.client
+    nan_run = three_runs.create_run("other", {})
+    client.log_metric(nan_run.run_id, "val_loss", float("nan"))
+    client.log_param(nan_run.run_id, "note", "it's \"quoted\"")
+    gone = three_runs.create_run("other", {})
+    gone.end("FAILED", "for deletion")
+    client.delete_run(gone.run_id)
+    fast = Store(create=False)
+    slow = Store(create=False)
+    slow._sqlite = None  # as for a store of another kind: every read through MLflow's client
+    for kwargs in ({}, {"parents": True}, {"experiments": ["cifar10"], "sweep": "s"}, {"states": ["KILLED"]},
+                   {"experiments": ["other"]}, {"since": fast.runs()[1].start_time}):
+        a, b = fast.runs(**kwargs), slow.runs(**kwargs)
+        assert a and repr(a) == repr(b) and [r.tags for r in a] == [r.tags for r in b], kwargs  # repr: NaN == NaN
+    others = fast.runs(["other"])
+    assert [r.run_id for r in others] == [nan_run.run_id] and others[0].state == "RUNNING"
+    assert math.isnan(others[0].metrics["val_loss"]) and others[0].params["note"] == "it's \"quoted\""
+    exp = fast.experiment_id("cifar10", create=False)
+    assert repr(fast.first_single_run(exp)) == repr(slow.first_single_run(exp))
+    assert fast.first_single_run(exp).id == "T0"
+    assert fast.experiments() == slow.experiments()
+    nan_run.end("FINISHED")
