@@ -154,8 +154,8 @@ def model_table() -> List[Dict[str, Any]]:
 
 def _costs() -> Dict[str, Dict[str, int]]:
     """arch -> parameters and FLOPs at 3x32x32 and 10 classes. Building all the models takes seconds and the
-    figures change only with the models' source or torch, so they are kept in the cache directory under a
-    key of both; a new architecture or an edited one is measured again."""
+    figures change only with the models' source, engine.py (count_flops) or torch, so they are kept in the cache
+    directory under a key of all three; a new architecture or an edited one is measured again."""
     import hashlib
     import json
 
@@ -165,8 +165,9 @@ def _costs() -> Dict[str, Dict[str, int]]:
     from .engine import count_flops
     from .models import registry
 
+    here = Path(__file__).parent
     digest = hashlib.sha256(torch.__version__.encode())
-    for source in sorted((Path(__file__).parent / "models").glob("*.py")):
+    for source in [here / "engine.py", *sorted((here / "models").glob("*.py"))]:  # the models and how FLOPs count
         digest.update(source.name.encode() + source.read_bytes())
     path = data_root() / f"model-costs-{digest.hexdigest()[:16]}.json"
     try:
