@@ -173,7 +173,8 @@ def tracking_uri(uri: Optional[str] = None) -> str:
 
 
 def _sqlite_path(uri: str) -> Optional[Path]:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    """The file of a SQLite store, absolute (`sqlite:///mlflow.db` is relative to the working directory)."""
+    return Path(uri[len("sqlite:///"):]).absolute() if uri.startswith("sqlite:///") else None
 
 
 @contextmanager

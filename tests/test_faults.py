@@ -364,3 +364,13 @@ def test_reusing_a_sweep_name_with_another_space_is_refused(cli):
     assert code == 2 and "already exists with another spec" in err and "mine-2" in err
     assert len(Store().runs(sweep="mine")) == 2
     assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", "mine", "-q")[0] == 0  # the same spec resumes
+
+
+def test_a_relative_sqlite_uri_is_the_working_directorys(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")  # as MLflow's docs write it
+    code, _, err = cli("train", *TINY, "-q")
+    assert code == 0, err
+    assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
+    code, out, err = cli("runs")
+    assert code == 0 and out.splitlines()[1].startswith("T0\t"), err
