@@ -30,6 +30,12 @@ def cnnlab(*args, env=None, **kwargs) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})}, **kwargs)
 
 
+def as_from_a_terminal() -> None:
+    """In a child before exec: SIGINT at its default, as for a command typed in a terminal (a test run started
+    in the background of a script inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(condition, timeout: float = 120, what: str = "") -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -93,7 +99,7 @@ def test_a_store_with_runs_is_never_rebuilt_and_garbage_is_refused(cli):
 def test_ctrl_c_while_a_first_train_creates_the_store_leaves_it_usable():
     for delay in (0.3, 0.8, 1.2, 1.6):
         proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "-q"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_from_a_terminal)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
