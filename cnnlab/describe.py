@@ -88,30 +88,19 @@ def build(name: str, inputs: Dict[str, Any], knobs: Dict[str, Any]):
 
 def layers(model, in_channels: int, image_size: int) -> List[Row]:
     """One row per layer (conv, dense, pool) in execution order; BN/activation/dropout fold into the layer before."""
-    import torch
+    from .engine import leaf_calls
 
-    from .engine import module_flops
-
-    calls: List[Tuple[str, Any, Tuple[int, ...], int]] = []
     names = {m: n for n, m in model.named_modules()}
-    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append(
-                 (names[mod], mod, tuple(out.shape[1:]), module_flops(mod, inp, out))))
-             for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, image_size, image_size))
-    finally:
-        for h in hooks:
-            h.remove()
     rows = [Row("input", "", (in_channels, image_size, image_size), in_channels * image_size ** 2, 0, 0)]
-    for name, module, shape, f in calls:
+    for module, shape, f in leaf_calls(model, in_channels, image_size, "cpu"):
+        name = names[module]
         params = sum(p.numel() for p in module.parameters(recurse=False))
         kind = type(module).__name__
         if kind in LAYER_TYPES or len(rows) == 1:
             if kind == "Conv2d":
                 k, stride, groups = module.kernel_size, module.stride[0], module.groups
                 kind += f" {k[0]}x{k[1]}" + (f" /{stride}" if stride > 1 else "") + (f" g{groups}" if groups > 1 else "")
-            rows.append(Row(name, kind, shape, int(torch.Size(shape).numel()), params, f))
+            rows.append(Row(name, kind, shape, math.prod(shape), params, f))
         else:  # folded into the layer it follows (computed in place: the lectures count no activations for it)
             rows[-1].params += params
             rows[-1].flops += f

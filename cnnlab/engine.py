@@ -134,12 +134,14 @@ def module_flops(module, inputs, output) -> int:
     return 0
 
 
-def count_flops(model, in_channels: int, image_size: int, device) -> int:
-    """Forward FLOPs for one image (see module_flops)."""
+def leaf_calls(model, in_channels: int, image_size: int, device) -> list:
+    """(module, output shape without the batch, FLOPs) of each leaf module's call in one forward pass of one zero
+    image, in execution order (eval mode; the model's mode is restored)."""
     import torch
 
-    total = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: total.append(module_flops(mod, inp, out)))
+    calls = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append(
+                 (mod, tuple(out.shape[1:]), module_flops(mod, inp, out))))
              for m in model.modules() if not list(m.children())]
     was_training = model.training
     model.eval()
@@ -150,7 +152,12 @@ def count_flops(model, in_channels: int, image_size: int, device) -> int:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    return int(sum(total))
+    return calls
+
+
+def count_flops(model, in_channels: int, image_size: int, device) -> int:
+    """Forward FLOPs for one image (see module_flops)."""
+    return int(sum(flops for _, _, flops in leaf_calls(model, in_channels, image_size, device)))
 
 
 # ---------------------------------------------------------------- optimizer and schedule
