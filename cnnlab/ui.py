@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import List, Optional
 
 from .errors import CnnlabError, Interrupted
@@ -84,9 +85,14 @@ def guard(parent: int, cmd: List[str]) -> int:
     return proc.returncode or 0
 
 
+def _url_file() -> Path:
+    """Where `cnnlab ui` writes the URL it serves this project at."""
+    return runs_dir() / "mlflow-ui.url"
+
+
 def last_url() -> str:
     """Where `cnnlab ui` last served this project (the workbook's run links point there), else port 5000."""
-    path = runs_dir() / "mlflow-ui.url"
+    path = _url_file()
     return path.read_text().strip() if path.is_file() else "http://127.0.0.1:5000"
 
 
@@ -130,7 +136,7 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] =
     try:
         _wait_until_up(base, proc, log_path)
         url = ui_link(base, known[experiment]) if experiment else base
-        (runs_dir() / "mlflow-ui.url").write_text(base + "\n")
+        _url_file().write_text(base + "\n")
         print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
         if ready is not None:
             ready(url)
