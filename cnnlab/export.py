@@ -118,11 +118,10 @@ def _write_xlsx(log: Log, path: Path) -> None:
         cell.fill, cell.font, cell.alignment = header_fill, white, center
         cell.border = Border(bottom=thin)
     ws.row_dimensions[1].height = 30  # "Target Dataset" wraps over a single column
-    ws.row_dimensions[2].height = LINE * max(_lines(c.header, w) for c, w in zip(columns, widths))
+    _fit_height(ws, 2, widths)
 
     top = Alignment(wrap_text=True, vertical="top")
     for r, values in enumerate(table.itertuples(index=False), 3):
-        lines = 1
         for c, (column, value) in enumerate(zip(columns, values), 1):
             cell = ws.cell(row=r, column=c)
             if column.header == "MLFLOW" and value:  # a short link text: a URL would run off the page
@@ -132,9 +131,7 @@ def _write_xlsx(log: Log, path: Path) -> None:
             if FORMATS[column.fmt][0]:
                 cell.number_format = FORMATS[column.fmt][0]
             cell.alignment = top  # every cell of a tall row starts at its top, text wrapping in its column
-            if isinstance(cell.value, str):
-                lines = max(lines, _lines(cell.value, widths[c - 1]))
-        ws.row_dimensions[r].height = LINE * lines  # LibreOffice and Excel do not grow rows for wrapped text
+        _fit_height(ws, r, widths)
     last = len(table) + 2
     if log.best is not None:  # the best run by validation accuracy: the test set never chooses
         best_fill = PatternFill("solid", fgColor="FFF2CC")
@@ -170,6 +167,12 @@ def _lines(text: str, width: float) -> int:
     import textwrap
 
     return max(1, len(textwrap.wrap(str(text), max(1, int(width) - 1), break_long_words=True)))
+
+
+def _fit_height(ws, row: int, widths) -> None:
+    """Row `row` as tall as its longest wrapped text (LibreOffice and Excel do not grow rows for wrapped text)."""
+    ws.row_dimensions[row].height = LINE * max([_lines(cell.value, widths[i]) for i, cell in enumerate(ws[row])
+                                                if isinstance(cell.value, str)] + [1])
 
 
 def _paginate(ws, widths, groups) -> None:
@@ -271,18 +274,16 @@ def _write_frame(wb, title: str, frame, number_format: str) -> Any:
         cell.font = _font(bold=True, color="FFFFFF")
         cell.fill = PatternFill("solid", fgColor="1F4E78")
         cell.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
-    ws.row_dimensions[1].height = LINE * max([_lines(n, w) for n, w in zip(frame.columns, widths)] + [1])
+    _fit_height(ws, 1, widths)
+    top = Alignment(wrap_text=True, vertical="top")
     for r, row in enumerate(frame.itertuples(index=False), 2):
-        lines = 1
         for c, value in enumerate(row, 1):
             cell = ws.cell(row=r, column=c)
             _set(cell, value)
-            cell.alignment = Alignment(wrap_text=True, vertical="top")
+            cell.alignment = top
             if isinstance(cell.value, float):
                 cell.number_format = number_format
-            elif isinstance(cell.value, str):
-                lines = max(lines, _lines(cell.value, widths[c - 1]))
-        ws.row_dimensions[r].height = LINE * lines
+        _fit_height(ws, r, widths)
     ws.freeze_panes = "B2"
     _landscape(ws)
     return ws
