@@ -26,7 +26,7 @@ import re
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -475,8 +475,14 @@ class Store:
         return reaped
 
     def _claim_id(self, exp_id: str, run_id: str) -> str:
-        """T<next n>, written on the run and kept only if no other run claims the same ID. Two runs that claim
-        one at once both see each other and both move on: a number may be skipped, never given twice."""
+        """T<next n>, written on the run and kept only if no other run claims the same ID. On a local store the
+        claims take turns under a lock, so numbers run without gaps; on a server, two runs that claim one at once
+        both see each other and both move on: a number may be skipped there, never given twice."""
+        path = _sqlite_path(self.uri)
+        with file_lock(path.parent / f".{path.name}.ids.lock") if path else nullcontext():
+            return self._claim_id_checked(exp_id, run_id)
+
+    def _claim_id_checked(self, exp_id: str, run_id: str) -> str:
         for attempt in range(100):
             top = self.client.search_runs([exp_id], f"tags.`{Tag.SEQ}` LIKE '%'", max_results=1,
                                           order_by=[f"tags.`{Tag.SEQ}` DESC"])

@@ -82,6 +82,27 @@ def test_quotes_in_references_never_break_the_filter(three_runs):
             three_runs.find(ref)
 
 
+def test_runs_created_at_once_on_a_local_store_are_numbered_without_gaps():
+    """Claims take turns on a local store: eight creators at once get T0..T7, none skipped (a skipped number
+    is a hole in the student's log)."""
+    import threading
+
+    Store().experiment_id("cifar10")
+    ids, barrier = [], threading.Barrier(8)
+
+    def create():
+        store = Store()  # a store of its own, as a separate process has
+        barrier.wait()
+        ids.append(store.create_run("cifar10", {}).id)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(ids, key=lambda i: int(i[1:])) == [f"T{n}" for n in range(8)]
+
+
 @pytest.mark.slow
 def test_four_trainings_at_once_on_a_fresh_store_get_distinct_ids():
     assert not (runs_dir() / "mlflow.db").exists()
