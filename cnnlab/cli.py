@@ -289,6 +289,47 @@ def evaluate(
 
 
 @app.command()
+def report(
+    target: str = typer.Argument(..., help="A run (log ID such as T3 or exercise/T3, run name, run-ID prefix), a "
+                                           "sweep's name, or an experiment's name."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file (default: reports/<name>.html)."),
+    experiment: Experiments = None,
+) -> None:
+    """One self-contained HTML page of a run (curves, confusion, mistakes, filters, feature maps, cost, config)
+    or of a sweep or experiment (history, parameters, importances, configs, Pareto front, log)."""
+    from .report import report as write_report
+
+    found, path = write_report(target, out, experiment)
+    what = f"{found.record.experiment} {found.record.id} (run {found.record.run_id})" if found.kind == "run" \
+        else f"{found.kind} {found.name} ({len(found.records or [])} runs)"
+    typer.echo(f"report of {what}: {path}")
+
+
+@app.command()
+def compare(
+    runs: List[str] = typer.Argument(..., help="Two runs or more: log IDs (T0 T3 exercise/T7), run names or "
+                                               "run-ID prefixes."),
+    html: bool = typer.Option(False, "--html", help="Write a page with the curves overlaid instead."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --html: the file (default: "
+                                                                "reports/compare-<ids>.html)."),
+    experiment: Experiments = None,
+) -> None:
+    """Runs side by side: the config keys that differ, final scores, and curves (sparklines; --html: overlaid)."""
+    from . import compare as comparing
+    from .store import Store
+
+    found = comparing.gather(Store(create=False), runs, experiment)
+    if not html:
+        comparing.print_terminal(found)
+        return
+    from .pages import write
+    from .schema import project_root
+
+    path = write(comparing.page(found), out or project_root() / "reports" / comparing.default_name(found))
+    typer.echo(f"compared {' '.join(found.labels)}: {path}")
+
+
+@app.command()
 def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; anything but 127.0.0.1 exposes your runs "

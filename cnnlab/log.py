@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import columns as cols
 from . import summary
@@ -79,8 +79,7 @@ def describe_changes(base: Dict[str, Any], cfg: Dict[str, Any], keys: Sequence[s
 
 def _same(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
     """Same configuration apart from bookkeeping (seed, names, sizes)."""
-    keys = {k for k in set(a) | set(b) if not k.startswith(("split.", "tracking.")) and k not in BOOKKEEPING}
-    return all(a.get(k) == b.get(k) for k in keys)
+    return not differs(a, b)
 
 
 def _count(n: Optional[int]) -> str:
@@ -192,6 +191,24 @@ def _sweep_objectives(store: Store, records: Sequence[Record]) -> Dict[str, tupl
         out[parent_id] = (parent.params.get("metric") or "val_acc", parent.params.get("direction") or "maximize",
                           base)
     return out
+
+
+def reference(store: Store, record: Record) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """What the log compares `record` with, as (what it is, its params): a trial its sweep's base config, any
+    other run its experiment's baseline (its first single run). None: the record is that baseline."""
+    if record.parent_run_id:
+        _, _, base = _sweep_objectives(store, [record])[record.parent_run_id]
+        return f"sweep {record.sweep}'s base config", (None if not base or _same(base, record.params) else base)
+    first = _experiment_baselines(store, [record]).get(record.experiment_id)
+    if first is None or first.run_id == record.run_id:
+        return f"{record.experiment}'s baseline", None
+    return f"{record.experiment}'s baseline {first.id}", first.params
+
+
+def differs(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    """The config keys whose values differ between two runs' params, bookkeeping (seed, names, sizes) aside."""
+    keys = {k for k in set(a) | set(b) if not k.startswith(("split.", "tracking.")) and k not in BOOKKEEPING}
+    return sorted(k for k in keys if a.get(k) != b.get(k))
 
 
 def build(store: Store, records: List[Record], baseline: Optional[Record] = None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import __version__
+from . import __version__, figures
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
@@ -107,29 +107,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def confusion_png(matrix, classes: Sequence[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(matrix.numpy(), cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = matrix.max().item() or 1
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            v = matrix[i, j].item()
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
-    ax.set_title("test confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def epoch_line(epoch: int, epochs: int, m: Dict[str, float]) -> str:
@@ -230,13 +207,18 @@ class Recorder:
             f.write("class,test_acc,support\n")
             for c, a, n in zip(classes, per_class, matrix.sum(1).tolist()):
                 f.write(f"{c},{a:.4f},{n}\n")
-        confusion_png(matrix, classes, self.dir / "confusion.png")
+        with open(self.dir / "confusion.csv", "w") as f:  # the numbers behind the picture (rows: true class)
+            f.write("true\\predicted," + ",".join(classes) + "\n")
+            for c, row in zip(classes, matrix.tolist()):
+                f.write(f"{c}," + ",".join(map(str, row)) + "\n")
+        figures.save(figures.confusion(matrix.tolist(), classes), self.dir / "confusion.png")
         final["tracking_time"] = self.run.seconds  # MLflow's share of the wall time so far
         self.run.log_metrics(final, step=self.epoch)
         self.report.line(f"done: {self.id} test_acc {final['test_acc']:.4f} (best epoch {final['best_epoch']}, "
                          f"val_acc {final['val_acc_best']:.4f}) in {final['wall_time']:.0f} s; {self.dir}")
         self.run.log_artifacts([self.dir / ".hydra" / "config.yaml", self.dir / ".hydra" / "overrides.yaml"], "config")
-        self.run.log_artifacts([self.dir / n for n in ("per_class.csv", "confusion.png", "model.txt", "train.log")])
+        self.run.log_artifacts([self.dir / n for n in ("per_class.csv", "confusion.csv", "confusion.png", "model.txt",
+                                                            "train.log")])
         self.run.log_artifacts([self.best_path], "checkpoint")
         self.run.end("FINISHED")
         return self._result("FINISHED", {**final, **extra})

@@ -646,15 +646,19 @@ class Store:
         (4 hex digits or more). An ambiguous reference is refused, naming the candidates."""
         ref = str(ref).strip()
         exp_ids = self._experiment_ids(experiments)
-        found: Dict[str, Any] = {}
-        if exp_ids:
+        hexadecimal = re.fullmatch(r"[0-9a-f]{4,32}", ref) is not None
+        records = self._read(exp_ids, "(run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?) OR "
+                                      "name = ? OR (? AND run_uuid LIKE ?))",
+                             (Tag.ID, ref, ref, hexadecimal, f"{ref}%")) if exp_ids else []
+        if records is None:  # not SQLite: MLflow's search, the same three ways
+            found: Dict[str, Any] = {}
             for where in ({f"tags.{Tag.ID}": ref}, {"run_name": ref}):
                 for run in self._search(exp_ids, where):
                     found.setdefault(run.info.run_id, run)
-            if re.fullmatch(r"[0-9a-f]{4,32}", ref):
+            if hexadecimal:
                 for run in self._search(exp_ids, {}, extra=[f"attributes.run_id LIKE '{ref}%'"]):
                     found.setdefault(run.info.run_id, run)
-        records = [self._record(r) for r in found.values()]
+            records = [self._record(r) for r in found.values()]
         by_id = [r for r in records if r.id == ref or r.run_id == ref]
         if len(records) > 1 and len(by_id) == 1:  # an exact log ID or run ID wins over names and prefixes
             records = by_id
@@ -737,6 +741,17 @@ class Store:
     def histories(self, run_ids: List[str], keys: Sequence[str]) -> Dict[str, Dict[str, Dict[int, float]]]:
         """run id -> metric -> {step: first value logged at that step}, fetched in bulk where the store can."""
         out: Dict[str, Dict[str, Dict[int, float]]] = {r: {} for r in run_ids}
+        if not run_ids or not keys:
+            return out
+        found = self._query(*[(f"SELECT run_uuid, key, step, value, is_nan FROM metrics WHERE run_uuid IN "
+                               f"({','.join('?' * len(run_ids[i:i + 500]))}) AND key IN ({','.join('?' * len(keys))}) "
+                               "ORDER BY run_uuid, key, timestamp, step, value", [*run_ids[i:i + 500], *keys])
+                              for i in range(0, len(run_ids), 500)])
+        if found is not None:  # the SQLite file itself, as _read does
+            for rows in found:
+                for run_id, key, step, value, is_nan in rows:
+                    out[run_id].setdefault(key, {}).setdefault(step, float("nan") if is_nan else value)
+            return out
         # MLflow's client has no bulk call; its SQL store does (one query per metric for 500 runs)
         backend = getattr(getattr(self.client, "_tracking_client", None), "store", None)
         for key in keys:
@@ -752,6 +767,16 @@ class Store:
 
     def list_artifacts(self, run_id: str, path: Optional[str] = None) -> List[str]:
         return [a.path for a in self.client.list_artifacts(run_id, path)]
+
+    def download(self, run_id: str, path: str) -> Optional[Path]:
+        """A run's artifact as a local file (a store on a server keeps them there); None when it has none."""
+        import tempfile
+
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not in a command's output
+        try:
+            return Path(self.client.download_artifacts(run_id, path, tempfile.mkdtemp(prefix="cnnlab-")))
+        except Exception:  # MLflow raises its own error types, and OSError for a missing local file
+            return None
 
 
 class Run:

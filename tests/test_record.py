@@ -276,4 +276,22 @@ def test_the_sqlite_reader_reads_what_mlflows_client_reads(cli, three_runs):
     assert repr(fast.first_single_run(exp)) == repr(slow.first_single_run(exp))
     assert fast.first_single_run(exp).id == "T0"
     assert fast.experiments() == slow.experiments()
+    for ref in ("T1", "s/T1", nan_run.run_id[:8]):
+        assert repr(fast.find(ref)) == repr(slow.find(ref)), ref
+    def refusal(store, ref):
+        try:
+            store.find(ref)
+        except CnnlabError as exc:
+            return str(exc)
+
+    for ref in ("T0", "nope", "abcd"):  # ambiguous (cifar10's T0 and other's), unknown, no such prefix
+        assert refusal(fast, ref) == refusal(slow, ref) is not None, ref
+    ids, keys = [r.run_id for r in fast.runs(parents=True)] + [nan_run.run_id], [*run_log.CURVE_KEYS, "lr"]
+    histories = fast.histories(ids, keys)
+    def ordered(h):  # repr compares NaN with NaN; the order of the metrics within a run is no matter
+        return repr({run: sorted(metrics.items()) for run, metrics in h.items()})
+
+    assert ordered(histories) == ordered(slow.histories(ids, keys))
+    assert math.isnan(fast.histories([nan_run.run_id], ["val_loss"])[nan_run.run_id]["val_loss"][0])
+    assert sum(len(steps) for h in histories.values() for steps in h.values()) > 20
     nan_run.end("FINISHED")
