@@ -221,9 +221,7 @@ def runs(
     if fmt not in ("table", "tsv", "csv", "md"):
         raise CnnlabError(f"--format {fmt}: valid formats are table, tsv, csv, md.")
     log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, curves=False)
-    shown = [c for c in log.columns if c.short]
-    if log.table["TARGET ACC AVG"].isna().all():
-        shown = [c for c in shown if c.header != "TARGET ACC AVG"]
+    shown = log.short_columns()
     if only_changed:
         keep = set(changed_columns(log))
         shown = [c for c in shown if c.header in keep]

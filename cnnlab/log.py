@@ -170,6 +170,14 @@ class Log:
     def column(self, header: str) -> cols.Column:
         return next(c for c in self.columns if c.header == header)
 
+    def short_columns(self) -> List[cols.Column]:
+        """The columns of the log's compact views (`cnnlab runs`, a report's table): TARGET ACC AVG only when a
+        run was evaluated on target sets."""
+        shown = [c for c in self.columns if c.short]
+        if self.table["TARGET ACC AVG"].isna().all():
+            shown = [c for c in shown if c.header != "TARGET ACC AVG"]
+        return shown
+
 
 def _experiment_baselines(store: Store, records: Sequence[Record]) -> Dict[str, Record]:
     """experiment id -> its first single run (T0, or the lowest left), as the course's log compares with T0; looked

@@ -413,7 +413,7 @@ def _pareto_section(scored: List[Record]) -> str:
 
 
 def _log_table(log) -> str:
-    shown = [c for c in log.columns if c.short]
+    shown = log.short_columns()
     rows = [[c.text(values[c.header]) for c in shown]
             for values in (dict(zip(log.table.columns, row)) for row in log.table.itertuples(index=False))]
     return table([c.short for c in shown], rows,

@@ -140,10 +140,13 @@ class Record:
 
 
 def ui_link(base: str, experiment_id: str, run_id: Optional[str] = None) -> str:
-    """A run's page (or the experiment's runs table) in the MLflow UI at `base`, in its machine-learning view
-    (MLflow 3 opens experiments in a GenAI view otherwise)."""
-    page = f"runs/{run_id}" if run_id else "runs"
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+    """A run's page (or the experiment's runs table, best validation accuracy first) in the MLflow UI at `base`,
+    in its machine-learning view (MLflow 3 opens experiments in a GenAI view otherwise). The table's columns
+    cannot be chosen through the URL: MLflow keeps them per browser (README, "Browsing runs")."""
+    if run_id:
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            "&orderByKey=metrics.%60val_acc_best%60&orderByAsc=false")
 
 
 # ---------------------------------------------------------------- where the store is

@@ -62,7 +62,7 @@ def test_ui_url_api_and_clean_stop(ui, cli, tmp_path):
     assert link == f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" \
                    "?workflowType=machine_learning"
     assert url == (f"http://127.0.0.1:{port}/#/experiments/{run.info.experiment_id}/runs"
-                   "?workflowType=machine_learning")
+                   "?workflowType=machine_learning&orderByKey=metrics.%60val_acc_best%60&orderByAsc=false")
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/search", method="POST",
                                      data=json.dumps({"experiment_ids": [run.info.experiment_id]}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -126,6 +126,7 @@ def test_a_real_browser_finds_the_runs(ui, tmp_path):
          "--window-size=1600,1000", "--dump-dom", url],
         capture_output=True, text=True, timeout=180).stdout
     assert run.info.run_name in dom, dom[-2000:]
+    assert "Sort: val_acc_best" in dom  # the printed URL opens the table best first
 
 
 @pytest.mark.slow
