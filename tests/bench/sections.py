@@ -438,7 +438,50 @@ def bench_fast(report, accuracy: bool = False) -> None:
 
 from .faults import bench_faults  # noqa: E402
 
+def bench_report(report, accuracy: bool = False) -> None:
+    """Issue 16: `cnnlab report` as a user runs it (a fresh process), against the targets: a run's page in under
+    10 s (a run on real CIFAR-10 per architecture, from tf_cnn to googlenet's 2.9 GFLOPs per image) and a
+    100-trial sweep's in under 20 s (an Optuna sweep with the median pruner on synthetic data)."""
+    import re
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    cnnlab = str(Path(sys.executable).with_name("cnnlab"))
+
+    def run(args, env):
+        start = time.perf_counter()
+        done = subprocess.run([cnnlab, *args], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"cnnlab {' '.join(args)} failed: {done.stderr[-2000:]}")
+        return done.stdout, time.perf_counter() - start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "CNNLAB_RUNS_DIR": tmp}
+        for arch in ("tf_cnn", "resnet18", "googlenet"):
+            out, _ = run(["train", f"arch={arch}", "epochs=1", "data.train_fraction=0.02", "-q"], env)
+            run_id = re.search(r"id=(T\d+)", out).group(1)
+            page = Path(tmp) / f"{arch}.html"
+            _, seconds = run(["report", run_id, "-o", str(page)], env)
+            report.add(f"report_run_{arch}_s", round(seconds, 2),
+                       f"`cnnlab report` of a {arch} run on CIFAR-10: {seconds:.1f} s, {page.stat().st_size / 1e6:.1f} "
+                       f"MB (target < 10 s: {'met' if seconds < 10 else 'NOT met'})")
+        space = ["lr=tag(log,interval(1e-4,1e-1))", "dropout=interval(0,0.5)", "dense_units=choice(32,64,128)",
+                 "batch_norm=choice(true,false)"]
+        _, setup = run(["sweep", "data=synthetic", "data.n_train=200", "data.n_test=100", "epochs=3",
+                        "batch_size=50", *space, "--strategy", "optuna", "--pruner", "median", "--trials", "100",
+                        "--name", "s100", "-q"], env)
+        page = Path(tmp) / "s100.html"
+        _, seconds = run(["report", "s100", "-o", str(page)], env)
+        report.add("report_sweep_100_s", round(seconds, 2),
+                   f"`cnnlab report` of a 100-trial Optuna sweep (4 parameters, median pruner): {seconds:.1f} s, "
+                   f"{page.stat().st_size / 1e6:.1f} MB (target < 20 s: {'met' if seconds < 20 else 'NOT met'}; "
+                   f"the sweep took {setup:.0f} s)")
+
+
 SYNTHETIC = {"faults", "listings"}  # sections that need no real CIFAR-10
 
 ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
-       "fast": bench_fast, "listings": bench_listings}
+       "fast": bench_fast, "listings": bench_listings, "report": bench_report}
