@@ -16,6 +16,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Bring CIFAR-10 into the local cache and inspect it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+team_app = typer.Typer(help="PostgreSQL + an MLflow server on this machine, for sweeps across machines.",
+                       no_args_is_help=True)
+app.add_typer(team_app, name="team")
+TEAM_DIR_HELP = "The team's directory: PostgreSQL's data, artifacts, secrets.env (default: runs/team)."
 
 OVERRIDES_HELP = "Hydra overrides: key=value (e.g. arch=vgg_small dropout=0.5 lr=1e-3); see conf/config.yaml."
 ROOT_HELP = "Cache directory (default: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab)."
@@ -79,8 +83,10 @@ def sweep(
     direction: Optional[str] = typer.Option(None, help="maximize | minimize (default: from the metric)"),
     sampler_seed: Optional[int] = typer.Option(None, help="Seed of the random/optuna sampler."),
     name: Optional[str] = typer.Option(None, help="Sweep name (the parent run); default: derived from the spec."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (postgresql://...) shared across machines; "
-                                                     "default: a journal file in the sweep's run directory."),
+    storage: Optional[str] = typer.Option(None, envvar="CNNLAB_STORAGE",
+                                          help="Optuna storage URL (postgresql://...) shared across machines, its "
+                                               "password in $PGPASSWORD; default: a journal file in the sweep's "
+                                               "run directory."),
     join: Optional[str] = typer.Option(None, help="Join the running Optuna sweep NAME in --storage (another machine)."),
     force: bool = typer.Option(False, "--force", help="Run every trial again, even FINISHED ones."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the trial list and run nothing."),
@@ -339,6 +345,37 @@ def ui(
     from .ui import serve
 
     raise typer.Exit(serve(port=port, host=host, experiment=experiment))
+
+
+@team_app.command("up")
+def team_up(
+    directory: Optional[Path] = typer.Option(None, "--dir", help=TEAM_DIR_HELP),
+    host: str = typer.Option("127.0.0.1", help="Interface both servers bind; anything but loopback lets other "
+                                               "machines connect (with the passwords)."),
+    port: int = typer.Option(5001, help="The MLflow server's port."),
+    pg_port: int = typer.Option(5433, help="PostgreSQL's port."),
+) -> None:
+    """Start PostgreSQL and an MLflow server (basic auth, artifacts served) until Ctrl-C or `team down`; print
+    what workers need."""
+    from .team import up
+
+    raise typer.Exit(up(directory, host=host, port=port, pg_port=pg_port))
+
+
+@team_app.command("status")
+def team_status(directory: Optional[Path] = typer.Option(None, "--dir", help=TEAM_DIR_HELP)) -> None:
+    """Is the team up, do its servers answer, where are its credentials."""
+    from .team import status
+
+    typer.echo(status(directory))
+
+
+@team_app.command("down")
+def team_down(directory: Optional[Path] = typer.Option(None, "--dir", help=TEAM_DIR_HELP)) -> None:
+    """Stop `cnnlab team up` and both its servers (runs, trials and artifacts are kept)."""
+    from .team import down
+
+    typer.echo(down(directory))
 
 
 @app.command()

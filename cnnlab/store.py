@@ -265,22 +265,52 @@ def _relocate(path: Path) -> None:
                            "WHERE artifact_uri LIKE ? || '/%'", (root, n, old))
 
 
+def redact_url(text: str) -> str:
+    """`text` with the password of any URL in it (scheme://user:password@host) replaced by ***."""
+    import re
+
+    return re.sub(r"(\w+://[^:/@\s]*):[^@\s]*@", r"\1:***@", text)
+
+
 def _probe(uri: str) -> None:
-    """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own retries take minutes)."""
+    """Fail fast, naming the URI, when a tracking server does not answer (MLflow's own retries take minutes)
+    or refuses us (a server with authentication, and no or wrong credentials)."""
+    import base64
     import urllib.error
     import urllib.request
 
     for attempt in range(2):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
-                return
+                break
         except urllib.error.HTTPError:  # it answered (with auth, or without /health): it is up
-            return
+            break
         except (OSError, ValueError) as exc:
             error = exc
             time.sleep(1)
-    raise CnnlabError(f"The MLflow tracking server at {uri} does not answer ({error}). Start it, or fix "
-                      "$MLFLOW_TRACKING_URI / tracking.uri (unset, runs go to the local store in runs/).")
+    else:
+        raise CnnlabError(f"The MLflow tracking server at {redact_url(uri)} does not answer ({error}). Start it, or fix "
+                          "$MLFLOW_TRACKING_URI / tracking.uri (unset, runs go to the local store in runs/).")
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            given = f"as user {user!r}, whose password it refused" if user and password else "without credentials"
+            raise CnnlabError(
+                f"The MLflow tracking server at {redact_url(uri)} is not authorising this client ({given}; it "
+                "answered 401 Unauthorized). Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account "
+                "of that server: `cnnlab team up` writes them into runs/team/secrets.env (load it with "
+                "`set -a; . runs/team/secrets.env; set +a`).") from None
+        if exc.code == 403:
+            raise CnnlabError(f"The MLflow tracking server at {redact_url(uri)} does not let user {user!r} read "
+                              "experiments (403 Forbidden): ask its admin for READ (and EDIT to record runs).") from None
+    except (OSError, ValueError):
+        pass  # it answered /health: MLflow's client retries and reports anything else
 
 
 def process_start(pid: int) -> Optional[str]:
@@ -381,6 +411,9 @@ class Store:
 
         if _preloading is not None:
             _preloading.join()
+        # against a server MLflow prints a "View run" link (one more request) each time a run ends: the live
+        # table and the summary say what a run did, and `cnnlab ui` links to it
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         return MlflowClient(tracking_uri=self.uri)
 
     # ---- experiments
@@ -504,14 +537,14 @@ class Store:
     def _set_tags(self, run_id: str, tags: Dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(k, redact_url(str(v))) for k, v in tags.items()]  # a URL's password is never recorded
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, tags=items[i:i + BATCH])
 
     def _log_params(self, run_id: str, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        items = [Param(k, "None" if v is None else redact_url(str(v))) for k, v in params.items()]
         for i in range(0, len(items), BATCH):
             self.client.log_batch(run_id, params=items[i:i + BATCH])
 

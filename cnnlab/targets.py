@@ -53,11 +53,13 @@ def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dic
 
     from . import data, engine
 
+    from .look import checkpoint_of
+
     corruptions.check(names)
-    checkpoint = (record.run_dir or Path("")) / "best.pt"
-    if not checkpoint.exists():
-        raise CnnlabError(f"Run {record.id} has no checkpoint at {checkpoint} (it did not finish, or its run "
-                          "directory moved).")
+    checkpoint = checkpoint_of(record, store)  # its run directory here, else its artifact on the server
+    if checkpoint is None:
+        raise CnnlabError(f"Run {record.id} has no checkpoint, neither in {record.run_dir or 'a run directory'} nor "
+                          "among its artifacts (it did not finish, or its run directory moved).")
     damaged = f"Run {record.id}'s checkpoint {checkpoint} is damaged"
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)

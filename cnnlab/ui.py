@@ -28,6 +28,7 @@ def _check_port(host: str, port: int) -> None:
     """Refuse a port something already listens on (a leftover server would answer for another store)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: a closed connection's TIME_WAIT
         try:
             s.bind((host, port))
         except OSError as exc:
@@ -49,8 +50,9 @@ def _wait_until_up(url: str, proc: subprocess.Popen, log_path, timeout: float = 
     raise CnnlabError(f"The MLflow UI did not answer at {url} within {timeout:.0f} s. Its log: {log_path}")
 
 
-def stop_group(pgid: int, grace: float = 3) -> None:
-    """SIGTERM to a whole process group (the server, uvicorn and its workers), SIGKILL if it lingers."""
+def stop_group(proc: subprocess.Popen, grace: float = 3) -> None:
+    """SIGTERM to the process group `proc` leads (the server, uvicorn and its workers), SIGKILL if it lingers."""
+    pgid = proc.pid
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
@@ -58,6 +60,7 @@ def stop_group(pgid: int, grace: float = 3) -> None:
             return
         deadline = time.time() + grace
         while time.time() < deadline:
+            proc.poll()  # reap the leader: until then its zombie still counts as a member of the group
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
@@ -80,7 +83,7 @@ def guard(parent: int, cmd: List[str]) -> int:
     proc = subprocess.Popen(cmd, start_new_session=True)
     while proc.poll() is None and not stopping and os.getppid() == parent:
         time.sleep(0.5)
-    stop_group(proc.pid)
+    stop_group(proc)
     proc.wait()
     return proc.returncode or 0
 
@@ -111,6 +114,15 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] =
     experiment = experiment or latest_experiment(store)
     if experiment is not None and experiment not in known:
         raise CnnlabError(f"Unknown experiment {experiment!r} in {store.uri}. Known: {', '.join(known) or 'none yet'}.")
+    if store.uri.startswith(("http://", "https://")):  # a tracking server (team mode) already serves the UI
+        base = store.uri.rstrip("/")
+        url = ui_link(base, known[experiment]) if experiment else base
+        _url_file().parent.mkdir(parents=True, exist_ok=True)
+        _url_file().write_text(base + "\n")
+        print(f"MLflow UI (served by the tracking server): {url}", flush=True)
+        if ready is not None:
+            ready(url)
+        return 0
     _check_port(host, port)
     if host not in LOCAL_HOSTS:
         print(f"warning: binding {host}: anyone who can reach this machine can read (and change) your runs.",
@@ -145,7 +157,7 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] =
     except (KeyboardInterrupt, Interrupted) as exc:
         return getattr(exc, "exit_code", 130)
     finally:
-        stop_group(proc.pid, grace=10)  # the guard: it stops the server's group (up to 6 s) and exits
+        stop_group(proc, grace=10)  # the guard: it stops the server's group (up to 6 s) and exits
         for s, h in old.items():
             signal.signal(s, h)
 

@@ -26,7 +26,7 @@ from ..errors import CnnlabError, Interrupted
 from ..store import Record, Store, Tag, owner_alive
 from .display import Display
 from .spec import Outcome, Spec, Trial, sweep_name
-from .strategies import Context, get_strategy
+from .strategies import WAIT, Context, get_strategy
 from .trial import Inline, init_worker, run_trial, work
 
 
@@ -110,7 +110,8 @@ class Sweep:
 
         self.store = Store(self.tracking_uri)  # creates the store once, before any worker
         self.exp_id = self.store.experiment_id(self.experiment)
-        parent = self.store.sweep_parent(self.exp_id, self.name)
+        shared = self.strategy.shared_parent()  # of two first starts at once, the one that made the study made it
+        parent = self.store.get(shared) if shared else self.store.sweep_parent(self.exp_id, self.name)
         spec = asdict(self.spec)
         params = {k: spec[k] for k in ("strategy", "metric", "direction", "trials", "repeats", "sampler",
                                        "pruner", "seed")}
@@ -133,6 +134,8 @@ class Sweep:
             base = flatten(to_dict(resolve(compose(self.spec.fixed))))
             params.update({f"base.{k}": v for k, v in base.items()})  # what ARCHITECTURE CHANGES compares with
             run.log_params(params)
+        if shared != self.parent_id:
+            self.strategy.share_parent(self.parent_id)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "sweep.yaml").write_text(OmegaConf.to_yaml(asdict(self.spec)))
 
@@ -172,7 +175,7 @@ class Sweep:
         done = self._resume()
         planned = self._drop_duplicates(planned)
         skipped = sum(t.key in done for t in planned)
-        ctx = Context(self.name, self.storage, self.join, done, lambda: self.stop_signal is not None)
+        ctx = Context(self.name, self.storage, self.join, done, lambda: self.stop_signal is not None, self._abandon)
         executor, queue = self._executor()
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         outcomes: List[Outcome] = []
@@ -190,6 +193,14 @@ class Sweep:
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
         return result
+
+    def _abandon(self, trial_id: str) -> None:
+        """A trial's worker died (killed, or its machine went down) and the study runs it again: its run ends."""
+        for record in self.children():
+            if record.trial == trial_id and record.state == "RUNNING":
+                self.store.open(record).end("KILLED", "its worker stopped sending heartbeats (killed, or its machine "
+                                                      "died); the trial runs again with the same values")
+                self.notes.append(f"{record.id}: its worker died; run again")
 
     def _drop_duplicates(self, planned: List[Trial]) -> List[Trial]:
         """A trial whose config another trial of the plan already has (an override made them equal) runs once."""
@@ -239,18 +250,26 @@ class Sweep:
     def _loop(self, executor, queue, todo: Iterator[Trial], outcomes: List[Outcome]) -> None:
         in_flight: Dict[Future, Trial] = {}
         exhausted = False
+        ask_after = 0.0  # the strategy said WAIT: ask again from this time on
         while True:
-            while not exhausted and len(in_flight) < self.workers and self.stop_signal is None:
+            while not exhausted and len(in_flight) < self.workers and self.stop_signal is None \
+                    and time.time() >= ask_after:
                 trial = next(todo, None)
                 if trial is None:
                     exhausted = True
+                    break
+                if trial is WAIT:
+                    ask_after = time.time() + 2
                     break
                 future = self._submit(executor, trial)
                 in_flight[future] = trial
                 if isinstance(executor, Inline):
                     break  # already done: collect it before asking for the next
             if not in_flight:
-                return
+                if exhausted or self.stop_signal is not None:
+                    return
+                time.sleep(max(0.0, min(2.0, ask_after - time.time())))
+                continue
             finished, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
             if queue is not None:
                 while not queue.empty():
@@ -321,7 +340,11 @@ class Sweep:
                 metrics["best_test_acc"] = best.test_mean
             parent.set_tags({"cnnlab.best_trials": " ".join(best.ids), "cnnlab.best_params": best.params})
         parent.log_metrics(metrics)
-        parent.end(status)
+        others = self.strategy.running_elsewhere()
+        if others and status == "FINISHED":
+            self.notes.append(f"{others} trial(s) still run in other workers: the last of them ends the sweep")
+        else:
+            parent.end(status)
         return SweepResult(self.name, self.parent_id, len(outcomes), skipped, self.strategy.nothing_to_run(skipped),
                            self.notes, outcomes, latest, groups)
 

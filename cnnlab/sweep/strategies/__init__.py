@@ -56,6 +56,10 @@ class Context:
     join: bool  # this process joins a sweep another one started
     done: Dict[str, object]  # trial key -> the FINISHED or PRUNED run of that config, not to be run again
     stopping: Callable[[], bool]  # a signal came: start nothing new
+    abandoned: Callable[[str], None] = lambda trial_id: None  # a trial whose worker died: end its run if RUNNING
+
+
+WAIT = Trial("(wait)", [], {})  # yielded by trials(): nothing to start now, ask again in a moment
 
 
 class Strategy:
@@ -115,6 +119,18 @@ class Strategy:
 
     def prepare(self, name: str, storage: str, join: bool) -> None:
         """Open what the strategy keeps of its own (Optuna's study) before the sweep records anything."""
+
+    def shared_parent(self) -> Optional[str]:
+        """The sweep's parent run as the strategy's own shared state names it (Optuna's study, which workers on
+        other machines see), or None: the runner then looks for it in the record."""
+        return None
+
+    def share_parent(self, run_id: str) -> None:
+        """Remember the parent run where other workers will look (shared_parent)."""
+
+    def running_elsewhere(self) -> int:
+        """Trials other processes (workers that joined) are running now."""
+        return 0
 
     def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
         """The trials to run now: the planned ones not done yet."""

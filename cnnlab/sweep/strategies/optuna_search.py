@@ -5,13 +5,17 @@ directory, or in a database (`--storage postgresql://...`) that workers on other
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from dataclasses import asdict
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from ...errors import CnnlabError
 from ...config import identity
 from ..spec import Outcome, Spec, Trial, format_value, merged, parse, resolved, short
-from . import Context, Strategy, register
+from . import WAIT, Context, Strategy, register
 
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "gp": "GPSampler",
             "qmc": "QMCSampler"}
@@ -19,25 +23,94 @@ PRUNERS = ("none", "median", "hyperband")
 DEFAULT_TRIALS = 10
 
 
+HEARTBEAT = int(os.environ.get("CNNLAB_TRIAL_HEARTBEAT", "20"))  # seconds between a running trial's heartbeats
+RETRIES = 3  # a trial whose worker died (no heartbeat for 3 beats) runs again this many times at most
+PATIENCE = 300  # seconds a worker keeps retrying a database that does not answer before it gives up
+# what PostgreSQL answers at connect time to a client it will never let in: no use retrying
+REFUSALS = ("password authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry")
+
+
 def storage(url: str):
     """A journal file (local sweeps) or a database URL (workers on other machines); a database whose driver is
-    missing or that does not answer is a clear error."""
+    missing or that does not answer is a clear error. In a database each running trial sends a heartbeat: one
+    silent for 3 beats (its worker was killed, or its machine died) is failed and queued again with its values
+    (Optuna's RetryHeartbeatStaleTrialCallback) for any worker to take."""
+    import warnings
+
     import optuna
+    import sqlalchemy.exc
 
     if "://" in url:
+        from ...store import redact_url
+
+        # heartbeats and fail_stale_trials are "experimental" in Optuna since 2.9: what they do is what we need
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+        def open_it():
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT, grace_period=3 * HEARTBEAT,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
+
         try:
-            return optuna.storages.RDBStorage(url)
+            try:
+                return retrying(open_it, "opening the Optuna database")
+            except sqlalchemy.exc.IntegrityError:  # a fresh database: another worker made Optuna's tables just now
+                time.sleep(1)
+                return retrying(open_it, "opening the Optuna database")
         except ImportError as exc:
-            raise CnnlabError(f"--storage {url}: its database driver is not installed ({exc}). For PostgreSQL "
-                              "install it with `pip install 'cnnlab[team]'` (psycopg2).") from None
+            raise CnnlabError(f"--storage {redact_url(url)}: its database driver is not installed ({exc}). For "
+                              "PostgreSQL install it with `pip install 'cnnlab[team]'` (psycopg).") from None
         except Exception as exc:
-            if type(exc).__name__ not in ("OperationalError", "ArgumentError", "NoSuchModuleError"):
+            if type(exc).__name__ not in ("OperationalError", "ArgumentError", "NoSuchModuleError",
+                                          "StorageInternalError"):
                 raise
-            raise CnnlabError(f"--storage {url}: cannot open the database ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0]}).") from None
+            raise CnnlabError(f"--storage {redact_url(url)}: cannot open the database ({type(exc).__name__}: "
+                              f"{redact_url(str(exc).splitlines()[0])}). Its password goes in $PGPASSWORD (`cnnlab "
+                              "team up` writes it, with the URL as $CNNLAB_STORAGE, into runs/team/secrets.env).") \
+                from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(url))
+
+
+def _unreachable(exc: Optional[BaseException]) -> bool:
+    """Is `exc` (or what caused it) a database that does not answer (restarting, network), not a mistake? A
+    refused password or a missing database is an answer (its SQLSTATE says so); a connection that failed, was
+    cut or is refused while the server starts or stops has SQLSTATE class 08 or 57P, or none."""
+    import sqlalchemy.exc
+
+    for _ in range(5):
+        if exc is None:
+            return False
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+                isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
+            state = getattr(exc.orig, "sqlstate", None)
+            if state is not None:
+                return state.startswith(("08", "57P"))
+            return not any(answer in str(exc.orig) for answer in REFUSALS)  # a failed connect has no SQLSTATE
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retrying(call: Callable[[], Any], what: str, patience: float = PATIENCE):
+    """call(), again with backoff (1, 2, 4 ... 30 s) while the database does not answer, saying so once per
+    wait; after `patience` seconds it gives up with a CnnlabError."""
+    deadline = time.time() + patience
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            if time.time() + delay > deadline:
+                raise CnnlabError(f"The Optuna database did not answer for {patience:.0f} s while {what} "
+                                  f"({type(exc).__name__}). Check that PostgreSQL is up (`cnnlab team status`), "
+                                  "then start the worker again: finished trials are kept.") from None
+            print(f"note: the Optuna database does not answer while {what} ({type(exc).__name__}); "
+                  f"retrying in {delay:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
 
 
 def pruner(spec: Spec):
@@ -69,15 +142,47 @@ def distributions(spec: Spec) -> Dict[str, Any]:
 
 
 def load_joined_spec(name: str, storage_url: str) -> Spec:
-    """The spec a sweep started elsewhere stored in its Optuna study (for --join)."""
+    """The spec a sweep started elsewhere stored in its Optuna study (for --join); a study just being created
+    is waited for a few seconds."""
     import optuna
 
-    try:
-        study = optuna.load_study(study_name=name, storage=storage(storage_url))
-    except KeyError:
-        raise CnnlabError(f"No Optuna study named {name!r} in {storage_url}: start it first with "
-                          f"`cnnlab sweep ... --strategy optuna --name {name} --storage URL`.") from None
-    return Spec(**study.user_attrs["cnnlab_spec"])
+    from ...store import redact_url
+
+    db = storage(storage_url)
+    for _ in range(10):
+        try:
+            study = retrying(lambda: optuna.load_study(study_name=name, storage=db), "loading the study")
+        except KeyError:
+            raise CnnlabError(f"No Optuna study named {name!r} in {redact_url(storage_url)}: start it first with "
+                              f"`cnnlab sweep ... --strategy optuna --name {name} --storage URL`.") from None
+        if "cnnlab_spec" in study.user_attrs:
+            return Spec(**study.user_attrs["cnnlab_spec"])
+        time.sleep(1)
+    raise CnnlabError(f"The Optuna study {name!r} in {redact_url(storage_url)} was not made by `cnnlab sweep` (it "
+                      "holds no cnnlab spec): give the name of a sweep cnnlab started.")
+
+
+class Heartbeat:
+    """Says every HEARTBEAT seconds, in a thread, that this process still trains an Optuna trial (Optuna's own
+    heartbeat thread only runs inside study.optimize, and stops for good at the first database error)."""
+
+    def __init__(self, study, number: int):
+        self.storage = study._storage
+        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        self.stop = threading.Event()
+        self.beat()
+        threading.Thread(target=self.run, daemon=True, name=f"heartbeat-T{number}").start()
+
+    def beat(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception as exc:  # the database is restarting: the next beat tries again
+            if not _unreachable(exc):
+                raise
+
+    def run(self) -> None:
+        while not self.stop.wait(HEARTBEAT):
+            self.beat()
 
 
 @register("optuna")
@@ -111,73 +216,140 @@ class Optuna(Strategy):
         return []
 
     def prepare(self, name: str, storage_url: str, join: bool) -> None:
-        """Create the study (or load it, for --join) before the sweep records anything."""
+        """Create the study (or load it, for --join or a resume) before the sweep records anything. Of two first
+        starts at once, exactly one creates it (the database refuses the second), and only that one makes the
+        sweep's parent run; the other waits for it (`shared_parent`)."""
         import optuna
+        import warnings
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # ask/tell with heartbeats is what this module does on purpose (Optuna expects study.optimize)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         sampler_class = getattr(optuna.samplers, SAMPLERS[self.spec.sampler])
         kwargs = dict(study_name=name, storage=storage(storage_url), sampler=sampler_class(seed=self.spec.seed),
                       pruner=pruner(self.spec))
+        self.created = False
         if join:
-            study = optuna.load_study(**kwargs)
+            study = retrying(lambda: optuna.load_study(**kwargs), "loading the study")
         else:
-            study = optuna.create_study(**kwargs, direction=self.spec.direction, load_if_exists=True)
-            study.set_user_attr("cnnlab_spec", {**asdict(self.spec), "name": name})
+            try:
+                study = retrying(lambda: optuna.create_study(**kwargs, direction=self.spec.direction),
+                                 "creating the study")
+                study.set_user_attr("cnnlab_spec", {**asdict(self.spec), "name": name})
+                self.created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                study = retrying(lambda: optuna.load_study(**kwargs), "loading the study")
         if study.trials:  # resuming: a sampler seeded as before would propose the same first points again
             study.sampler = sampler_class(seed=self.spec.seed + len(study.trials))
         self.study = study
+        self.beating: Dict[int, Heartbeat] = {}
+
+    def shared_parent(self) -> Optional[str]:
+        """The parent run's ID as the study holds it; a study another process has just created is given a
+        minute to get one."""
+        deadline = time.time() + (0 if self.created else 60)
+        while True:
+            attrs = retrying(lambda: self.study.user_attrs, "reading the study")
+            if attrs.get("cnnlab_parent") or time.time() > deadline:
+                return attrs.get("cnnlab_parent")
+            time.sleep(0.5)
+
+    def share_parent(self, run_id: str) -> None:
+        retrying(lambda: self.study.set_user_attr("cnnlab_parent", run_id), "writing the study")
+
+    def running_elsewhere(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self._states(TrialState.RUNNING)) - len(self.beating)
+
+    def _states(self, *states) -> List[Any]:
+        return retrying(lambda: self.study.get_trials(deepcopy=False, states=states), "reading the study")
 
     def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
-        """Trials asked one at a time while the budget lasts (counted over the whole study)."""
+        """Trials asked one at a time while the budget lasts (counted over the whole study, every worker's).
+        While the study's running trials fill the budget this yields WAIT: a worker that died mid-trial stops
+        its heartbeat, and its trial comes back (failed, then queued again with its values) for one of those
+        still here to run."""
+        import optuna
         from optuna.trial import TrialState
 
         study = self.study
-        if not ctx.join:  # trials left RUNNING by a crash of ours will never report: fail them
-            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        heartbeats = bool(getattr(study._storage, "get_heartbeat_interval", lambda: None)())
+        if not ctx.join and not heartbeats:  # a journal: trials left RUNNING by a crash of ours never report
+            for t in self._states(TrialState.RUNNING):
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         dists = distributions(self.spec)
         while True:
-            counted = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                              TrialState.RUNNING))
-            if len(counted) >= self.budget or ctx.stopping():
+            if ctx.stopping():
                 return
-            asked = study.ask(dists)
+            if heartbeats:
+                retrying(lambda: optuna.storages.fail_stale_trials(study), "failing trials of dead workers")
+            ended = len(self._states(TrialState.COMPLETE, TrialState.PRUNED))
+            running = len(self._states(TrialState.RUNNING))
+            waiting = len(self._states(TrialState.WAITING))
+            if ended >= self.budget:
+                return
+            if ended + running >= self.budget and not waiting:
+                if not heartbeats or running <= len(self.beating):
+                    return  # the rest runs here: this process reports it
+                yield WAIT  # others' trials may yet fail: wait for them to end, or come back
+                continue
+            asked = retrying(lambda: study.ask(dists), "asking for a trial")
+            frozen = self._states(TrialState.RUNNING)
+            frozen = next((t for t in frozen if t.number == asked.number), None)
+            retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) \
+                if frozen is not None else None
+            if heartbeats:
+                self.beating[asked.number] = Heartbeat(study, asked.number)
             values = {k: format_value(v) for k, v in asked.params.items()}
             trial = Trial(f"T{asked.number}", merged([*self.spec.overrides, *(f"{k}={v}" for k, v in values.items()),
                                                       *self.spec.cli_overrides]),
                           {k: short(v) for k, v in values.items()}, number=asked.number)
             trial.key, trial.group = identity(resolved(trial.overrides))
-            if trial.key in ctx.done:  # this config already ran: reuse its result, train nothing
+            if retry_of is not None:  # its worker died: its MLflow run must not stay RUNNING
+                ctx.abandoned(f"T{retry_of}")
+            elif trial.key in ctx.done:  # this config already ran: reuse its result, train nothing
                 record = ctx.done[trial.key]
                 value = record.metrics.get(f"{self.spec.metric}_best", record.metrics.get(self.spec.metric))
                 if record.state == "FINISHED" and value is not None:
-                    study.tell(asked, value)
+                    self._tell(asked.number, value)
                 else:
-                    study.tell(asked, state=TrialState.PRUNED)
+                    self._tell(asked.number, state=TrialState.PRUNED)
                 continue
             yield trial
+
+    def _tell(self, number: int, value: Optional[float] = None, state=None) -> None:
+        beat = self.beating.pop(number, None)
+        if beat is not None:
+            beat.stop.set()
+        try:
+            retrying(lambda: self.study.tell(number, value, state=state), f"reporting T{number}")
+        except (ValueError, RuntimeError) as exc:  # failed meanwhile as stale (a long outage): the result stays
+            print(f"note: T{number} was given up by the study meanwhile ({exc}); its run keeps its result",
+                  file=sys.stderr, flush=True)
 
     def tell(self, trial: Trial, outcome: Outcome) -> None:
         from optuna.trial import TrialState
 
         if outcome.state == "FINISHED" and outcome.value is not None:
-            self.study.tell(trial.number, outcome.value)
+            self._tell(trial.number, outcome.value)
         elif outcome.state == "PRUNED":
-            self.study.tell(trial.number, state=TrialState.PRUNED)
+            self._tell(trial.number, state=TrialState.PRUNED)
         else:
-            self.study.tell(trial.number, state=TrialState.FAIL)
+            self._tell(trial.number, state=TrialState.FAIL)
 
     def judge(self, trial: Trial, name: str, storage_url: str) -> Optional[Callable[[int, float], bool]]:
         import optuna
 
         # with the sweep's pruner: load_study's default would be a MedianPruner whatever --pruner said
-        study = optuna.load_study(study_name=name, storage=storage(storage_url), pruner=pruner(self.spec))
-        reported = optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, trial.number))
+        study = retrying(lambda: optuna.load_study(study_name=name, storage=storage(storage_url),
+                                                   pruner=pruner(self.spec)), "loading the study")
+        reported = optuna.trial.Trial(study, retrying(lambda: study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, trial.number), "loading the study"))
 
         def should_stop(epoch: int, value: float) -> bool:
-            reported.report(value, epoch)
-            return reported.should_prune()
+            retrying(lambda: reported.report(value, epoch), f"reporting epoch {epoch} of {trial.id}")
+            return retrying(reported.should_prune, f"asking the pruner about {trial.id}")
 
         return should_stop
 
