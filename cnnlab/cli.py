@@ -100,7 +100,8 @@ def sweep(
         from .sweep.strategies.optuna_search import load_joined_spec
 
         if not storage:
-            raise CnnlabError("--join NAME needs --storage URL: the database the sweep was started with.")
+            raise CnnlabError("--join NAME needs --storage URL (or $CNNLAB_STORAGE): the database the sweep was "
+                              "started with.")
         spec = load_joined_spec(join, storage)
     else:
         spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=repeats, sampler=sampler,

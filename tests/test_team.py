@@ -9,30 +9,23 @@ except where CNNLAB_REQUIRE_TEAM=1 (CI installs PostgreSQL and sets it, so they 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.bench.team import running_team
+
 pytestmark = [pytest.mark.team, pytest.mark.slow]
 
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "batch_size=100"]
 SPACE = "lr=tag(log,interval(1e-4,1e-2))"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postgres_missing() -> bool:
@@ -48,49 +41,19 @@ def _postgres_missing() -> bool:
 
 @pytest.fixture(scope="module")
 def team():
-    """`cnnlab team up` in its own process group for the module's tests; `cnnlab team down` after them."""
+    """`cnnlab team up` for the module's tests (the bench's running_team); `cnnlab team down` after them."""
     if _postgres_missing():
         if os.environ.get("CNNLAB_REQUIRE_TEAM") == "1":
             pytest.fail("PostgreSQL is not installed, and CNNLAB_REQUIRE_TEAM=1 says these tests must run")
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
-    root = Path(tempfile.mkdtemp(prefix="cnnlab-team-", dir="/var/tmp"))
-    root.chmod(0o755)
-    directory = root / "team"
-    port, pg_port = _free_port(), _free_port()
-    log = open(root / "up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "team", "up", "--dir", str(directory),
-                           "--port", str(port), "--pg-port", str(pg_port)],
-                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 180
-    while not (directory / "team.json").exists():
-        if up.poll() is not None or time.time() > deadline:
-            os.killpg(up.pid, signal.SIGKILL) if up.poll() is None else None
-            pytest.fail(f"cnnlab team up did not come up:\n{(root / 'up.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    env = {}
-    for line in (directory / "secrets.env").read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            env[key] = value
-    yield {"dir": directory, "root": root, "env": env, "up": up, "log": root / "up.log"}
-    down = subprocess.run([sys.executable, "-m", "cnnlab.cli", "team", "down", "--dir", str(directory)],
-                          capture_output=True, text=True, timeout=120)
-    try:
-        up.wait(timeout=60)
-    finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait()
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
-    assert down.returncode == 0, down.stderr
+    with running_team() as (directory, env, log):
+        yield {"dir": directory, "env": env, "log": log}
     assert not (directory / "team.json").exists()
 
 
 def _env(team, workdir: Path, **extra) -> dict:
     env = {**os.environ, **team["env"], "CNNLAB_RUNS_DIR": str(workdir / "runs"),
            "CNNLAB_DATA_DIR": str(workdir / "data"), "CNNLAB_TRIAL_HEARTBEAT": "1", **extra}
-    env.pop("CNNLAB_TEAM_SECRET_KEY", None)
     return env
 
 

@@ -147,7 +147,8 @@ class Sweep:
         never started twice). Runs whose process died were ended KILLED when the store opened (Store.reap)."""
         children = self.children()
         deadline = time.time() + LIVE_WAIT
-        while not self.join and any(r.state == "RUNNING" for r in children) and time.time() < deadline:
+        shared = "://" in self.storage  # a database others work from: their RUNNING trials are theirs to end
+        while not self.join and not shared and any(r.state == "RUNNING" for r in children) and time.time() < deadline:
             time.sleep(1)  # a worker of a sweep that just died is still ending its run
             self.store.reap()
             children = self.children()

@@ -481,7 +481,9 @@ def bench_report(report, accuracy: bool = False) -> None:
                    f"the sweep took {setup:.0f} s)")
 
 
-SYNTHETIC = {"faults", "listings"}  # sections that need no real CIFAR-10
+from .team import bench_team  # noqa: E402
+
+SYNTHETIC = {"faults", "listings", "team"}  # sections that need no real CIFAR-10
 
 ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
-       "fast": bench_fast, "listings": bench_listings, "report": bench_report}
+       "fast": bench_fast, "listings": bench_listings, "report": bench_report, "team": bench_team}

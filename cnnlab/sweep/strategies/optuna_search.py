@@ -179,6 +179,8 @@ class Heartbeat:
         except Exception as exc:  # the database is restarting: the next beat tries again
             if not _unreachable(exc):
                 raise
+            print(f"note: the Optuna database does not answer ({type(exc).__name__}); the trial goes on and its "
+                  f"heartbeat tries again in {HEARTBEAT} s", file=sys.stderr, flush=True)
 
     def run(self) -> None:
         while not self.stop.wait(HEARTBEAT):
