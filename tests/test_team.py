@@ -162,6 +162,11 @@ def test_two_first_starts_at_once_make_one_sweep_that_both_work_on(team, server,
     for record in children + parents:
         values = " ".join(map(str, [*record.params.values(), *record.tags.values()]))
         assert not any(s in values for s in secrets)
+    logs = [team["log"], team["dir"] / "mlflow.log", team["dir"] / "postgres.log",
+            *(tmp_path / w / "out.txt" for w in "ab"), *tmp_path.glob("*/runs/**/*.log")]
+    assert len(logs) > 5
+    for log in logs:
+        assert not any(s in log.read_text(errors="replace") for s in secrets), log
 
 
 def test_a_worker_killed_mid_trial_is_retried_elsewhere_and_nothing_is_lost_or_doubled(team, server, tmp_path):

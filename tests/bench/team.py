@@ -23,7 +23,7 @@ from pathlib import Path
 
 TRIALS = 40
 SWEEP = ["--strategy", "optuna", "--trials", str(TRIALS), "lr=tag(log,interval(1e-4,1e-2))", "data=synthetic",
-         "data.n_train=300", "data.n_test=100", "epochs=2", "batch_size=100", "threads=1", "experiment=bench-team",
+         "data.n_train=2000", "data.n_test=100", "epochs=3", "batch_size=100", "threads=1", "experiment=bench-team",
          "-q"]
 
 
@@ -78,23 +78,57 @@ def _worker(workdir: Path, env: dict, *args: str) -> subprocess.Popen:
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+@contextmanager
+def _client(env: dict):
+    """This process as a client of the team's servers, for the length of the block."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from cnnlab.store import Store
+
+        yield Store(create=False)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _mid_trial(env: dict, name: str, procs: dict, timeout: float = 120):
+    """A worker (its Popen) that is training a trial which has logged an epoch, or None."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with _client(env) as store:
+            if "bench-team" in store.experiments():
+                for r in store.runs(["bench-team"], sweep=name, states=["RUNNING"]):
+                    pid = int(r.tags.get("cnnlab.owner", "- 0").split()[1])
+                    if "train_loss" in r.metrics and pid in procs and procs[pid][0].poll() is None:
+                        return procs[pid]
+        time.sleep(0.3)
+    return None
+
+
 def _sweep(tmp: Path, env: dict, name: str, workers: int, kills: int = 0) -> float:
     """Wall seconds of the sweep `name` with `workers` processes (the first starts it, the others join); with
-    `kills`, that many times a random worker is SIGKILLed 2-6 s into its work and a new joiner replaces it."""
+    `kills`, that many times a worker that is mid-trial gets SIGKILL, its working directory is deleted (as if its
+    machine were gone: nobody resumes from its checkpoint) and a new joiner takes its place."""
     start = time.perf_counter()
-    procs = [_worker(tmp / f"{name}-w0", env, *SWEEP, "--name", name)]
+    first = _worker(tmp / f"{name}-w0", env, *SWEEP, "--name", name)
+    procs = {first.pid: (first, tmp / f"{name}-w0")}
     time.sleep(3)  # the first start makes the study; the others join it
-    procs += [_worker(tmp / f"{name}-w{i}", env, "--join", name, "-q") for i in range(1, workers)]
+    for i in range(1, workers):
+        p = _worker(tmp / f"{name}-w{i}", env, "--join", name, "-q")
+        procs[p.pid] = (p, tmp / f"{name}-w{i}")
     for k in range(kills):
-        time.sleep(random.uniform(2, 6))
-        alive = [p for p in procs if p.poll() is None]
-        if not alive:
+        time.sleep(random.uniform(1, 4))
+        found = _mid_trial(env, name, procs)
+        if found is None:
             break
-        victim = random.choice(alive)
+        victim, workdir = found
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
-        procs.append(_worker(tmp / f"{name}-r{k}", env, "--join", name, "-q"))
-    for p in procs:
+        shutil.rmtree(workdir)
+        p = _worker(tmp / f"{name}-r{k}", env, "--join", name, "-q")
+        procs[p.pid] = (p, tmp / f"{name}-r{k}")
+    for p, _ in procs.values():
         p.wait(timeout=3600)
     return time.perf_counter() - start
 
@@ -104,19 +138,12 @@ def _count(env: dict, name: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from cnnlab.store import Store
     from cnnlab.sweep.strategies.optuna_search import storage
 
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        store = Store(create=False)
+    with _client(env) as store:
         runs = store.runs(["bench-team"], sweep=name, parents=True)
         study = optuna.load_study(study_name=name, storage=storage(env["CNNLAB_STORAGE"]))
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     finished = [r for r in runs if not r.is_sweep_parent and r.state == "FINISHED"]
     keys = [r.trial_key for r in finished]
     return {"completed": len(complete), "lost": TRIALS - len(complete),
@@ -162,7 +189,7 @@ def bench_team(report, accuracy: bool = False) -> None:
             counts = _count(env, "kills")
             met = counts["lost"] == 0 and counts["duplicated"] == 0 and counts["running"] == 0
             report.add("kills", {"seconds": round(seconds, 1), **counts},
-                       f"2 workers, 3 of them SIGKILLed mid-sweep (each replaced by a new joiner): {TRIALS} trials in "
+                       f"2 workers, 3 of them SIGKILLed mid-trial (their directories deleted, each replaced by a new joiner): {TRIALS} trials in "
                        f"{seconds:.0f} s; completed {counts['completed']}, lost {counts['lost']}, duplicated "
                        f"{counts['duplicated']}, runs left RUNNING {counts['running']}, killed runs "
                        f"{counts['killed_runs']}, trials retried {counts['retried']} (target 0 lost, 0 duplicated, "
