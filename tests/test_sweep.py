@@ -204,3 +204,11 @@ def test_join_through_a_database_storage(tmp_path, cli, mlflow_client):
     assert "nothing to run, the Optuna study already has its 3 trial(s)" in out  # the budget was already spent
     code, _, err = cli("sweep", "--join", "nosuch", "--storage", url)
     assert code == 2 and "No Optuna study named 'nosuch'" in err
+
+
+def test_every_strategy_is_found_after_one_was_imported_directly():
+    """`--join` imports the Optuna strategy's module before any lookup: the others must still register."""
+    code = ("import cnnlab.sweep.strategies.optuna_search\n"
+            "from cnnlab.sweep.strategies import strategies\nprint(' '.join(strategies()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["grid", "list", "optuna", "random"]

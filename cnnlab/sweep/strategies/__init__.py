@@ -33,10 +33,10 @@ def register(name: str) -> Callable[[type], type]:
 
 
 def strategies() -> Dict[str, type]:
-    """Every strategy: importing each module of this package registers its class."""
-    if not _STRATEGIES:
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
+    """Every strategy: importing each module of this package registers its class (all of them, even when one
+    was imported directly before, as `--join` imports optuna_search)."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")  # once each: Python caches modules
     return dict(sorted(_STRATEGIES.items()))
 
 
