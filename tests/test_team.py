@@ -222,12 +222,17 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(team, server, tmp_path):
     assert "PostgreSQL stopped" in team["log"].read_text()
 
 
-def test_without_credentials_the_server_says_not_authorised(team, tmp_path):
+def test_without_credentials_the_server_says_not_authorised(team, server, tmp_path):
     env = _env(team, tmp_path)
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(key)
     done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "runs"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "not authorising" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "sweep", "--strategy", "optuna", SPACE, *TINY,
+                           "--name", "refused"], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and "not authorising" in done.stderr
+    with pytest.raises(KeyError):  # refused before it made anything: a study would wait for a parent run
+        _study(team, "refused")
     env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = "admin", "wrong"
     done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "runs"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "whose password it refused" in done.stderr

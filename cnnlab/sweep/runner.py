@@ -77,6 +77,9 @@ class Sweep:
         if not self.join:
             self._lock()
         try:
+            # the store first (created once, before any worker): a server that refuses us must refuse before the
+            # strategy makes its own state (an Optuna study with no parent run yet)
+            self.store = Store(self.tracking_uri)
             self.strategy.prepare(self.name, self.storage, self.join)  # its own storage, before any run is made
             return self._run(planned)
         except (Interrupted, KeyboardInterrupt):
@@ -108,7 +111,6 @@ class Sweep:
 
         from ..config import compose, flatten, resolve, to_dict
 
-        self.store = Store(self.tracking_uri)  # creates the store once, before any worker
         self.exp_id = self.store.experiment_id(self.experiment)
         shared = self.strategy.shared_parent()  # of two first starts at once, the one that made the study made it
         parent = self.store.get(shared) if shared else self.store.sweep_parent(self.exp_id, self.name)

@@ -247,9 +247,9 @@ class Optuna(Strategy):
         self.beating: Dict[int, Heartbeat] = {}
 
     def shared_parent(self) -> Optional[str]:
-        """The parent run's ID as the study holds it; a study another process has just created is given a
-        minute to get one."""
-        deadline = time.time() + (0 if self.created else 60)
+        """The parent run's ID as the study holds it; a study another process has just created is given half
+        a minute to get one (its creator makes the parent run right after the study)."""
+        deadline = time.time() + (0 if self.created else 30)
         while True:
             attrs = retrying(lambda: self.study.user_attrs, "reading the study")
             if attrs.get("cnnlab_parent") or time.time() > deadline:
