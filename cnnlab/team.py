@@ -83,11 +83,18 @@ def _give_to_postgres(path: Path) -> None:
 
 
 def _driver():
-    try:
-        import psycopg
-    except ImportError:
-        raise CnnlabError("Team mode needs the PostgreSQL driver (psycopg), which is not installed: "
-                          "`pip install 'cnnlab[team]'`.") from None
+    """psycopg, or the error naming the extra that brings it (and the auth app's Flask-WTF, which the MLflow
+    server would otherwise only miss at its start, in its log)."""
+    import importlib.util
+
+    missing = [name for module, name in (("psycopg", "the PostgreSQL driver psycopg"),
+                                         ("flask_wtf", "Flask-WTF for MLflow's basic-auth app"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise CnnlabError(f"Team mode needs {' and '.join(missing)}, not installed here: "
+                          "`pip install 'cnnlab[team]'`.")
+    import psycopg
+
     return psycopg
 
 

@@ -254,3 +254,21 @@ def test_team_status_says_what_is_up(team, tmp_path):
     done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "team", "status", "--dir", str(tmp_path / "none")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "No team is up" in done.stderr
+
+
+def test_a_missing_extra_or_a_taken_port_is_a_clear_error(cli, monkeypatch, tmp_path):
+    """Before anything starts: no PostgreSQL cluster is made, no server is started."""
+    import importlib.util
+    import socket
+
+    find_spec = importlib.util.find_spec
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flask_wtf" else find_spec(name, *a))
+        code, _, err = cli("team", "up", "--dir", str(tmp_path / "team"))
+    assert code == 2 and "Flask-WTF" in err and "cnnlab[team]" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = cli("team", "up", "--dir", str(tmp_path / "team"), "--pg-port", str(taken.getsockname()[1]))
+    assert code == 2 and "is taken" in err
+    assert not (tmp_path / "team" / "pg").exists()
