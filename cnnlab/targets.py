@@ -52,7 +52,6 @@ def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dic
     from omegaconf import OmegaConf
 
     from . import data, engine
-
     from .look import checkpoint_of
 
     corruptions.check(names)

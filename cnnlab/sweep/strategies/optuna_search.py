@@ -286,9 +286,10 @@ class Optuna(Strategy):
                 return
             if heartbeats:
                 retrying(lambda: optuna.storages.fail_stale_trials(study), "failing trials of dead workers")
-            ended = len(self._states(TrialState.COMPLETE, TrialState.PRUNED))
-            running = len(self._states(TrialState.RUNNING))
-            waiting = len(self._states(TrialState.WAITING))
+            states = [t.state for t in self._states(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                                                    TrialState.WAITING)]  # one read of the study per ask
+            ended = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+            running, waiting = states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
             if ended >= self.budget:
                 return
             if ended + running >= self.budget and not waiting:
