@@ -222,6 +222,20 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(team, server, tmp_path):
     assert "PostgreSQL stopped" in team["log"].read_text()
 
 
+def test_a_trial_no_worker_took_does_not_hold_the_sweep(team, server, tmp_path):
+    """An ask cut off by a database restart after it made its trial leaves it RUNNING with no heartbeat, which
+    Optuna never finds stale: the sweep fails it and goes on instead of waiting for it forever."""
+    args = ["--strategy", "optuna", SPACE, *TINY, "epochs=1", "--name", "orphan"]
+    first = _worker(team, tmp_path / "a", *args, "--trials", "2")
+    assert _finish(first, tmp_path / "a", timeout=200) and first.returncode == 0
+    _study(team, "orphan").ask()  # as an interrupted ask leaves it
+    again = _worker(team, tmp_path / "b", *args, "--trials", "3")
+    out = _finish(again, tmp_path / "b", timeout=120)
+    assert again.returncode == 0, out
+    states = sorted(t.state.name for t in _study(team, "orphan").trials)
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+
+
 def test_without_credentials_the_server_says_not_authorised(team, server, tmp_path):
     env = _env(team, tmp_path)
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

@@ -162,6 +162,28 @@ def load_joined_spec(name: str, storage_url: str) -> Spec:
                       "holds no cnnlab spec): give the name of a sweep cnnlab started.")
 
 
+BEATING = "cnnlab_beating"  # a trial's system attr: its own number once a worker's heartbeat thread has it
+
+
+def fail_orphans(study, running: List[Any]) -> None:
+    """Fail the RUNNING trials no worker ever took: an ask that failed half-way (the database went down after
+    it created the trial) leaves one with no heartbeat, which Optuna never finds stale. Past the grace period
+    without the mark of a Heartbeat, nobody trains it (a retry copies its original's attrs: hence the number)."""
+    from datetime import datetime, timedelta
+
+    import optuna
+    from optuna.trial import TrialState
+
+    cutoff = datetime.now() - timedelta(seconds=3 * HEARTBEAT)
+    for t in running:
+        if t.system_attrs.get(BEATING) != t.number and t.datetime_start is not None and t.datetime_start < cutoff:
+            try:
+                retrying(lambda: study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL),
+                         "failing a trial no worker took")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker failed it first
+
+
 class Heartbeat:
     """Says every HEARTBEAT seconds, in a thread, that this process still trains an Optuna trial (Optuna's own
     heartbeat thread only runs inside study.optimize, and stops for good at the first database error)."""
@@ -170,6 +192,8 @@ class Heartbeat:
         self.storage = study._storage
         self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.stop = threading.Event()
+        # says "a worker has this trial" (Optuna keeps no public record of who beats): see fail_orphans
+        retrying(lambda: self.storage.set_trial_system_attr(self.trial_id, BEATING, number), "marking a trial")
         self.beat()
         threading.Thread(target=self.run, daemon=True, name=f"heartbeat-T{number}").start()
 
@@ -286,6 +310,7 @@ class Optuna(Strategy):
                 return
             if heartbeats:
                 retrying(lambda: optuna.storages.fail_stale_trials(study), "failing trials of dead workers")
+                fail_orphans(study, self._states(TrialState.RUNNING))
             states = [t.state for t in self._states(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
                                                     TrialState.WAITING)]  # one read of the study per ask
             ended = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
