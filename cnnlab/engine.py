@@ -186,6 +186,10 @@ def make_optimizer(cfg, model):
                               weight_decay=coupled, **fused)
     elif cfg.optimizer == "adam":
         opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=coupled, **fused)
+    elif cfg.optimizer == "muon":
+        from .muon import make_muon
+
+        opt = make_muon(cfg, model, coupled, fused)
     else:
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.decoupled_wd and cfg.weight_decay:
@@ -207,9 +211,9 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int):
     import torch
 
     total = cfg.epochs * steps_per_epoch
-    if cfg.scheduler == "onecycle":
+    if cfg.scheduler == "onecycle":  # (Muon's momentum is its own: not cycled)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=total)
+                                                   total_steps=total, cycle_momentum=cfg.optimizer != "muon")
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.scheduler == "step":
@@ -220,6 +224,8 @@ def make_scheduler(cfg, optimizer, steps_per_epoch: int):
             return 0.2 + 0.8 * t / 0.23 if t < 0.23 else 1 - 0.93 * (t - 0.23) / 0.77
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, triangle)
+    if cfg.scheduler == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(1, total))
     return None
 
 

@@ -73,6 +73,7 @@ class Optimizer(str, Enum):
     sgd = "sgd"
     adam = "adam"
     adamw = "adamw"
+    muon = "muon"  # Muon (muon_lr) on conv filters and hidden dense weights, SGD (lr) on the rest: cnnlab/muon.py
 
 
 class Scheduler(str, Enum):
@@ -81,6 +82,7 @@ class Scheduler(str, Enum):
     cosine = "cosine"  # per step, from lr to 0
     onecycle = "onecycle"  # per step, warm up to lr over the first 25%, then anneal
     triangle = "triangle"  # per step, linear 0.2*lr -> lr over the first 23%, then linear to 0.07*lr
+    linear = "linear"  # per step, linear from lr to 0 (airbench94_muon's)
 
 
 class Flip(str, Enum):
@@ -146,7 +148,9 @@ class Config:
     epochs: int = 10
     lr: float = 1e-3  # peak learning rate
     optimizer: Optimizer = Optimizer.adam
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd, and muon's SGD part
+    muon_lr: float = 0.24  # optimizer=muon: Muon's rate for the weight matrices (airbench94_muon's)
+    muon_momentum: float = 0.6  # optimizer=muon: Muon's Nesterov momentum
     nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
     decoupled_wd: bool = False  # decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does
@@ -191,6 +195,8 @@ RANGES = {
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "lr": (lambda v: v > 0, "a number > 0"),
     "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "muon_lr": (lambda v: v > 0, "a number > 0"),
+    "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "lr_step_epochs": (lambda v: v >= 1, "an integer >= 1"),
     "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),

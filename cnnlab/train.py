@@ -64,7 +64,9 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
     loaders = data_mod.loaders(ds, cfg, device)
     num_classes, in_channels = len(ds.classes), ds.x_train.shape[1]
+    built = time.perf_counter()
     model = engine.build(cfg, num_classes, in_channels, device, prepare_batches=loaders.sample)
+    build_time = time.perf_counter() - built  # with layers fitted to data (airbench's whitening)
     n_params = sum(p.numel() for p in model.parameters())
     flops = engine.count_flops(model, in_channels, cfg.image_size, device)
     trainer = engine.Trainer(cfg, model, loaders.train, amp_dtype, num_classes)
@@ -90,6 +92,7 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
         gate.arm()  # a signal during set-up ends the run here, KILLED
         fit(cfg, trainer, loaders, rec, on_epoch)
         final, matrix = score(cfg, trainer, loaders, rec, ds, device)
+        final["build_time"] = build_time
     except Pruned as exc:
         return rec.pruned(exc, size)
     except Interrupted as exc:
@@ -142,8 +145,10 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
     state = torch.load(rec.best_path, map_location=device, weights_only=True)
     trainer.checkpoint_module.load_state_dict(state["model"])
     label = f"final test of epoch {state['epoch']}'s weights" + (" (TTA: 6 views)" if cfg.tta else "")
+    tested = time.perf_counter()
     with rec.report.phase(label, len(loaders.test)) as update:
         test_loss, test_acc, matrix = trainer.evaluate(loaders.test, confusion=True, tta=cfg.tta, update=update)
+    test_time = time.perf_counter() - tested
     chosen = rec.history[state["epoch"] - 1]
     history = rec.history
     final = {
@@ -152,7 +157,7 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
         "val_loss_best": min((h["val_loss"] for h in history if "val_loss" in h), default=float("nan")),
         **({"no_tta_test_acc": chosen["epoch_test_acc"]} if cfg.tta and "epoch_test_acc" in chosen else {}),
         "epochs_run": len(history), "train_time": sum(h["epoch_time"] for h in history),
-        "compile_time": trainer.compile_time,
+        "compile_time": trainer.compile_time, "test_time": test_time,
     }
     if cfg.eval.targets:
         from .targets import evaluate_targets

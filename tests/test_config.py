@@ -32,7 +32,7 @@ def test_overrides_and_arch_recipe_compose():
     ("dropout=1.5", "dropout=1.5 is out of range: it must be a number in [0, 1)"),
     ("batch_size=0", "batch_size=0 is out of range"),
     ("epochs=-1", "epochs=-1 is out of range"),
-    ("optimizer=rmsprop", "expected one of [sgd, adam, adamw]"),
+    ("optimizer=rmsprop", "expected one of [sgd, adam, adamw, muon]"),
     ("pool=median", "expected one of [max, avg, min]"),
     ("data.train_fraction=0", "data.train_fraction=0.0 is out of range"),
     ("no_such_key=1", "no_such_key"),

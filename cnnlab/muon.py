@@ -1,0 +1,102 @@
+"""optimizer=muon: torch's Muon on the weight matrices, SGD with Nesterov momentum on everything else.
+
+Muon (torch.optim.Muon) replaces each update of a weight matrix by the nearest semi-orthogonal matrix
+(Newton-Schulz iterations in bf16). It takes 2-D parameters only, so each conv filter bank (out, in, kh, kw)
+is handed to it as a 2-D view of the same memory, (out, in * kh * kw) in the order the filter is stored
+(orthogonalising is blind to the order of the columns). As airbench94_muon does, each matrix is rescaled to
+norm sqrt(out) before its step, so a step changes every filter by about `muon_lr` of its size whatever the
+gradient's scale. `Combined` presents both optimizers as one, so that the schedulers, checkpoints and weight
+averaging of engine.py work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NS_STEPS = 3  # airbench94_muon's: enough for an update that only needs to be roughly orthogonal
+
+
+def matrix_view(p: torch.Tensor) -> torch.Tensor:
+    """`p` (2-D or more) as a 2-D view (rows = output units) sharing its memory, in the order it is stored."""
+    if p.ndim == 2:
+        return p
+    if p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
+        return p.permute(0, 2, 3, 1).flatten(1)  # channels_last: (out, kh, kw, in) is the contiguous order
+    return p.flatten(1)
+
+
+class Combined(torch.optim.Optimizer):
+    """Several optimizers stepped as one: `param_groups` holds all their groups (the same dicts), so a
+    scheduler sets each group's rate; the state dict holds each optimizer's."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        super().__init__([g for opt in optimizers for g in opt.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, saved in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
+
+
+class MatrixMuon(torch.optim.Muon):
+    """torch.optim.Muon over 2-D views of `params` (any shape of 2 dimensions or more), normalising each
+    weight to norm sqrt(rows) before its step."""
+
+    def __init__(self, params, lr: float, momentum: float):
+        self.pairs = [(p, torch.nn.Parameter(matrix_view(p.detach()))) for p in params]
+        for p, view in self.pairs:
+            assert view.data_ptr() == p.data_ptr(), "a 2-D view must share the parameter's memory"
+        super().__init__([view for _, view in self.pairs], lr=lr, momentum=momentum, nesterov=True,
+                         weight_decay=0.0, ns_steps=NS_STEPS)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for p, view in self.pairs:
+            view.grad = None if p.grad is None else matrix_view(p.grad).reshape(view.shape)
+            view.mul_(len(view) ** 0.5 / view.norm().clamp(min=1e-12))
+        super().step()
+        for _, view in self.pairs:
+            view.grad = None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p, _ in self.pairs:
+            p.grad = None
+
+
+def make_muon(cfg, model, coupled_wd: float, fused: dict) -> Combined:
+    """Muon (rate `muon_lr`) on every conv filter and every dense weight that does not give the class scores;
+    SGD (rate `lr`, the config's momentum and Nesterov) on the rest: the output layer, and every bias and
+    normalisation parameter at lr x norm_lr_scale."""
+    from torch import nn
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    num_classes = linears[-1].out_features if linears else 0  # the last dense layer gives the class scores
+    matrices = [m.weight for m in model.modules()
+                if isinstance(m, nn.modules.conv._ConvNd) or (isinstance(m, nn.Linear) and m.out_features != num_classes)]
+    matrices = [w for w in matrices if w.requires_grad]
+    taken = {id(w) for w in matrices}
+    small = {id(p) for n, p in model.named_parameters() if p.ndim <= 1}  # biases and normalisation parameters
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in taken and id(p) not in small]
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) in small and id(p) not in taken]
+    groups = [g for g in ({"params": head, "lr": cfg.lr, "weight_decay": coupled_wd},
+                          {"params": rest, "lr": cfg.lr * cfg.norm_lr_scale,
+                           "weight_decay": coupled_wd / cfg.norm_lr_scale}) if g["params"]]
+    optimizers = []
+    if groups:
+        optimizers.append(torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                          nesterov=cfg.nesterov and cfg.momentum > 0, **fused))
+    if matrices:
+        optimizers.append(MatrixMuon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum))
+    return Combined(*optimizers)
