@@ -228,6 +228,9 @@ def identity(cfg) -> Tuple[str, str]:
     tree = to_dict(cfg)
     for name in NOT_IN_KEY:
         tree.pop(name, None)
+    if tree.get("budget"):  # a budget run is what its budget says, not the steps it planned on one machine
+        tree.pop("max_steps")
+        tree.pop("epochs")
     digest = lambda t: hashlib.sha1(json.dumps(t, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa
     key = digest(tree)
     tree.pop("seed")

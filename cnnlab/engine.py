@@ -206,11 +206,17 @@ def make_optimizer(cfg, model):
     return opt
 
 
+def total_steps(cfg, steps_per_epoch: int) -> int:
+    """The training steps of a run: its epochs', or fewer with max_steps (a run to a time budget)."""
+    total = cfg.epochs * steps_per_epoch
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
 def make_scheduler(cfg, optimizer, steps_per_epoch: int):
-    """A per-step scheduler, or None for a constant learning rate."""
+    """A per-step scheduler over the run's total_steps, or None for a constant learning rate."""
     import torch
 
-    total = cfg.epochs * steps_per_epoch
+    total = total_steps(cfg, steps_per_epoch)
     if cfg.scheduler == "onecycle":  # (Muon's momentum is its own: not cycled)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                                                    total_steps=total, cycle_momentum=cfg.optimizer != "muon")
@@ -323,7 +329,8 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-        self.lookahead = Lookahead(model, cfg.epochs * len(train_batches)) if cfg.lookahead else None
+        self.total_steps, self.steps = total_steps(cfg, len(train_batches)), 0
+        self.lookahead = Lookahead(model, self.total_steps) if cfg.lookahead else None
         self.eval_model = self.ema.module if self.ema is not None else model
         self.step_model = model
         self.compile_time = 0.0
@@ -357,37 +364,19 @@ class Trainer:
         """One pass over `batches`: {train_loss, train_acc, img_per_s, train_time}; update(done, loss, acc, img/s)
         is called four times a second. `last`: the final epoch, after which lookahead's average replaces the weights."""
         import torch
-        import torch.nn.functional as F
 
-        cfg, model = self.cfg, self.model
-        model.train()
+        self.model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen, shown = 0, t0
         for step, (x, y) in enumerate(batches, 1):
-            with autocast(self.device, self.amp_dtype):
-                logits = self.step_model(x)
-                aux: tuple = ()
-                if isinstance(logits, tuple):  # auxiliary heads (the hook in models/__init__.py)
-                    logits, *aux = logits
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                for extra in aux:
-                    loss = loss + model.aux_weight * F.cross_entropy(extra.float(), y,
-                                                                     label_smoothing=cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update_parameters(model)
-            if self.lookahead is not None:
-                self.lookahead.step()
+            loss, logits = self.step(x, y)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            if self.steps >= self.total_steps:
+                break  # max_steps ends the run inside its last epoch
             if time.perf_counter() - shown > 0.25:  # a live bar four times a second (a sync with the device)
                 update(step, loss_sum.item() / seen, correct.item() / seen, seen / (time.perf_counter() - t0))
                 shown = time.perf_counter()
@@ -396,6 +385,32 @@ class Trainer:
         train_time = time.perf_counter() - t0
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                 "img_per_s": seen / train_time, "train_time": train_time}
+
+    def step(self, x, y):
+        """One training step on a batch: (loss, logits)."""
+        import torch.nn.functional as F
+
+        cfg, model = self.cfg, self.model
+        with autocast(self.device, self.amp_dtype):
+            logits = self.step_model(x)
+            aux: tuple = ()
+            if isinstance(logits, tuple):  # auxiliary heads (the hook in models/__init__.py)
+                logits, *aux = logits
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            for extra in aux:
+                loss = loss + model.aux_weight * F.cross_entropy(extra.float(), y, label_smoothing=cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
+        if self.lookahead is not None:
+            self.lookahead.step()
+        self.steps += 1
+        return loss, logits
 
     def evaluate(self, batches, confusion: bool = False, tta: bool = False, update: Callable = lambda *a: None):
         return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, confusion=confusion, tta=tta,
@@ -407,7 +422,7 @@ class Trainer:
         import torch
 
         state = {"model": plain(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state()}
+                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(), "steps": self.steps}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.ema is not None:
@@ -431,6 +446,7 @@ class Trainer:
                 torch._foreach_copy_(self.lookahead.slow, state["lookahead"]["slow"])
             self.lookahead.steps = state["lookahead"]["steps"]
         torch.set_rng_state(state["rng"])
+        self.steps = state.get("steps", 0)
 
     @property
     def lr(self) -> float:

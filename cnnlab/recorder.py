@@ -22,7 +22,7 @@ from . import __version__, figures
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
-from .schema import project_root, runs_dir, safe_name
+from .schema import duration, project_root, runs_dir, safe_name
 from .store import Store, Tag
 
 
@@ -203,6 +203,8 @@ class Recorder:
         per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float()).tolist()
         final = {**final, **{f"test_acc_{c}": a for c, a in zip(classes, per_class)},
                  "wall_time": self.earlier + time.perf_counter() - self.started}
+        if self.cfg.budget:  # how much of its time budget the run used (1.0: all of it)
+            final["budget_used"] = final["wall_time"] / duration(self.cfg.budget)
         with open(self.dir / "per_class.csv", "w") as f:
             f.write("class,test_acc,support\n")
             for c, a, n in zip(classes, per_class, matrix.sum(1).tolist()):

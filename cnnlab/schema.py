@@ -62,6 +62,16 @@ def safe_name(name: str) -> str:
     return f"{text or 'name'}-{hashlib.sha1(str(name).encode()).hexdigest()[:6]}"
 
 
+def duration(text) -> Optional[float]:
+    """Seconds in '90s', '5m', '1h30m', '2.5m' or '300'; None if `text` is not a positive duration."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+    if not match or not any(match.groups()):
+        return None
+    h, m, s = (float(g or 0) for g in match.groups())
+    seconds = 3600 * h + 60 * m + s
+    return seconds if seconds > 0 else None
+
+
 class Precision(str, Enum):
     auto = "auto"  # bf16 where the hardware runs it fast, else fp16 on CUDA, else fp32
     fp32 = "fp32"
@@ -146,6 +156,8 @@ class Config:
     # the knobs the exercise varies
     batch_size: int = 128
     epochs: int = 10
+    max_steps: int = 0  # stop after this many training steps, the schedule spanning them; 0: all the epochs
+    budget: Optional[str] = None  # e.g. 90s, 5m, 1h30m: as many steps as end the whole run within it (cnnlab/budget.py)
     lr: float = 1e-3  # peak learning rate
     optimizer: Optimizer = Optimizer.adam
     momentum: float = 0.9  # sgd, and muon's SGD part
@@ -193,6 +205,8 @@ RANGES = {
                "auto, cpu, cuda, cuda:<GPU index> or mps"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "max_steps": (lambda v: v >= 0, "an integer >= 0 (0: all the epochs)"),
+    "budget": (lambda v: duration(v) is not None, "a duration such as 90s, 5m, 1h30m or 300 (seconds), above 0"),
     "lr": (lambda v: v > 0, "a number > 0"),
     "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "muon_lr": (lambda v: v > 0, "a number > 0"),

@@ -69,6 +69,14 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     build_time = time.perf_counter() - built  # with layers fitted to data (airbench's whitening)
     n_params = sum(p.numel() for p in model.parameters())
     flops = engine.count_flops(model, in_channels, cfg.image_size, device)
+    estimate = None
+    if cfg.budget and state is None:  # a resumed run keeps the steps it planned
+        from . import budget
+
+        cfg, estimate = budget.plan(cfg, model, loaders, amp_dtype, num_classes, started)
+    elif cfg.max_steps:  # the epochs the steps reach: what is recorded is what runs
+        cfg = cfg.copy()
+        cfg.epochs = math.ceil(engine.total_steps(cfg, len(loaders.train)) / len(loaders.train))
     trainer = engine.Trainer(cfg, model, loaders.train, amp_dtype, num_classes)
     if state is not None:  # where the killed run stood after its last whole epoch
         trainer.load_state_dict(state["trainer"])
@@ -87,6 +95,11 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
         rec.report.line(f"run {rec.id} ({rec.run.run_id}): {cfg.arch.name}, {n_params:,} params, "
                         f"{flops / 1e6:.1f} MFLOPs/img, {sizes['split.train']:,} train / {sizes['split.val']:,} val / "
                         f"{sizes['split.test']:,} test, {device} {precision}")
+    if estimate is not None:
+        rec.run.log_metrics({"budget_s": estimate["budget_s"], "budget_step_s": estimate["step_s"]})
+        rec.report.line(f"budget {cfg.budget}: {cfg.max_steps:,} steps in {cfg.epochs} epoch(s) at "
+                        f"{estimate['step_s']:.3f} s/step; evaluation {estimate['eval_s']:.1f} s/epoch, final test "
+                        f"{estimate['final_s']:.1f} s, set-up {estimate['setup_s']:.1f} s")
     size = {"params": n_params, "flops": flops}
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED

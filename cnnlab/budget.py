@@ -1,0 +1,92 @@
+"""budget=: train for as many steps as end the whole run (set-up, training, evaluation, TTA) within a time budget.
+
+`plan()` times a few training steps and evaluation passes of the run's own model on its own batches, then gives
+the run back exactly as it was (weights, batch stream, random state), and returns the config with `max_steps`
+and `epochs` set: the schedule (warm-up, decay, weight averaging) spans those steps. A budget run is therefore
+the plain run of the steps it planned, and its config says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+from .errors import CnnlabError
+from .schema import duration
+
+MARGIN = 0.02  # of the budget, kept for what the estimate cannot see (a slower step now and then)
+END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
+
+
+def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
+    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s})."""
+    import io
+
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from . import engine
+
+    budget_s = duration(cfg.budget)
+    saved = copy.deepcopy(model.state_dict())
+    batches_state, rng = copy.deepcopy(loaders.train.state_dict()), torch.get_rng_state()
+    probe_cfg = OmegaConf.merge(cfg, {"compile": False, "ema": 0.0, "lookahead": False})
+    trainer = engine.Trainer(probe_cfg, model, loaders.train, amp_dtype, num_classes)
+    # training steps: warm up until a step is no slower than the one before (the first ones set up kernels and
+    # memory), then time at least 2, or 1% of the budget
+    warm, timed, batches = [], [], iter(loaders.train)
+    while len(timed) < 2 or (sum(timed) < 0.01 * budget_s and len(timed) < 50):
+        x, y = next(batches, (None, None))
+        if x is None:
+            batches = iter(loaders.train)
+            continue
+        t0 = time.perf_counter()
+        trainer.step(x, y)
+        elapsed = time.perf_counter() - t0
+        settled = len(warm) >= 2 and elapsed <= 1.1 * warm[-1] or len(warm) >= 10
+        (timed if timed or settled else warm).append(elapsed)
+    step_s = sum(timed) / len(timed)
+    # evaluation: images per second of the forward pass (a warm-up batch, then one timed)
+    x = next(iter(loaders.test))[0]
+    model.eval()
+    with torch.inference_mode(), engine.autocast(x.device, amp_dtype):
+        model(x)
+        t0 = time.perf_counter()
+        model(x)
+        eval_ips = len(x) / (time.perf_counter() - t0)
+    model.train()
+    buffer = io.BytesIO()
+    t0 = time.perf_counter()
+    torch.save(trainer.state_dict(), buffer)
+    save_s = time.perf_counter() - t0
+    model.load_state_dict(saved)  # the run starts from where it stood
+    loaders.train.load_state_dict(batches_state)
+    torch.set_rng_state(rng)
+
+    n_test = len(loaders.test.y)
+    per_epoch = len(loaders.val.y) + (n_test if cfg.eval.test_every_epoch else 0)
+    eval_s = per_epoch / eval_ips + 2 * save_s  # and the best and last checkpoints
+    final_s = n_test * ((6 if cfg.tta else 1) + len(cfg.eval.targets)) / eval_ips + END_SECONDS
+    setup_s = time.perf_counter() - started
+    available = budget_s * (1 - MARGIN) - setup_s - final_s
+    per_epoch_steps = len(loaders.train)
+    best = (0, 0)
+    for epochs in range(1, 100_000):
+        steps = min(epochs * per_epoch_steps, int((available - epochs * eval_s) / step_s))
+        if steps <= (epochs - 1) * per_epoch_steps:
+            break
+        best = (steps, epochs)
+    steps, epochs = best
+    estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "final_s": final_s, "setup_s": setup_s}
+    if steps < 1:
+        need = setup_s + final_s + eval_s + step_s
+        raise CnnlabError(
+            f"budget={cfg.budget} is too short for this run: its set-up took {setup_s:.0f} s, a training step takes "
+            f"{step_s:.2f} s, an epoch's evaluation {eval_s:.1f} s and the final test {final_s:.1f} s, so even one step "
+            f"needs about {math.ceil(need / (1 - MARGIN))} s. Give a longer budget (e.g. budget={math.ceil(need / 60) + 1}m), "
+            "or a smaller model or batch.")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.max_steps, cfg.epochs = steps, epochs
+    return cfg, estimate

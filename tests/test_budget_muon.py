@@ -1,0 +1,138 @@
+"""Issue 18's knobs: optimizer=muon, scheduler=linear, max_steps and budget=."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.config import compose, identity, resolve
+from cnnlab.engine import make_optimizer, make_scheduler
+from cnnlab.models import build_model
+from cnnlab.muon import matrix_view
+from cnnlab.schema import duration
+from cnnlab.train import train
+
+TINY = ["data=synthetic", "data.n_train=400", "data.n_test=100", "batch_size=100"]
+
+
+def _step(model, opt, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def test_muon_takes_filters_and_hidden_matrices_and_orthogonalises_their_updates():
+    cfg = resolve(compose(["arch=tf_cnn", "optimizer=muon", "muon_lr=0.1", "lr=0.05", "dense_units=64"]))
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    opt = make_optimizer(cfg, model)
+    sgd, muon = opt.optimizers
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    dense = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    in_muon = {p.data_ptr() for p, _ in muon.pairs}
+    assert in_muon == {w.data_ptr() for w in convs + [dense[0].weight]}  # not the output layer
+    in_sgd = {p.data_ptr() for g in sgd.param_groups for p in g["params"]}
+    assert dense[-1].weight.data_ptr() in in_sgd and not in_sgd & in_muon
+    assert all(p.ndim == 1 for p in sgd.param_groups[1]["params"])  # biases, at lr x norm_lr_scale
+    assert len(in_sgd) + len(in_muon) == len([p for p in model.parameters() if p.requires_grad])
+
+    before = [p.detach().clone() for p, _ in muon.pairs]
+    _step(model, opt)
+    for (p, view), old in zip(muon.pairs, before):
+        assert view.data_ptr() == p.data_ptr()  # the step wrote into the model's own memory
+        rows = old.shape[0]
+        normalised = matrix_view(old) * rows ** 0.5 / old.norm()
+        update = (normalised - matrix_view(p.detach())) / 0.1
+        s = torch.linalg.svdvals(update.float())
+        g = torch.linalg.svdvals(matrix_view(p.grad).float())
+        # an orthogonalised step: in the gradient's main directions (those above a fifth of its largest) the step
+        # moves about as much, where the gradient's sizes spread 5x
+        k = int((g > 0.2 * g.max()).sum())
+        assert 0.4 < s[k - 1] and s.max() < 1.6, (p.shape, k, s[:k])
+        assert p.detach().norm().item() == pytest.approx(rows ** 0.5, rel=0.5)
+        assert p.grad is not None
+    opt.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_muon_state_round_trips_and_the_schedule_sets_every_group():
+    cfg = resolve(compose(["arch=vgg_small", "optimizer=muon", "scheduler=linear", "epochs=1", "lr=0.1",
+                           "muon_lr=0.2", "norm_lr_scale=4"]))
+    model = build_model(cfg)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, 10)
+    _step(model, opt)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.09, 0.36, 0.18])  # head, biases, Muon: x 0.9
+    saved = opt.state_dict()
+    other = make_optimizer(cfg, model)
+    other.load_state_dict(saved)
+    for (_, a), (_, b) in zip(opt.optimizers[1].pairs, other.optimizers[1].pairs):
+        assert torch.equal(opt.optimizers[1].state[a]["momentum_buffer"], other.optimizers[1].state[b]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("arch", ["tf_cnn", "resnet20", "mobilenet_v2"])
+def test_optimizer_muon_trains_each_family_and_is_recorded(arch, mlflow_client):
+    overrides = [*TINY, f"arch={arch}", "optimizer=muon", "lr=0.05", "epochs=3", "scheduler=linear",
+                 "experiment=muon"]
+    result = train(compose(overrides), overrides, quiet=True)
+    losses = [h["train_loss"] for h in result.history]
+    assert result.status == "FINISHED" and losses[-1] < losses[0] * 0.8, losses
+    params = mlflow_client.get_run(result.run_id).data.params
+    assert (params["optimizer"], params["muon_lr"], params["muon_momentum"]) == ("muon", "0.24", "0.6")
+
+
+def test_linear_schedule_goes_from_lr_to_zero():
+    cfg = resolve(compose(["optimizer=sgd", "lr=2.0", "scheduler=linear", "epochs=1"]))
+    model = torch.nn.Linear(2, 1)
+    opt = make_optimizer(cfg, model)
+    sched = make_scheduler(cfg, opt, 4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs + [opt.param_groups[0]["lr"]] == pytest.approx([2.0, 1.5, 1.0, 0.5, 0.0])
+
+
+def test_max_steps_ends_inside_an_epoch_and_the_schedule_spans_them(mlflow_client):
+    # 360 training images in batches of 100: 3 steps an epoch; 5 steps end in the middle of epoch 2
+    overrides = [*TINY, "optimizer=sgd", "lr=0.05", "scheduler=linear", "epochs=10", "max_steps=5",
+                 "experiment=steps"]
+    result = train(compose(overrides), overrides, quiet=True)
+    assert len(result.history) == 2 and result.history[-1]["lr"] == pytest.approx(0.0)
+    assert result.history[0]["lr"] == pytest.approx(0.05 * 2 / 5)
+    params = mlflow_client.get_run(result.run_id).data.params
+    assert (params["epochs"], params["max_steps"]) == ("2", "5")  # what is recorded is what ran
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5m", 150), ("300", 300),
+                                           ("0", None), ("5x", None), ("m", None), ("-5m", None)])
+def test_durations(text, seconds):
+    assert duration(text) == seconds
+
+
+def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client):
+    """The probe that times the steps gives the run back untouched: the same losses as a run told those steps."""
+    overrides = [*TINY, "arch=tf_cnn", "budget=20s", "experiment=budget"]
+    timed = train(compose(overrides), overrides, quiet=True)
+    params = mlflow_client.get_run(timed.run_id).data.params
+    metrics = mlflow_client.get_run(timed.run_id).data.metrics
+    steps, epochs = int(params["max_steps"]), int(params["epochs"])
+    assert steps >= 1 and params["budget"] == "20s" and metrics["budget_s"] == 20
+    assert metrics["budget_used"] == pytest.approx(metrics["wall_time"] / 20)
+    plain = [*TINY, "arch=tf_cnn", f"max_steps={steps}", f"epochs={epochs}", "experiment=budget"]
+    again = train(compose(plain), plain, quiet=True)
+    assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in timed.history]
+    assert again.metrics["test_acc"] == timed.metrics["test_acc"]
+    # a budget run is known by its budget, not by the steps it planned on one machine
+    assert identity(resolve(compose([*TINY, "budget=20s", "max_steps=7"]))) == identity(resolve(compose([*TINY, "budget=20s"])))
+
+
+@pytest.mark.parametrize("value, says", [("budget=5x", "a duration such as 90s, 5m"),
+                                         ("budget=1s", "is too short for this run"),
+                                         ("optimizer=lion", "muon"), ("muon_lr=0", "muon_lr=0.0 is out of range")])
+def test_bad_budget_and_muon_values_are_clear_errors(cli, value, says):
+    code, out, err = cli("train", *TINY, value, "-q")
+    assert code == 2 and says in err and "Traceback" not in err
