@@ -22,9 +22,9 @@ CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss
 # config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter) ...
 ARCH_KEYS = ("arch.name", "dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth")
 # ... and TRAINING CHANGES; the remaining keys have columns of their own (lr, batch size, epochs, image size, data)
-TRAINING_KEYS = ("optimizer", "momentum", "muon_lr", "muon_momentum", "nesterov", "weight_decay", "decoupled_wd", "norm_lr_scale", "scheduler",
-                 "lr_step_epochs", "lr_gamma", "label_smoothing", "augment", "translate", "flip", "ema", "lookahead",
-                 "early_stopping", "tta", "precision", "compile")
+TRAINING_KEYS = ("optimizer", "momentum", "muon_lr", "muon_momentum", "nesterov", "weight_decay", "decoupled_wd",
+                 "norm_lr_scale", "scheduler", "budget", "max_steps", "lr_step_epochs", "lr_gamma", "label_smoothing",
+                 "augment", "translate", "flip", "ema", "lookahead", "early_stopping", "tta", "precision", "compile")
 # config keys that say nothing about what a run computes: a trial equal to its base in all else is the baseline
 BOOKKEEPING = ("seed", "run_name", "experiment", "threads", "device", "precision")
 

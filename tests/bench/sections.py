@@ -487,12 +487,14 @@ def bench_listings(report, accuracy: bool = False) -> None:
 
 
 def _cnnlab_fast(recipe: str, seed: int) -> dict:
-    """`cnnlab train recipe=RECIPE seed=SEED` in a fresh process, timed as the peer is: the data-fitted layers
-    (whitening), the training steps and the final TTA pass; not data loading or the per-epoch test."""
+    """`cnnlab train recipe=RECIPE seed=SEED` ("RECIPE" may carry overrides: "fast94_muon epochs=7") in a fresh
+    process, timed as the peer is: the data-fitted layers (whitening), the training steps and the final TTA pass;
+    not data loading or the per-epoch test."""
     from cnnlab.store import Store
 
     client = Store().client
-    run_id = _cli_train([f"recipe={recipe}", f"seed={seed}"])
+    name, *extra = recipe.split()
+    run_id = _cli_train([f"recipe={name}", f"seed={seed}", *extra])
     m = client.get_run(run_id).data.metrics
     history = lambda key: {h.step: h.value for h in client.get_metric_history(run_id, key)}  # noqa: E731
     n_train = 50000
@@ -528,13 +530,14 @@ def bench_fast(report, accuracy: bool = False) -> None:
     results = {}
 
     def peer(seed):
-        r = airbench_muon.train(ds.x_train, ds.y_train, ds.x_test, ds.y_test, seed=seed)
+        r = airbench_muon.train(ds.x_train, ds.y_train, ds.x_test, ds.y_test, seed=seed,
+                                on_epoch=lambda e, t, a: print(f"  port epoch {e}: {t:.0f} s, test acc {a:.4f}", flush=True))
         images = airbench_muon.BATCH * (len(ds.y_train) // airbench_muon.BATCH) * r["epochs"]
         r["gflops"] = 3 * peer_flops * images / r["steps_s"] / 1e9  # a training step costs about 3 forward passes
         return r
 
     for name, one in [("airbench94_muon port", peer)] + [(f"recipe={r}", lambda s, r=r: _cnnlab_fast(r, s))
-                                                          for r in recipes]:
+                                                          for r in recipes if r]:
         runs = []
         for seed in seeds:
             runs.append(one(seed))
