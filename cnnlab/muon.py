@@ -16,13 +16,21 @@ import torch
 NS_STEPS = 3  # airbench94_muon's: enough for an update that only needs to be roughly orthogonal
 
 
+def _channels_last(p: torch.Tensor) -> bool:
+    return p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+
+
+def as_matrix(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """`t` (2-D or more) as (rows = output units, the rest), columns in the order a channels_last filter bank
+    stores them, (kh, kw, in), when `channels_last`: a view where the layout allows, else a copy."""
+    if channels_last:
+        return t.permute(0, 2, 3, 1).reshape(len(t), -1)
+    return t.reshape(len(t), -1)
+
+
 def matrix_view(p: torch.Tensor) -> torch.Tensor:
-    """`p` (2-D or more) as a 2-D view (rows = output units) sharing its memory, in the order it is stored."""
-    if p.ndim == 2:
-        return p
-    if p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
-        return p.permute(0, 2, 3, 1).flatten(1)  # channels_last: (out, kh, kw, in) is the contiguous order
-    return p.flatten(1)
+    """Parameter `p` as a 2-D view of its memory (rows = output units), in the order it is stored."""
+    return as_matrix(p, _channels_last(p))
 
 
 class Combined(torch.optim.Optimizer):
@@ -56,6 +64,7 @@ class MatrixMuon(torch.optim.Muon):
 
     def __init__(self, params, lr: float, momentum: float):
         self.pairs = [(p, torch.nn.Parameter(matrix_view(p.detach()))) for p in params]
+        self.orders = [_channels_last(p) for p, _ in self.pairs]  # a gradient is read in its parameter's order
         for p, view in self.pairs:
             assert view.data_ptr() == p.data_ptr(), "a 2-D view must share the parameter's memory"
         super().__init__([view for _, view in self.pairs], lr=lr, momentum=momentum, nesterov=True,
@@ -63,8 +72,8 @@ class MatrixMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for p, view in self.pairs:
-            view.grad = None if p.grad is None else matrix_view(p.grad).reshape(view.shape)
+        for (p, view), channels_last in zip(self.pairs, self.orders):
+            view.grad = None if p.grad is None else as_matrix(p.grad, channels_last)
             view.mul_(len(view) ** 0.5 / view.norm().clamp(min=1e-12))
         super().step()
         for _, view in self.pairs:

@@ -136,3 +136,27 @@ def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client):
 def test_bad_budget_and_muon_values_are_clear_errors(cli, value, says):
     code, out, err = cli("train", *TINY, value, "-q")
     assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_a_sweep_of_budget_trials_is_estimated_by_its_budgets(cli):
+    code, out, err = cli("sweep", "lr=0.1,0.01,0.001", *TINY, "budget=2m", "--dry-run")
+    assert code == 0, err
+    assert "estimated: ~6 min one trial after another (3 trial(s) by their budget=)" in out + err
+
+
+def test_muon_reads_a_gradient_in_its_filters_order_whatever_its_layout():
+    cfg = resolve(compose(["arch=vgg_small", "optimizer=muon"]))
+    results = []
+    for layout in (None, torch.contiguous_format):
+        torch.manual_seed(0)
+        model = build_model(cfg).to(memory_format=torch.channels_last)
+        opt = make_optimizer(cfg, model)
+        x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if layout is not None:  # the same gradients, stored the other way
+            for p in model.parameters():
+                if p.grad is not None and p.ndim == 4:
+                    p.grad = p.grad.contiguous(memory_format=layout)
+        opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))

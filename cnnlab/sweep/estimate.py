@@ -11,6 +11,7 @@ import statistics
 import time
 from typing import Dict, List, Optional, Tuple
 
+from ..schema import duration
 from .spec import Trial, resolved
 
 CIFAR10_TRAIN = 50_000
@@ -67,19 +68,25 @@ def _timed(cfg, seconds: float = 0.3, most: int = 10) -> float:
 def estimate(trials: List[Trial], store=None) -> Tuple[float, str]:
     """(seconds for all trials one after the other, where the figures came from)."""
     per_image: Dict[tuple, float] = {}
-    sources = {"store": 0, "timed": 0}
+    sources = {"store": 0, "timed": 0, "budget": 0}
     total = 0.0
     for trial in trials:
         cfg = resolved(trial.overrides)
+        if cfg.budget:  # a trial to a time budget takes its budget
+            total += duration(cfg.budget)
+            sources["budget"] += 1
+            continue
         sig = _signature(cfg)
         if sig not in per_image:
             known = _from_store(store, cfg)
             sources["store" if known is not None else "timed"] += 1
             per_image[sig] = known if known is not None else _timed(cfg)
-        total += cfg.epochs * _train_images(cfg) * per_image[sig]
-    how = ", ".join(f"{n} from {'past runs in the store' if k == 'store' else 'timed steps here'}"
-                    for k, n in sources.items() if n)
-    return total, f"{len(per_image)} distinct model/batch setting(s): {how}"
+        images = cfg.epochs * _train_images(cfg)
+        total += (min(images, cfg.max_steps * cfg.batch_size) if cfg.max_steps else images) * per_image[sig]
+    words = {"store": "from past runs in the store", "timed": "from timed steps here",
+             "budget": "trial(s) by their budget="}
+    how = ", ".join(f"{n} {words[k]}" for k, n in sources.items() if n)
+    return total, (f"{len(per_image)} distinct model/batch setting(s): " if per_image else "") + how
 
 
 def human(seconds: float) -> str:

@@ -20,7 +20,8 @@ TTA accuracy in 2.59 s on an A100, 8 epochs at batch 2000). Written anew from th
 What differs, because this is a CPU: bf16 autocast instead of `.half()` weights, no torch.compile, wall-clock
 timing, the batch crop as one strided gather (cnnlab.data's trick) instead of masked copies, and the process
 settings cnnlab's engine runs under (engine.setup_torch: glibc keeps freed buffers instead of returning them to the
-OS, denormals flushed), without which the same steps run about 20% slower here. The timer
+OS, denormals flushed), without which the same steps ran about 25% slower here (about 120 s an epoch against 93 s
+on a Zen 4). The timer
 covers what the original's does: whitening init, the training epochs, the final TTA pass; not data loading
 or the per-epoch plain test.
 """
