@@ -486,7 +486,7 @@ def bench_listings(report, accuracy: bool = False) -> None:
                           }.get(name, ""))
 
 
-def _cnnlab_fast(recipe: str, seed: int) -> dict:
+def _cnnlab_fast(recipe: str, seed: int, run_id: str = None) -> dict:
     """`cnnlab train recipe=RECIPE seed=SEED` ("RECIPE" may carry overrides: "fast94_muon epochs=7") in a fresh
     process, timed as the peer is: the data-fitted layers (whitening), the training steps and the final TTA pass;
     not data loading or the per-epoch test."""
@@ -494,17 +494,24 @@ def _cnnlab_fast(recipe: str, seed: int) -> dict:
 
     client = Store().client
     name, *extra = recipe.split()
-    run_id = _cli_train([f"recipe={name}", f"seed={seed}", *extra])
-    m = client.get_run(run_id).data.metrics
+    run_id = run_id or _cli_train([f"recipe={name}", f"seed={seed}", *extra])
+    run = client.get_run(run_id)
+    m, params = run.data.metrics, run.data.params
     history = lambda key: {h.step: h.value for h in client.get_metric_history(run_id, key)}  # noqa: E731
-    n_train = 50000
-    steps_s = {e: n_train / ips for e, ips in history("img_per_s").items()}
+    # the images each epoch trained: whole batches (the last partial one is dropped), fewer in an epoch max_steps cut
+    batch, per_epoch = int(params["batch_size"]), int(params["split.train"]) // int(params["batch_size"])
+    steps_left = int(params["max_steps"]) or per_epoch * int(params["epochs"])
+    images = {}
+    for epoch in sorted(history("img_per_s")):
+        images[epoch] = batch * min(per_epoch, steps_left)
+        steps_left -= per_epoch
+    steps_s = {e: images[e] / ips for e, ips in history("img_per_s").items()}
     elapsed, curve = m["build_time"], []
     for epoch, acc in sorted(history("epoch_test_acc").items()):
         elapsed += steps_s[epoch]
         curve.append((epoch, round(elapsed, 1), round(acc, 4)))
     train_s = m["build_time"] + sum(steps_s.values()) + m["test_time"]
-    gflops = 3 * m["flops"] * n_train * len(steps_s) / sum(steps_s.values()) / 1e9
+    gflops = 3 * m["flops"] * sum(images.values()) / sum(steps_s.values()) / 1e9
     return {"tta_acc": m["test_acc"], "train_s": train_s, "steps_s": sum(steps_s.values()),
             "epochs": int(m["epochs_run"]), "curve": curve, "gflops": gflops, "params": int(m["params"])}
 
