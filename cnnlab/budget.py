@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 
 from .errors import CnnlabError
 from .schema import duration
 
-MARGIN = 0.02  # of the budget, kept for what the estimate cannot see (a slower step now and then)
+MARGIN = 0.03  # of the budget, kept for what the estimate cannot see (a slower step now and then)
 END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
 
 
@@ -31,12 +32,12 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     budget_s = duration(cfg.budget)
     saved = copy.deepcopy(model.state_dict())
     batches_state, rng = copy.deepcopy(loaders.train.state_dict()), torch.get_rng_state()
-    probe_cfg = OmegaConf.merge(cfg, {"compile": False, "ema": 0.0, "lookahead": False})
+    probe_cfg = OmegaConf.merge(cfg, {"compile": False})  # (a compiled run is faster: it ends early)
     trainer = engine.Trainer(probe_cfg, model, loaders.train, amp_dtype, num_classes)
-    # training steps: warm up until a step is no slower than the one before (the first ones set up kernels and
-    # memory), then time at least 2, or 1% of the budget
+    # training steps: warm up (the first steps set up kernels and memory) until two steps in a row agree within 10%,
+    # then time at least 3 more, or 1% of the budget; the median is the step's time
     warm, timed, batches = [], [], iter(loaders.train)
-    while len(timed) < 2 or (sum(timed) < 0.01 * budget_s and len(timed) < 50):
+    while len(timed) < 3 or (sum(timed) < 0.01 * budget_s and len(timed) < 50):
         x, y = next(batches, (None, None))
         if x is None:
             batches = iter(loaders.train)
@@ -44,17 +45,19 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
         t0 = time.perf_counter()
         trainer.step(x, y)
         elapsed = time.perf_counter() - t0
-        settled = len(warm) >= 2 and elapsed <= 1.1 * warm[-1] or len(warm) >= 10
+        settled = len(warm) >= 3 and abs(warm[-1] - warm[-2]) <= 0.1 * warm[-2] or len(warm) >= 12
         (timed if timed or settled else warm).append(elapsed)
-    step_s = sum(timed) / len(timed)
-    # evaluation: images per second of the forward pass (a warm-up batch, then one timed)
+    step_s = statistics.median(timed)
+    # evaluation: seconds per image of the forward pass and of TTA's six (a warm-up batch, then one timed)
     x = next(iter(loaders.test))[0]
     model.eval()
     with torch.inference_mode(), engine.autocast(x.device, amp_dtype):
-        model(x)
-        t0 = time.perf_counter()
-        model(x)
-        eval_ips = len(x) / (time.perf_counter() - t0)
+        per_image = {}
+        for name, forward in (("plain", model), ("tta", lambda v: engine.tta_logits(model, v))):
+            forward(x)
+            t0 = time.perf_counter()
+            forward(x)
+            per_image[name] = (time.perf_counter() - t0) / len(x)
     model.train()
     buffer = io.BytesIO()
     t0 = time.perf_counter()
@@ -66,8 +69,9 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
 
     n_test = len(loaders.test.y)
     per_epoch = len(loaders.val.y) + (n_test if cfg.eval.test_every_epoch else 0)
-    eval_s = per_epoch / eval_ips + 2 * save_s  # and the best and last checkpoints
-    final_s = n_test * ((6 if cfg.tta else 1) + len(cfg.eval.targets)) / eval_ips + END_SECONDS
+    eval_s = per_epoch * per_image["plain"] + 2 * save_s  # and the best and last checkpoints
+    final_s = n_test * (per_image["tta" if cfg.tta else "plain"] + len(cfg.eval.targets) * per_image["plain"]) \
+        + END_SECONDS
     setup_s = time.perf_counter() - started
     available = budget_s * (1 - MARGIN) - setup_s - final_s
     per_epoch_steps = len(loaders.train)
