@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 
 from .errors import CnnlabError
 from .schema import duration
 
-MARGIN = 0.03  # of the budget, kept for what the estimate cannot see (a slower step now and then)
+MARGIN = 0.015  # of the budget, kept for what the estimate cannot see (a slower step now and then)
 END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
 
 
@@ -34,20 +33,17 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     batches_state, rng = copy.deepcopy(loaders.train.state_dict()), torch.get_rng_state()
     probe_cfg = OmegaConf.merge(cfg, {"compile": False})  # (a compiled run is faster: it ends early)
     trainer = engine.Trainer(probe_cfg, model, loaders.train, amp_dtype, num_classes)
-    # training steps: warm up (the first steps set up kernels and memory) until two steps in a row agree within 10%,
-    # then time at least 3 more, or 1% of the budget; the median is the step's time
-    warm, timed, batches = [], [], iter(loaders.train)
-    while len(timed) < 3 or (sum(timed) < 0.01 * budget_s and len(timed) < 50):
-        x, y = next(batches, (None, None))
-        if x is None:
-            batches = iter(loaders.train)
-            continue
-        t0 = time.perf_counter()
-        trainer.step(x, y)
-        elapsed = time.perf_counter() - t0
-        settled = len(warm) >= 3 and abs(warm[-1] - warm[-2]) <= 0.1 * warm[-2] or len(warm) >= 12
-        (timed if timed or settled else warm).append(elapsed)
-    step_s = statistics.median(timed)
+    # training steps, timed in the real training loop (batches, bookkeeping and all): warm up (the first steps set
+    # up kernels and memory) until two short runs agree within 10%, then time one run of at least 3 steps, or of 1%
+    # of the budget (at most an epoch)
+    def seconds_per_step(n: int) -> float:
+        trainer.steps, trainer.total_steps = 0, n
+        return loaders.train.batch_size / trainer.train_epoch(loaders.train, last=False)["img_per_s"]
+
+    warm = [seconds_per_step(3)]
+    while len(warm) < 3 or abs(warm[-1] - warm[-2]) > 0.1 * warm[-2] and len(warm) < 8:
+        warm.append(seconds_per_step(2))
+    step_s = seconds_per_step(max(3, min(len(loaders.train), math.ceil(0.01 * budget_s / warm[-1]))))
     # evaluation: seconds per image of the forward pass and of TTA's six (a warm-up batch, then one timed)
     x = next(iter(loaders.test))[0]
     model.eval()
