@@ -480,7 +480,28 @@ def data_info(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     )
 
 
+def _interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
 def main() -> None:
+    import signal
+    import threading
+
+    # Ctrl-C before a command installs its own handling: click would turn a KeyboardInterrupt into "Aborted!" and
+    # exit 1; an Interrupted passes through it and ends the command with 130, as Ctrl-C anywhere else does
+    previous = signal.getsignal(signal.SIGINT)
+    ours = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if ours:
+        signal.signal(signal.SIGINT, _interrupted)
+    try:
+        _run()
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run() -> None:
     try:
         app()
     except CnnlabError as exc:

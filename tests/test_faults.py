@@ -102,8 +102,8 @@ def test_ctrl_c_while_a_first_train_creates_the_store_leaves_it_usable():
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_from_a_terminal)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-        assert proc.returncode in (130, -signal.SIGINT)  # never swallowed, wherever it lands
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (130, -signal.SIGINT), (delay, err[-3000:])  # never swallowed, wherever it lands
         done = cnnlab("train", *TINY, "-q")
         assert done.returncode == 0, done.stderr[-2000:]
         shutil.rmtree(runs_dir())
