@@ -158,6 +158,7 @@ def zoo_accuracy(report, rows: dict) -> None:
     some) and written into the README between its zoo-table marks. CNNLAB_BENCH_ZOO_PARALLEL=2 trains two at
     once, one thread each (twice the architectures per hour, each on one core)."""
     import json
+    import subprocess
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -166,21 +167,26 @@ def zoo_accuracy(report, rows: dict) -> None:
     path = REPORTS / "zoo-accuracy.json"
     done = json.loads(path.read_text()) if path.exists() else {}
     chosen = os.environ.get("CNNLAB_BENCH_ARCHS", "").split(",") if os.environ.get("CNNLAB_BENCH_ARCHS") else \
-        [a for a in rows if a not in done]
+        [a for a in rows if "test_acc" not in done.get(a, {})]  # a failed one is tried again
     parallel = int(os.environ.get("CNNLAB_BENCH_ZOO_PARALLEL", "1"))
     lock = threading.Lock()
 
     def one(arch):
         extra = ["threads=1"] if parallel > 1 else []
-        r = {**_budget_run([f"arch={arch}", f"budget={ZOO_BUDGET}", *extra]), "params": rows[arch]["params"],
-             "mflops": round(rows[arch]["flops"] / 1e6, 1), "threads": 1 if parallel > 1 else 0}
+        r = {"params": rows[arch]["params"], "mflops": round(rows[arch]["flops"] / 1e6, 1),
+             "threads": 1 if parallel > 1 else 0}
+        try:
+            r.update(_budget_run([f"arch={arch}", f"budget={ZOO_BUDGET}", *extra]))
+            line = (f"{arch}: test_acc {r['test_acc']:.4f} after {r['epochs']} epochs ({r['steps']} steps) in "
+                    f"{r['wall_s']:.0f} s of a {ZOO_BUDGET} budget" + (" (one thread, beside another run)" if parallel > 1 else ""))
+        except subprocess.CalledProcessError as e:  # kept in the table with its reason; the others go on
+            r["error"] = (e.stderr or "").strip().splitlines()[-1:] or [f"exit {e.returncode}"]
+            line = f"{arch}: FAILED: {r['error'][0]}"
         with lock:
             done[arch] = r
             REPORTS.mkdir(exist_ok=True)
             path.write_text(json.dumps(done, indent=1))
-            report.add(f"zoo_acc_{arch}", r, f"{arch}: test_acc {r['test_acc']:.4f} after {r['epochs']} epochs "
-                       f"({r['steps']} steps) in {r['wall_s']:.0f} s of a {ZOO_BUDGET} budget"
-                       + (" (one thread, beside another run)" if parallel > 1 else ""))
+            report.add(f"zoo_acc_{arch}", r, line)
             _write_zoo_table(done)
 
     with ThreadPoolExecutor(parallel) as pool:
@@ -195,7 +201,10 @@ def _write_zoo_table(done: dict) -> None:
     lines = [f"Each architecture's own recipe (`conf/arch/<name>.yaml`) under `budget={ZOO_BUDGET}` on the JPEG copy "
              f"of CIFAR-10 ({cpu_line()}; `make bench ARGS=\"zoo --accuracy\"`):", "",
              "| arch | params | MFLOPs | img/s | epochs | test acc | threads |", "|---|---:|---:|---:|---:|---:|---|"]
-    for arch, r in sorted(done.items(), key=lambda kv: -kv[1]["test_acc"]):
+    for arch, r in sorted(done.items(), key=lambda kv: -kv[1].get("test_acc", -1)):
+        if "error" in r:
+            lines.append(f"| {arch} | {r['params'] / 1e6:.2f}M | {r['mflops']:,.1f} | | | failed: {r['error'][0]} | |")
+            continue
         lines.append(f"| {arch} | {r['params'] / 1e6:.2f}M | {r['mflops']:,.1f} | {r['img_s']:,.0f} | {r['epochs']} | "
                      f"{r['test_acc']:.4f} | {'1, beside another run' if r.get('threads') == 1 else 'all'} |")
     readme = SOURCE_ROOT / "README.md"
