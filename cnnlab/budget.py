@@ -37,8 +37,7 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     # up kernels and memory) until two short runs agree within 10%, then time one run of at least 3 steps, or of 1%
     # of the budget (at most an epoch)
     def seconds_per_step(n: int) -> float:
-        trainer.steps, trainer.total_steps = 0, n
-        return loaders.train.batch_size / trainer.train_epoch(loaders.train, last=False)["img_per_s"]
+        return loaders.train.batch_size / trainer.probe(loaders.train, n)["img_per_s"]
 
     warm = [seconds_per_step(3)]
     while len(warm) < 3 or abs(warm[-1] - warm[-2]) > 0.1 * warm[-2] and len(warm) < 8:

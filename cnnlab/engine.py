@@ -386,6 +386,12 @@ class Trainer:
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                 "img_per_s": seen / train_time, "train_time": train_time}
 
+    def probe(self, batches, steps: int) -> Dict[str, float]:
+        """`steps` training steps from the start of `batches`, in train_epoch's loop: how budget= times a step.
+        The trainer is then spent (its schedule counts from here); the caller restores the model and batches."""
+        self.steps, self.total_steps = 0, steps
+        return self.train_epoch(batches, last=False)
+
     def step(self, x, y):
         """One training step on a batch: (loss, logits)."""
         import torch.nn.functional as F

@@ -12,6 +12,8 @@ from cnnlab.muon import matrix_view
 from cnnlab.schema import duration
 from cnnlab.train import train
 
+from .helpers import lr_trace
+
 TINY = ["data=synthetic", "data.n_train=400", "data.n_test=100", "batch_size=100"]
 
 
@@ -85,15 +87,8 @@ def test_optimizer_muon_trains_each_family_and_is_recorded(arch, mlflow_client):
 
 def test_linear_schedule_goes_from_lr_to_zero():
     cfg = resolve(compose(["optimizer=sgd", "lr=2.0", "scheduler=linear", "epochs=1"]))
-    model = torch.nn.Linear(2, 1)
-    opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt, 4)
-    lrs = []
-    for _ in range(4):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs + [opt.param_groups[0]["lr"]] == pytest.approx([2.0, 1.5, 1.0, 0.5, 0.0])
+    lrs = [group[0] for group in lr_trace(cfg, torch.nn.Linear(2, 1), steps_per_epoch=4, steps=4)]
+    assert lrs == pytest.approx([2.0, 1.5, 1.0, 0.5, 0.0])
 
 
 def test_max_steps_ends_inside_an_epoch_and_the_schedule_spans_them(mlflow_client):

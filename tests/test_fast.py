@@ -9,8 +9,10 @@ from cnnlab import data
 from cnnlab.config import compose, resolve
 from cnnlab.models import build_model, get_arch
 from cnnlab.models.airbench import Whiten
-from cnnlab.engine import make_optimizer, make_scheduler, tta_logits
+from cnnlab.engine import make_optimizer, tta_logits
 from cnnlab.train import train
+
+from .helpers import lr_trace
 
 TINY = ["data=synthetic", "data.n_train=400", "data.n_test=100", "epochs=2", "batch_size=100"]
 
@@ -55,16 +57,11 @@ def test_triangle_schedule_and_decoupled_weight_decay():
     cfg = resolve(compose(["optimizer=sgd", "lr=1.0", "scheduler=triangle", "epochs=1", "weight_decay=0.1",
                            "decoupled_wd=true", "momentum=0"]))
     model = torch.nn.Linear(2, 1, bias=False)
-    opt = make_optimizer(cfg, model)
-    sched = make_scheduler(cfg, opt, 100)
-    lrs = []
-    for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = [group[0] for group in lr_trace(cfg, model, steps_per_epoch=100, steps=100)][:100]
     assert lrs[0] == pytest.approx(0.2) and max(lrs) == pytest.approx(1.0, abs=0.02) and lrs.index(max(lrs)) == 23
     assert lrs[-1] == pytest.approx(0.07, abs=0.02)
     # no gradient: only the decoupled decay moves the weights, by lr_t * wd each step
+    opt = make_optimizer(cfg, model)
     model.weight.data.fill_(1.0)
     model.weight.grad = torch.zeros_like(model.weight)
     opt.param_groups[0]["lr"] = 0.5
@@ -107,13 +104,7 @@ def test_norm_lr_scale_puts_batchnorm_in_a_faster_group():
     assert fast[0]["weight_decay"] == pytest.approx(1e-4)  # lr x wd, the decay per step, is unchanged
     # the schedule scales both groups alike: at one-cycle's peak the BatchNorm group is 64x the common lr
     onecycle = resolve(compose(["arch=vgg_small", "norm_lr_scale=64", "scheduler=onecycle", "lr=0.1", "epochs=1"]))
-    opt = make_optimizer(onecycle, model)
-    sched = make_scheduler(onecycle, opt, 100)
-    peak = []
-    for _ in range(100):
-        peak.append([g["lr"] for g in opt.param_groups])
-        opt.step()
-        sched.step()
+    peak = lr_trace(onecycle, model, steps_per_epoch=100, steps=100)[:100]
     top = max(peak, key=lambda lrs: lrs[0])
     assert top[0] == pytest.approx(0.1, rel=0.02) and top[1] == pytest.approx(6.4, rel=0.02)
     assert peak[0][1] / peak[0][0] == pytest.approx(64) and peak[-1][0] < 0.01

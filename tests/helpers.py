@@ -1,0 +1,18 @@
+"""Small helpers shared by several test modules."""
+
+from __future__ import annotations
+
+
+def lr_trace(cfg, model, steps_per_epoch: int, steps: int) -> list:
+    """Each param group's lr before each of `steps` optimizer steps under cfg's optimizer and schedule, then after
+    the last: [[group lrs] * (steps + 1)]. The model has no gradients, so only decoupled decay can move it."""
+    from cnnlab.engine import make_optimizer, make_scheduler
+
+    optimizer = make_optimizer(cfg, model)
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
+    trace = []
+    for _ in range(steps):
+        trace.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return trace + [[g["lr"] for g in optimizer.param_groups]]
