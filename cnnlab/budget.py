@@ -43,13 +43,17 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     while len(warm) < 3 or abs(warm[-1] - warm[-2]) > 0.1 * warm[-2] and len(warm) < 8:
         warm.append(seconds_per_step(2))
     step_s = seconds_per_step(max(3, min(len(loaders.train), math.ceil(0.01 * budget_s / warm[-1]))))
-    # evaluation: seconds per image of the forward pass and of TTA's six (a warm-up batch, then one timed)
+    # evaluation: seconds per image of the forward pass (and of TTA's six, same shapes) after a warm-up pass, on as
+    # much of a test batch as costs about 2% of the budget (a forward pass is about a third of a step): a big model's
+    # whole 500-image batch would cost minutes of a 10-minute budget on one core
+    forward_s = step_s / loaders.train.batch_size / 3
     x = next(iter(loaders.test))[0]
+    x = x[:max(32, int(0.02 * budget_s / (8 * forward_s)))]
     model.eval()
     with torch.inference_mode(), engine.autocast(x.device, amp_dtype):
+        model(x)
         per_image = {}
-        for name, forward in (("plain", model), ("tta", lambda v: engine.tta_logits(model, v))):
-            forward(x)
+        for name, forward in (("plain", model), ("tta", lambda v: engine.tta_logits(model, v)))[:2 if cfg.tta else 1]:
             t0 = time.perf_counter()
             forward(x)
             per_image[name] = (time.perf_counter() - t0) / len(x)
