@@ -5,6 +5,7 @@ Nothing here knows about runs, files or MLflow: `train.py` wires these parts to 
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 from typing import Callable, Dict, Optional
@@ -212,26 +213,32 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
 
-def make_scheduler(cfg, optimizer, steps_per_epoch: int):
-    """A per-step scheduler over the run's total_steps, or None for a constant learning rate."""
+def make_scheduler(cfg, optimizer, steps_per_epoch: int, total: Optional[int] = None, at: int = 0):
+    """A per-step scheduler over the run's total_steps (or `total`), or None for a constant learning rate.
+    at: the steps already taken, for a schedule that goes on from there over a new length (budget='s re-plan);
+    the optimizer's groups then hold the first scheduler's initial and peak rates."""
     import torch
 
-    total = total_steps(cfg, steps_per_epoch)
+    total = total or total_steps(cfg, steps_per_epoch)
+    last = at - 1  # torch counts the steps taken in last_epoch, -1 for a new schedule
     if cfg.scheduler == "onecycle":  # (Muon's momentum is its own: not cycled)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                                   total_steps=total, cycle_momentum=cfg.optimizer != "muon")
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+                                                   total_steps=total, cycle_momentum=cfg.optimizer != "muon",
+                                                   last_epoch=last)
+    if cfg.scheduler == "cosine":  # (CosineAnnealingLR's recursive form cannot go on over a new length)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)),
+                                                 last_epoch=last)
     if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs * steps_per_epoch, cfg.lr_gamma)
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs * steps_per_epoch, cfg.lr_gamma,
+                                               last_epoch=last)
     if cfg.scheduler == "triangle":  # airbench's: 0.2 -> 1 over the first 23% of steps, then down to 0.07
         def triangle(step: int) -> float:
             t = step / max(1, total)
             return 0.2 + 0.8 * t / 0.23 if t < 0.23 else 1 - 0.93 * (t - 0.23) / 0.77
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, triangle)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, triangle, last_epoch=last)
     if cfg.scheduler == "linear":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(1, total))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / max(1, total), last_epoch=last)
     return None
 
 
@@ -322,7 +329,8 @@ class Trainer:
         self.cfg, self.model, self.amp_dtype, self.num_classes = cfg, model, amp_dtype, num_classes
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(cfg, model)
-        self.scheduler = make_scheduler(cfg, self.optimizer, len(train_batches))
+        self.steps_per_epoch = len(train_batches)
+        self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self.ema = None
         if cfg.ema:
@@ -386,6 +394,22 @@ class Trainer:
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                 "img_per_s": seen / train_time, "train_time": train_time}
 
+    def retarget(self, total: int) -> None:
+        """End training after `total` steps instead: the schedule (and lookahead's ramp) goes on from the step it
+        stands at and spans the new length, reaching its end at the new last step. budget='s re-plan."""
+        import warnings
+
+        total = max(total, self.steps)
+        if total == self.total_steps:
+            return
+        self.total_steps = total
+        if self.lookahead is not None:
+            self.lookahead.total = max(1, total)
+        if self.scheduler is not None:
+            with warnings.catch_warnings():  # (torch warns of a scheduler made after the optimizer's first step)
+                warnings.simplefilter("ignore")
+                self.scheduler = make_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, total, self.steps)
+
     def probe(self, batches, steps: int) -> Dict[str, float]:
         """`steps` training steps from the start of `batches`, in train_epoch's loop: how budget= times a step.
         The trainer is then spent (its schedule counts from here); the caller restores the model and batches."""
@@ -428,7 +452,8 @@ class Trainer:
         import torch
 
         state = {"model": plain(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(), "steps": self.steps}
+                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(), "steps": self.steps,
+                 "total_steps": self.total_steps}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.ema is not None:
@@ -442,6 +467,8 @@ class Trainer:
 
         plain(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = state.get("steps", 0)
+        self.retarget(state.get("total_steps", self.total_steps))  # a budget run's re-planned length
         self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -452,7 +479,6 @@ class Trainer:
                 torch._foreach_copy_(self.lookahead.slow, state["lookahead"]["slow"])
             self.lookahead.steps = state["lookahead"]["steps"]
         torch.set_rng_state(state["rng"])
-        self.steps = state.get("steps", 0)
 
     @property
     def lr(self) -> float:

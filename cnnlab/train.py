@@ -69,10 +69,10 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     build_time = time.perf_counter() - built  # with layers fitted to data (airbench's whitening)
     n_params = sum(p.numel() for p in model.parameters())
     flops = engine.count_flops(model, in_channels, cfg.image_size, device)
-    estimate = None
-    if cfg.budget and state is None:  # a resumed run keeps the steps it planned
-        from . import budget
+    from . import budget
 
+    estimate = None
+    if cfg.budget and state is None:  # a resumed run keeps the steps it planned (and re-planned)
         cfg, estimate = budget.plan(cfg, model, loaders, amp_dtype, num_classes, started)
     elif cfg.max_steps:  # the epochs the steps reach: what is recorded is what runs
         cfg = cfg.copy()
@@ -103,9 +103,14 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     size = {"params": n_params, "flops": flops}
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED
-        fit(cfg, trainer, loaders, rec, on_epoch)
+        fit(cfg, trainer, loaders, rec, on_epoch, replan=budget.Replan(estimate, started) if estimate else None)
         final, matrix = score(cfg, trainer, loaders, rec, ds, device)
         final["build_time"] = build_time
+        if cfg.budget:  # the steps it ended with, after the re-plans (its parameters hold the first plan)
+            final["budget_steps"] = trainer.steps
+            if trainer.steps != cfg.max_steps:
+                rec.report.line(f"budget {cfg.budget}: re-planned from {cfg.max_steps:,} to {trainer.steps:,} steps "
+                                "as the machine's speed changed")
     except Pruned as exc:
         return rec.pruned(exc, size)
     except Interrupted as exc:
@@ -117,31 +122,36 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     return rec.finished(final, matrix, ds.classes, size)
 
 
-def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable]) -> None:
-    """The epochs (after those a resumed run had done): train, validate (and test, for the curve), record, stop
-    early when asked."""
+def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], replan: Optional[Callable] = None) -> None:
+    """The epochs (after those a resumed run had done), as many as the trainer's steps fill: train, validate (and
+    test, for the curve), record, stop early when asked. replan (budget=): after each epoch, the run's new total
+    steps from the epoch's times (budget.Replan)."""
     report = rec.report
-    for epoch in range(rec.epoch + 1, cfg.epochs + 1):
+    per_epoch = len(loaders.train)
+    epoch = rec.epoch
+    while epoch < math.ceil(trainer.total_steps / per_epoch):
+        epoch += 1
+        epochs = math.ceil(trainer.total_steps / per_epoch)
         if cfg.early_stopping and epoch - 1 - rec.best["epoch"] >= cfg.early_stopping:
             break  # a resumed run that had already stopped early
-        t0 = time.perf_counter()
-        with report.epoch(epoch, cfg.epochs, len(loaders.train)) as update:
-            metrics = trainer.train_epoch(loaders.train, last=epoch == cfg.epochs, update=update)
+        t0, steps_before = time.perf_counter(), trainer.steps
+        with report.epoch(epoch, epochs, per_epoch) as update:
+            metrics = trainer.train_epoch(loaders.train, last=epoch == epochs, update=update)
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"the training loss became {metrics['train_loss']} in epoch {epoch}; "
                            f"try a lower lr (now {cfg.lr})")
         if len(loaders.val.y):
-            with report.phase(f"epoch {epoch}/{cfg.epochs} validation", len(loaders.val)) as update:
+            with report.phase(f"epoch {epoch}/{epochs} validation", len(loaders.val)) as update:
                 metrics["val_loss"], metrics["val_acc"], _ = trainer.evaluate(loaders.val, update=update)
         if cfg.eval.test_every_epoch:  # the curve; "test_acc" itself is the final score of the chosen checkpoint
-            with report.phase(f"epoch {epoch}/{cfg.epochs} test", len(loaders.test)) as update:
+            with report.phase(f"epoch {epoch}/{epochs} test", len(loaders.test)) as update:
                 metrics["epoch_test_loss"], metrics["epoch_test_acc"], _ = trainer.evaluate(loaders.test,
                                                                                             update=update)
         for key in ("val_loss", "epoch_test_loss"):
             if key in metrics and not math.isfinite(metrics[key]):
                 raise Diverged(f"the {key.replace('epoch_', '').replace('_', ' ')} became {metrics[key]} in epoch "
                                f"{epoch} (the weights overflow); try a lower lr (now {cfg.lr})")
-        metrics.pop("train_time")
+        train_s = metrics.pop("train_time")
         metrics.update(lr=trainer.lr, epoch_time=time.perf_counter() - t0)
         rec.epoch_done(epoch, metrics, trainer, loaders.train)
         if on_epoch is not None:
@@ -149,6 +159,9 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable]) -> N
         if cfg.early_stopping and epoch - rec.best["epoch"] >= cfg.early_stopping:
             rec.report.line(f"early stop: no better val_acc for {cfg.early_stopping} epochs")
             break
+        if replan is not None and trainer.steps < trainer.total_steps:
+            trainer.retarget(replan(trainer.steps, trainer.steps - steps_before, train_s, time.perf_counter() - t0,
+                                    per_epoch))
 
 
 def score(cfg, trainer, loaders, rec: Recorder, ds, device):

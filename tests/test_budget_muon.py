@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cnnlab.config import compose, identity, resolve
-from cnnlab.engine import make_optimizer, make_scheduler
+from cnnlab import budget
+from cnnlab.engine import Trainer, make_optimizer, make_scheduler
 from cnnlab.models import build_model
 from cnnlab.muon import matrix_view
 from cnnlab.schema import duration
@@ -108,8 +109,10 @@ def test_durations(text, seconds):
     assert duration(text) == seconds
 
 
-def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client):
-    """The probe that times the steps gives the run back untouched: the same losses as a run told those steps."""
+def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client, monkeypatch):
+    """The probe that times the steps gives the run back untouched: the same losses as a run told those steps
+    (without the re-plans after each epoch, which follow the machine's speed)."""
+    monkeypatch.setattr(budget, "Replan", lambda estimate, started: None)
     overrides = [*TINY, "arch=tf_cnn", "budget=20s", "experiment=budget"]
     timed = train(compose(overrides), overrides, quiet=True)
     params = mlflow_client.get_run(timed.run_id).data.params
@@ -123,6 +126,64 @@ def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client):
     assert again.metrics["test_acc"] == timed.metrics["test_acc"]
     # a budget run is known by its budget, not by the steps it planned on one machine
     assert identity(resolve(compose([*TINY, "budget=20s", "max_steps=7"]))) == identity(resolve(compose([*TINY, "budget=20s"])))
+
+
+def test_a_budget_run_whose_steps_slow_down_re_plans_and_its_schedule_ends_at_its_new_last_step(mlflow_client,
+                                                                                                 monkeypatch):
+    """The machine slows down after the plan (each step 30 ms more): after each epoch the steps left are solved
+    again from the epoch's times, and the linear schedule still reaches 0 at the step the run ends with."""
+    import time
+
+    plan, step = budget.plan, Trainer.step
+
+    def plan_then_slow_down(*args, **kwargs):
+        planned = plan(*args, **kwargs)
+        monkeypatch.setattr(Trainer, "step", lambda self, x, y: (time.sleep(0.03), step(self, x, y))[1])
+        return planned
+
+    monkeypatch.setattr(budget, "plan", plan_then_slow_down)
+    overrides = [*TINY, "arch=tf_cnn", "optimizer=sgd", "lr=0.05", "scheduler=linear", "budget=15s",
+                 "experiment=budget"]
+    result = train(compose(overrides), overrides, quiet=True)
+    run = mlflow_client.get_run(result.run_id).data
+    planned, ran = int(run.params["max_steps"]), int(run.metrics["budget_steps"])
+    assert ran < planned / 2  # 30 ms more is several times tf_cnn's step on 100 images
+    assert len(result.history) == -(-ran // 3)  # 360 training images in batches of 100: 3 steps an epoch
+    assert result.history[-1]["lr"] == pytest.approx(0.0) and result.history[0]["lr"] > 0.04
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "triangle", "onecycle"])
+def test_a_retargeted_schedule_goes_on_as_one_made_for_the_new_length_and_survives_a_resume(scheduler):
+    """Trainer.retarget (budget='s re-plan) after 8 of 20 steps, to 12: from there on the rates (and onecycle's
+    momentum) are those of a schedule made for 12 steps, also in a trainer that resumes from its state."""
+    import copy
+
+    knobs = ["optimizer=sgd", "lr=0.1", "momentum=0.9", f"scheduler={scheduler}", "epochs=4"]
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 10, (8,))
+
+    def trainer(*more):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+        return Trainer(resolve(compose([*knobs, *more])), model, [None] * 5, None, 10)  # 5 steps an epoch
+
+    def rates(t, steps):  # lr and momentum of each group after each step
+        out = []
+        for _ in range(steps):
+            t.step(x, y)
+            out.append([v for g in t.optimizer.param_groups for v in (g["lr"], g["momentum"])])
+        return out
+
+    short = rates(trainer("max_steps=12"), 12)  # a schedule made for 12 steps
+    long = trainer()  # and one for 20
+    assert rates(long, 8)[-1] != pytest.approx(short[7])
+    long.retarget(12)
+    state = copy.deepcopy(long.state_dict())
+    after = rates(long, 4)
+    resumed = trainer()
+    resumed.load_state_dict(state)
+    assert (long.total_steps, resumed.total_steps) == (12, 12)
+    for got in (after, rates(resumed, 4)):
+        assert [v for r in got for v in r] == pytest.approx([v for r in short[8:] for v in r])
 
 
 @pytest.mark.parametrize("value, says", [("budget=5x", "a duration such as 90s, 5m"),
