@@ -481,6 +481,11 @@ class Trainer:
         torch.set_rng_state(state["rng"])
 
     @property
+    def epochs(self) -> int:
+        """The epochs the run's steps reach (the last perhaps cut): its length after budget='s re-plans."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 

@@ -196,7 +196,7 @@ class Recorder:
                                          "history": self.history, "best": self.best,
                                          "wall_seconds": self.earlier + time.perf_counter() - self.started})
         self.run.log_metrics(metrics, step=epoch)
-        self.report.line(epoch_line(epoch, -(-trainer.total_steps // len(batches)), metrics))  # (budget= re-plans)
+        self.report.line(epoch_line(epoch, trainer.epochs, metrics))  # (after budget= re-plans)
 
     def finished(self, final: Dict[str, float], matrix, classes: Sequence[str], extra: Dict[str, float]) -> Result:
         """The run's final scores, per-class accuracy, confusion matrix and artifacts; ends it FINISHED."""

@@ -129,9 +129,9 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
-    while epoch < math.ceil(trainer.total_steps / per_epoch):
+    while epoch < trainer.epochs:
         epoch += 1
-        epochs = math.ceil(trainer.total_steps / per_epoch)
+        epochs = trainer.epochs
         if cfg.early_stopping and epoch - 1 - rec.best["epoch"] >= cfg.early_stopping:
             break  # a resumed run that had already stopped early
         t0, steps_before = time.perf_counter(), trainer.steps
