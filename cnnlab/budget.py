@@ -68,16 +68,21 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     loaders.train.load_state_dict(batches_state)
     torch.set_rng_state(rng)
 
-    n_test = len(loaders.test.y)
-    per_epoch = len(loaders.val.y) + (n_test if cfg.eval.test_every_epoch else 0)
-    eval_s = per_epoch * per_image["plain"] + 2 * save_s  # and the best and last checkpoints
+    n_test, n_val = len(loaders.test.y), len(loaders.val.y)
+    tested = n_test if cfg.eval.test_every_epoch else 0
+    eval_s = (n_val + tested) * per_image["plain"] + 2 * save_s  # and the best and last checkpoints
+    # without a validation split the last epoch's weights are the ones the final test scores, and its point of the
+    # test curve comes from that test (train.fit)
+    last_eval_s = (n_val + (tested if n_val else 0)) * per_image["plain"] + 2 * save_s
     final_s = n_test * (per_image["tta" if cfg.tta else "plain"] + len(cfg.eval.targets) * per_image["plain"]) \
         + END_SECONDS
     setup_s = time.perf_counter() - started
-    steps, epochs = solve(budget_s * (1 - MARGIN) - setup_s - final_s, step_s, eval_s, len(loaders.train))
-    estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "final_s": final_s, "setup_s": setup_s}
+    steps, epochs = solve(budget_s * (1 - MARGIN) - setup_s - final_s, step_s, eval_s, len(loaders.train),
+                          last_eval_s)
+    estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "last_eval_s": last_eval_s,
+                "final_s": final_s, "setup_s": setup_s}
     if steps < 1:
-        need = setup_s + final_s + eval_s + step_s
+        need = setup_s + final_s + last_eval_s + step_s
         raise CnnlabError(
             f"budget={cfg.budget} is too short for this run: its set-up took {setup_s:.0f} s, a training step takes "
             f"{step_s:.2f} s, an epoch's evaluation {eval_s:.1f} s and the final test {final_s:.1f} s, so even one step "
@@ -89,12 +94,12 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     return cfg, estimate
 
 
-def solve(available_s: float, step_s: float, eval_s: float, steps_per_epoch: int) -> tuple:
+def solve(available_s: float, step_s: float, eval_s: float, steps_per_epoch: int, last_eval_s: float) -> tuple:
     """(steps, epochs): the most training steps that fit `available_s` seconds with an evaluation after each
-    epoch, the last epoch perhaps cut; (0, 0) when not even one step does."""
+    epoch (`last_eval_s` after the last), the last epoch perhaps cut; (0, 0) when not even one step does."""
     best = (0, 0)
     for epochs in range(1, 100_000):
-        steps = min(epochs * steps_per_epoch, int((available_s - epochs * eval_s) / step_s))
+        steps = min(epochs * steps_per_epoch, int((available_s - (epochs - 1) * eval_s - last_eval_s) / step_s))
         if steps <= (epochs - 1) * steps_per_epoch:
             break
         best = (steps, epochs)
@@ -118,5 +123,7 @@ class Replan:
         took `epoch_s` in all (evaluation, checkpoints and records included)."""
         budget = self.estimate
         left = budget["budget_s"] * (1 - MARGIN) - (time.perf_counter() - self.started) - budget["final_s"]
-        more, _ = solve(left, train_s / epoch_steps, epoch_s - train_s, steps_per_epoch)
+        eval_s = epoch_s - train_s  # the last epoch's in the proportion the plan had
+        more, _ = solve(left, train_s / epoch_steps, eval_s, steps_per_epoch,
+                        eval_s * budget["last_eval_s"] / budget["eval_s"])
         return steps_done + more

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 from .errors import CnnlabError
 
@@ -275,45 +275,60 @@ class Lookahead:
 # ---------------------------------------------------------------- evaluation
 
 
-def tta_logits(model, x):
+def tta_logits(model, x, plain=None):
     """Test-time augmentation: the mirror pair, averaged with the mirror pairs of the image shifted one pixel
-    up-left and down-right (reflect padding): six forward passes, weighted 1/2, 1/4, 1/4."""
+    up-left and down-right (reflect padding): six forward passes, weighted 1/2, 1/4, 1/4. plain: model(x) when
+    already computed (then five passes)."""
     import torch.nn.functional as F
 
-    def mirror(inputs):
-        return 0.5 * (model(inputs).float() + model(inputs.flip(-1)).float())
+    def mirror(inputs, logits=None):
+        logits = model(inputs).float() if logits is None else logits
+        return 0.5 * (logits + model(inputs.flip(-1)).float())
 
     h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     shifted = 0.5 * (mirror(padded[..., :h, :w]) + mirror(padded[..., 2:, 2:]))
-    return 0.5 * mirror(x) + 0.5 * shifted
+    return 0.5 * mirror(x, plain) + 0.5 * shifted
+
+
+class Scores(NamedTuple):
+    """An evaluation: loss and accuracy (with TTA when asked), the confusion matrix (when asked, else None), and
+    the loss and accuracy of the plain view alone (the same pass: TTA's first view is the image as it is)."""
+    loss: float
+    acc: float
+    matrix: Optional[object]
+    plain_loss: float
+    plain_acc: float
 
 
 def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False, tta: bool = False,
-             update: Callable = lambda *a: None):
-    """(loss, accuracy, confusion matrix or None) over `batches`; tta=True averages flipped and shifted views.
-    update(batches done) after each batch (a progress bar)."""
+             update: Callable = lambda *a: None) -> Scores:
+    """Scores over `batches`; tta=True averages flipped and shifted views. update(batches done) after each batch
+    (a progress bar)."""
     import torch
     import torch.nn.functional as F
 
     model.eval()
     device = batches.x.device
-    loss_sum = torch.zeros((), device=device)
+    losses = torch.zeros(2, device=device)  # summed over the images: with TTA, and of the plain view
+    correct = torch.zeros(2, dtype=torch.long, device=device)
     matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.inference_mode(), autocast(device, amp_dtype):
         for i, (x, y) in enumerate(batches, 1):
             update(i)
-            logits = tta_logits(model, x) if tta else model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            plain = model(x).float()
+            logits = tta_logits(model, x, plain) if tta else plain
             pred = logits.argmax(1)
-            correct += (pred == y).sum()
+            losses += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                   F.cross_entropy(plain, y, reduction="sum")])
+            correct += torch.stack([(pred == y).sum(), (plain.argmax(1) == y).sum()])
             if confusion:
                 matrix += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     n = max(1, len(batches.y))
     model.train()
+    (loss, plain_loss), (hits, plain_hits) = losses.tolist(), correct.tolist()
     cm = matrix.view(num_classes, num_classes).cpu() if confusion else None
-    return loss_sum.item() / n, correct.item() / n, cm
+    return Scores(loss / n, hits / n, cm, plain_loss / n, plain_hits / n)
 
 
 # ---------------------------------------------------------------- training
@@ -442,7 +457,8 @@ class Trainer:
         self.steps += 1
         return loss, logits
 
-    def evaluate(self, batches, confusion: bool = False, tta: bool = False, update: Callable = lambda *a: None):
+    def evaluate(self, batches, confusion: bool = False, tta: bool = False,
+                 update: Callable = lambda *a: None) -> Scores:
         return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, confusion=confusion, tta=tta,
                         update=update)
 

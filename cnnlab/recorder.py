@@ -182,21 +182,32 @@ class Recorder:
         """The last epoch recorded."""
         return len(self.history)
 
+    def becomes_best(self, epoch: int, metrics: Dict[str, float]) -> bool:
+        """Whether this epoch's weights become the best checkpoint, the one the final test scores: by val_acc, the
+        latest when there is no validation split."""
+        return metrics.get("val_acc", epoch) > self.best["val_acc"]
+
     def epoch_done(self, epoch: int, metrics: Dict[str, float], trainer, batches) -> None:
         """Record an epoch: the best checkpoint (by val_acc; the latest when there is no validation split), the
         last one (with all the state to continue from: `cnnlab train resume=RUN`), metrics to MLflow and the log."""
         self.history.append({"epoch": epoch, **metrics})
-        score = metrics.get("val_acc", epoch)
         state = {"model": trainer.checkpoint_module.state_dict(), "config": self.cfg_dict, "epoch": epoch,
                  "metrics": metrics}
-        if score > self.best["val_acc"]:
-            self.best = {"val_acc": score, "epoch": epoch}
+        if self.becomes_best(epoch, metrics):
+            self.best = {"val_acc": metrics.get("val_acc", epoch), "epoch": epoch}
             save_checkpoint(self.best_path, state)
         save_checkpoint(self.last_path, {**state, "trainer": trainer.state_dict(), "batches": batches.state_dict(),
                                          "history": self.history, "best": self.best,
                                          "wall_seconds": self.earlier + time.perf_counter() - self.started})
         self.run.log_metrics(metrics, step=epoch)
         self.report.line(epoch_line(epoch, trainer.epochs, metrics))  # (after budget= re-plans)
+
+    def epoch_tested(self, epoch: int, loss: float, acc: float) -> None:
+        """An epoch's point of the test curve, from the final test of its weights (see train.fit)."""
+        metrics = {"epoch_test_loss": loss, "epoch_test_acc": acc}
+        self.history[epoch - 1].update(metrics)
+        self.run.log_metrics(metrics, step=epoch)
+        self.report.line(f"epoch {epoch} test {loss:.3f}/{acc:.3f} (the final test's plain view of its weights)")
 
     def finished(self, final: Dict[str, float], matrix, classes: Sequence[str], extra: Dict[str, float]) -> Result:
         """The run's final scores, per-class accuracy, confusion matrix and artifacts; ends it FINISHED."""

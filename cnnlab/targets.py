@@ -40,8 +40,7 @@ def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int
     for name, (x, y) in target_sets(names, ds.x_test, ds.y_test, root, severity, seed).items():
         batches = Batches(x.to(device), y.to(device), batch_size, mean=ds.mean, std=ds.std, image_size=image_size,
                           channels_last=channels_last)
-        _, acc, _ = evaluate(model, batches, amp_dtype, len(ds.classes))
-        scores[f"target_acc_{name}"] = acc
+        scores[f"target_acc_{name}"] = evaluate(model, batches, amp_dtype, len(ds.classes)).acc
         update(len(scores))
     return scores
 

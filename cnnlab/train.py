@@ -98,7 +98,8 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     if estimate is not None:
         rec.run.log_metrics({"budget_s": estimate["budget_s"], "budget_step_s": estimate["step_s"]})
         rec.report.line(f"budget {cfg.budget}: {cfg.max_steps:,} steps in {cfg.epochs} epoch(s) at "
-                        f"{estimate['step_s']:.3f} s/step; evaluation {estimate['eval_s']:.1f} s/epoch, final test "
+                        f"{estimate['step_s']:.3f} s/step; evaluation {estimate['eval_s']:.1f} s/epoch "
+                        f"({estimate['last_eval_s']:.1f} s after the last), final test "
                         f"{estimate['final_s']:.1f} s, set-up {estimate['setup_s']:.1f} s")
     size = {"params": n_params, "flops": flops}
     try:
@@ -142,11 +143,13 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
                            f"try a lower lr (now {cfg.lr})")
         if len(loaders.val.y):
             with report.phase(f"epoch {epoch}/{epochs} validation", len(loaders.val)) as update:
-                metrics["val_loss"], metrics["val_acc"], _ = trainer.evaluate(loaders.val, update=update)
-        if cfg.eval.test_every_epoch:  # the curve; "test_acc" itself is the final score of the chosen checkpoint
+                metrics["val_loss"], metrics["val_acc"] = trainer.evaluate(loaders.val, update=update)[:2]
+        # the test curve ("test_acc" itself is the final score of the chosen checkpoint): the last epoch's point
+        # comes from the final test when that scores the same weights (`score`), saving a pass over the test set
+        if cfg.eval.test_every_epoch and not (epoch == epochs and rec.becomes_best(epoch, metrics)):
             with report.phase(f"epoch {epoch}/{epochs} test", len(loaders.test)) as update:
-                metrics["epoch_test_loss"], metrics["epoch_test_acc"], _ = trainer.evaluate(loaders.test,
-                                                                                            update=update)
+                metrics["epoch_test_loss"], metrics["epoch_test_acc"] = trainer.evaluate(loaders.test,
+                                                                                         update=update)[:2]
         for key in ("val_loss", "epoch_test_loss"):
             if key in metrics and not math.isfinite(metrics[key]):
                 raise Diverged(f"the {key.replace('epoch_', '').replace('_', ' ')} became {metrics[key]} in epoch "
@@ -173,9 +176,12 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
     label = f"final test of epoch {state['epoch']}'s weights" + (" (TTA: 6 views)" if cfg.tta else "")
     tested = time.perf_counter()
     with rec.report.phase(label, len(loaders.test)) as update:
-        test_loss, test_acc, matrix = trainer.evaluate(loaders.test, confusion=True, tta=cfg.tta, update=update)
+        test_loss, test_acc, matrix, plain_loss, plain_acc = trainer.evaluate(loaders.test, confusion=True,
+                                                                              tta=cfg.tta, update=update)
     test_time = time.perf_counter() - tested
     chosen = rec.history[state["epoch"] - 1]
+    if cfg.eval.test_every_epoch and "epoch_test_acc" not in chosen:  # fit left this point of the curve to here
+        rec.epoch_tested(state["epoch"], plain_loss, plain_acc)
     history = rec.history
     final = {
         "test_acc": test_acc, "test_loss": test_loss, "best_epoch": state["epoch"],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cnnlab.config import compose, identity, resolve
 from cnnlab import budget
+from cnnlab.config import compose, identity, resolve
 from cnnlab.engine import Trainer, make_optimizer, make_scheduler
 from cnnlab.models import build_model
 from cnnlab.muon import matrix_view
@@ -103,6 +103,15 @@ def test_max_steps_ends_inside_an_epoch_and_the_schedule_spans_them(mlflow_clien
     assert (params["epochs"], params["max_steps"]) == ("2", "5")  # what is recorded is what ran
 
 
+def test_solve_fits_the_most_steps_with_an_evaluation_after_each_epoch():
+    # 20 s, 1 s a step, 10 steps an epoch, 5 s to evaluate an epoch: one epoch of 10 steps (a second needs 10 s
+    # for its two evaluations, leaving room for no step of its own)
+    assert budget.solve(20, 1.0, 5.0, 10, last_eval_s=5.0) == (10, 1)
+    # when the last epoch's evaluation costs 0.5 s (its test is the final test's), a second epoch of 4 steps fits
+    assert budget.solve(20, 1.0, 5.0, 10, last_eval_s=0.5) == (14, 2)
+    assert budget.solve(4, 1.0, 5.0, 10, last_eval_s=4.5) == (0, 0)  # not even one step
+
+
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5m", 150), ("300", 300),
                                            ("0", None), ("5x", None), ("m", None), ("-5m", None)])
 def test_durations(text, seconds):
@@ -113,13 +122,13 @@ def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client, mo
     """The probe that times the steps gives the run back untouched: the same losses as a run told those steps
     (without the re-plans after each epoch, which follow the machine's speed)."""
     monkeypatch.setattr(budget, "Replan", lambda estimate, started: None)
-    overrides = [*TINY, "arch=tf_cnn", "budget=20s", "experiment=budget"]
+    overrides = [*TINY, "arch=tf_cnn", "budget=10s", "experiment=budget"]
     timed = train(compose(overrides), overrides, quiet=True)
     params = mlflow_client.get_run(timed.run_id).data.params
     metrics = mlflow_client.get_run(timed.run_id).data.metrics
     steps, epochs = int(params["max_steps"]), int(params["epochs"])
-    assert steps >= 1 and params["budget"] == "20s" and metrics["budget_s"] == 20
-    assert metrics["budget_used"] == pytest.approx(metrics["wall_time"] / 20)
+    assert steps >= 1 and params["budget"] == "10s" and metrics["budget_s"] == 10
+    assert metrics["budget_used"] == pytest.approx(metrics["wall_time"] / 10)
     plain = [*TINY, "arch=tf_cnn", f"max_steps={steps}", f"epochs={epochs}", "experiment=budget"]
     again = train(compose(plain), plain, quiet=True)
     assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in timed.history]
@@ -130,24 +139,26 @@ def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client, mo
 
 def test_a_budget_run_whose_steps_slow_down_re_plans_and_its_schedule_ends_at_its_new_last_step(mlflow_client,
                                                                                                  monkeypatch):
-    """The machine slows down after the plan (each step 30 ms more): after each epoch the steps left are solved
-    again from the epoch's times, and the linear schedule still reaches 0 at the step the run ends with."""
+    """The machine slows down after the plan (each step takes 4 times as long as the probe measured): after each
+    epoch the steps left are solved again from the epoch's times, and the linear schedule still reaches 0 at the
+    step the run ends with."""
     import time
 
     plan, step = budget.plan, Trainer.step
 
     def plan_then_slow_down(*args, **kwargs):
-        planned = plan(*args, **kwargs)
-        monkeypatch.setattr(Trainer, "step", lambda self, x, y: (time.sleep(0.03), step(self, x, y))[1])
-        return planned
+        cfg, estimate = plan(*args, **kwargs)
+        delay = 3 * estimate["step_s"]
+        monkeypatch.setattr(Trainer, "step", lambda self, x, y: (time.sleep(delay), step(self, x, y))[1])
+        return cfg, estimate
 
     monkeypatch.setattr(budget, "plan", plan_then_slow_down)
-    overrides = [*TINY, "arch=tf_cnn", "optimizer=sgd", "lr=0.05", "scheduler=linear", "budget=15s",
+    overrides = [*TINY, "arch=tf_cnn", "optimizer=sgd", "lr=0.05", "scheduler=linear", "budget=10s",
                  "experiment=budget"]
     result = train(compose(overrides), overrides, quiet=True)
     run = mlflow_client.get_run(result.run_id).data
     planned, ran = int(run.params["max_steps"]), int(run.metrics["budget_steps"])
-    assert ran < planned / 2  # 30 ms more is several times tf_cnn's step on 100 images
+    assert ran < planned / 2
     assert len(result.history) == -(-ran // 3)  # 360 training images in batches of 100: 3 steps an epoch
     assert result.history[-1]["lr"] == pytest.approx(0.0) and result.history[0]["lr"] > 0.04
 

@@ -9,7 +9,7 @@ from cnnlab import data
 from cnnlab.config import compose, resolve
 from cnnlab.models import build_model, get_arch
 from cnnlab.models.airbench import Whiten
-from cnnlab.engine import make_optimizer, tta_logits
+from cnnlab.engine import Trainer, make_optimizer, tta_logits
 from cnnlab.train import train
 
 from .helpers import lr_trace
@@ -77,6 +77,28 @@ def test_tta_averages_mirrored_and_shifted_views():
     mirror = lambda v: 0.5 * (model(v) + model(v.flip(-1)))  # noqa: E731
     expected = 0.5 * mirror(views[0]) + 0.25 * (mirror(views[1]) + mirror(views[2]))
     assert torch.allclose(tta_logits(model, x), expected, atol=1e-6)
+    assert torch.allclose(tta_logits(model, x, plain=model(x)), expected, atol=1e-6)  # the plain view given
+
+
+def test_the_final_test_gives_the_last_epoch_its_point_of_the_test_curve(monkeypatch, mlflow_client):
+    """Without a validation split the final test scores the last epoch's weights: that epoch is not tested
+    twice, and its point of the curve is the final test's plain view, the same as a plain pass would give."""
+    passes, evaluate = [], Trainer.evaluate
+
+    def counted(self, batches, **kwargs):
+        scores = evaluate(self, batches, **kwargs)
+        passes.append((kwargs.get("tta", False), evaluate(self, batches)[:2] if kwargs.get("tta") else None))
+        return scores
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    result = train(compose(["recipe=fast94", *TINY, "epochs=3", "width=0.25"]), quiet=True)
+    assert [tta for tta, _ in passes] == [False, False, True]  # epochs 1 and 2, then the final test
+    plain_loss, plain_acc = passes[-1][1]
+    last = result.history[-1]
+    assert (last["epoch_test_loss"], last["epoch_test_acc"]) == pytest.approx((plain_loss, plain_acc))
+    assert result.metrics["no_tta_test_acc"] == last["epoch_test_acc"]
+    curve = mlflow_client.get_metric_history(result.run_id, "epoch_test_acc")
+    assert sorted((m.step, m.value) for m in curve) == [(h["epoch"], h["epoch_test_acc"]) for h in result.history]
 
 
 def test_fast_recipe_trains_end_to_end_with_ema():

@@ -97,7 +97,7 @@ def test_a_store_with_runs_is_never_rebuilt_and_garbage_is_refused(cli):
 
 @pytest.mark.slow
 def test_ctrl_c_while_a_first_train_creates_the_store_leaves_it_usable():
-    for delay in (0.3, 0.8, 1.2, 1.6):
+    for delay in (0.3, 0.9, 1.6):
         proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *TINY, "-q"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_from_a_terminal)
         time.sleep(delay)
@@ -146,7 +146,7 @@ def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
 
 @pytest.mark.slow
 def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_nothing():
-    args = ["sweep", "lr=0.003,0.001", "data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=4",
+    args = ["sweep", "lr=0.003,0.001", "data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=3",
             "batch_size=50", "--workers", "2", "--name", "two", "-q"]
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -344,8 +344,7 @@ def test_nan_validation_loss_is_divergence(cli, monkeypatch):
     real = engine.evaluate
 
     def overflowing(model, batches, *args, **kwargs):
-        loss, acc, cm = real(model, batches, *args, **kwargs)
-        return float("nan"), acc, cm
+        return real(model, batches, *args, **kwargs)._replace(loss=float("nan"))
 
     monkeypatch.setattr(engine, "evaluate", overflowing)
     code, _, err = cli("train", *TINY, "-q")
@@ -356,8 +355,8 @@ def test_nan_validation_loss_is_divergence(cli, monkeypatch):
 @pytest.mark.slow
 def test_a_huge_grid_says_so_and_plans_in_milliseconds_per_trial(cli):
     space = [f"{k}={','.join(str(v) for v in values)}" for k, values in
-             (("lr", [1e-4, 3e-4, 1e-3, 3e-3]), ("dropout", [0, 0.1, 0.2, 0.3]), ("dense_units", [16, 32, 64, 128]),
-              ("batch_size", [32, 64, 128, 256]), ("seed", [0, 1, 2, 3]))]
+             (("lr", [1e-4, 3e-4, 1e-3, 3e-3]), ("dropout", [0, 0.1, 0.2, 0.3]), ("weight_decay", [0, 1e-4, 5e-4, 1e-3]),
+              ("label_smoothing", [0, 0.05, 0.1, 0.2]), ("seed", [0, 1, 2, 3]))]  # one model and batch to time
     code, out, err = cli("sweep", *space, "--dry-run")
     assert code == 0, err
     assert "note: 1,024 trials" in err and out.count("\n") >= 1024
