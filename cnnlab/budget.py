@@ -17,7 +17,7 @@ import time
 from .errors import CnnlabError
 from .schema import duration
 
-MARGIN = 0.015  # of the budget, kept for what the estimate cannot see (a slower step now and then)
+MARGIN = 0.015  # of the time left, kept for what the estimate cannot see (a slower step now and then)
 END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
 
 
@@ -77,21 +77,26 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     final_s = n_test * (per_image["tta" if cfg.tta else "plain"] + len(cfg.eval.targets) * per_image["plain"]) \
         + END_SECONDS
     setup_s = time.perf_counter() - started
-    steps, epochs = solve(budget_s * (1 - MARGIN) - setup_s - final_s, step_s, eval_s, len(loaders.train),
-                          last_eval_s)
+    steps, epochs = solve(available(budget_s, setup_s, final_s), step_s, eval_s, len(loaders.train), last_eval_s)
     estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "last_eval_s": last_eval_s,
                 "final_s": final_s, "setup_s": setup_s}
     if steps < 1:
-        need = setup_s + final_s + last_eval_s + step_s
+        need = setup_s + (step_s + last_eval_s + final_s) / (1 - MARGIN)
         raise CnnlabError(
             f"budget={cfg.budget} is too short for this run: its set-up took {setup_s:.0f} s, a training step takes "
-            f"{step_s:.2f} s, an epoch's evaluation {eval_s:.1f} s and the final test {final_s:.1f} s, so even one step "
-            f"needs about {math.ceil(need / (1 - MARGIN))} s. Give a longer budget (e.g. budget={math.ceil(need / 60) + 1}m), "
+            f"{step_s:.2f} s, the evaluation after it {last_eval_s:.1f} s and the final test {final_s:.1f} s, so even "
+            f"one step needs about {math.ceil(need)} s. Give a longer budget (e.g. budget={math.ceil(need / 60) + 1}m), "
             "or a smaller model or batch.")
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.max_steps, cfg.epochs = steps, epochs
     return cfg, estimate
+
+
+def available(budget_s: float, elapsed_s: float, final_s: float) -> float:
+    """The seconds left for training and its evaluations: the budget's time left less the margin on it (what the
+    estimate cannot see grows with the time it looks ahead) and the final test."""
+    return (budget_s - elapsed_s) * (1 - MARGIN) - final_s
 
 
 def solve(available_s: float, step_s: float, eval_s: float, steps_per_epoch: int, last_eval_s: float) -> tuple:
@@ -122,7 +127,7 @@ class Replan:
         """The run's new total steps, after an epoch of `epoch_steps` steps that trained for `train_s` seconds and
         took `epoch_s` in all (evaluation, checkpoints and records included)."""
         budget = self.estimate
-        left = budget["budget_s"] * (1 - MARGIN) - (time.perf_counter() - self.started) - budget["final_s"]
+        left = available(budget["budget_s"], time.perf_counter() - self.started, budget["final_s"])
         eval_s = epoch_s - train_s  # the last epoch's in the proportion the plan had
         more, _ = solve(left, train_s / epoch_steps, eval_s, steps_per_epoch,
                         eval_s * budget["last_eval_s"] / budget["eval_s"])

@@ -110,6 +110,8 @@ def test_solve_fits_the_most_steps_with_an_evaluation_after_each_epoch():
     # when the last epoch's evaluation costs 0.5 s (its test is the final test's), a second epoch of 4 steps fits
     assert budget.solve(20, 1.0, 5.0, 10, last_eval_s=0.5) == (14, 2)
     assert budget.solve(4, 1.0, 5.0, 10, last_eval_s=4.5) == (0, 0)  # not even one step
+    # the margin is on the time left: 200 s of a 300 s budget left, less 1.5% and a 30 s final test
+    assert budget.available(300, 100, 30.0) == pytest.approx(200 * 0.985 - 30)
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("2.5m", 150), ("300", 300),
