@@ -28,11 +28,13 @@ data: $(STAMP)
 train: data
 	$(BIN)/cnnlab train $(ARGS)
 
+# two test files at a time (pytest-xdist), one torch thread each (tests/conftest.py): much of the suite waits on
+# subprocesses and servers. A file stays on one worker, so its module fixtures are built once
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not browser" $(ARGS)
 
 bench: data
 	$(BIN)/python -m tests.bench $(ARGS)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one torch thread each, here
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and in the processes the tests start
 
 
 @pytest.fixture(autouse=True)
