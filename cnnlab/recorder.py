@@ -182,10 +182,14 @@ class Recorder:
         """The last epoch recorded."""
         return len(self.history)
 
+    @staticmethod
+    def _score(epoch: int, metrics: Dict[str, float]) -> float:
+        """What chooses the best checkpoint: val_acc, or the epoch itself when there is no validation split."""
+        return metrics.get("val_acc", epoch)
+
     def becomes_best(self, epoch: int, metrics: Dict[str, float]) -> bool:
-        """Whether this epoch's weights become the best checkpoint, the one the final test scores: by val_acc, the
-        latest when there is no validation split."""
-        return metrics.get("val_acc", epoch) > self.best["val_acc"]
+        """Whether this epoch's weights become the best checkpoint, the one the final test scores."""
+        return self._score(epoch, metrics) > self.best["val_acc"]
 
     def epoch_done(self, epoch: int, metrics: Dict[str, float], trainer, batches) -> None:
         """Record an epoch: the best checkpoint (by val_acc; the latest when there is no validation split), the
@@ -194,7 +198,7 @@ class Recorder:
         state = {"model": trainer.checkpoint_module.state_dict(), "config": self.cfg_dict, "epoch": epoch,
                  "metrics": metrics}
         if self.becomes_best(epoch, metrics):
-            self.best = {"val_acc": metrics.get("val_acc", epoch), "epoch": epoch}
+            self.best = {"val_acc": self._score(epoch, metrics), "epoch": epoch}
             save_checkpoint(self.best_path, state)
         save_checkpoint(self.last_path, {**state, "trainer": trainer.state_dict(), "batches": batches.state_dict(),
                                          "history": self.history, "best": self.best,
