@@ -372,8 +372,9 @@ class Optuna(Strategy):
         # with the sweep's pruner: load_study's default would be a MedianPruner whatever --pruner said
         study = retrying(lambda: optuna.load_study(study_name=name, storage=storage(storage_url),
                                                    pruner=pruner(self.spec)), "loading the study")
-        reported = optuna.trial.Trial(study, retrying(lambda: study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, trial.number), "loading the study"))
+        # (Trial() reads the trial from the database too: the whole of it is retried, not only the id lookup)
+        reported = retrying(lambda: optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, trial.number)), "loading the study")
 
         def should_stop(epoch: int, value: float) -> bool:
             retrying(lambda: reported.report(value, epoch), f"reporting epoch {epoch} of {trial.id}")
