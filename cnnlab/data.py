@@ -25,7 +25,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from .errors import CnnlabError
 
@@ -69,21 +69,71 @@ class Dataset:
 # ---------------------------------------------------------------- reading an input
 
 
-def _members(path: Path) -> Iterator[Tuple[str, bytes]]:
-    """(relative posix path, bytes) of every file in a directory, tar(.gz) or zip."""
+MAX_MEMBER_BYTES = 64 << 20  # the largest file read from an input (an official CIFAR batch is 31 MB)
+MAX_IMAGE_SIDE = 1024  # pixels: CIFAR is 32, STL-10 96; a larger image is refused before it is decoded
+MAX_DECODED_BYTES = 2 << 30  # all decoded images together, checked from their headers before decoding
+SHRINK_FORCE = 0.5  # an import with fewer images than this share of the cache's needs --force
+
+
+def _unsafe(name: str) -> Optional[str]:
+    """Why an archive member's name is not taken (None: it is safe)."""
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "'..' in its path"
+    return None
+
+
+def _bounded(name: str, declared: int, read) -> bytes:
+    """A member's bytes, read at most MAX_MEMBER_BYTES + 1 at a time: a member that declares (or turns out to
+    hold) more is refused before it fills the memory."""
+    if declared > MAX_MEMBER_BYTES:
+        raise CnnlabError(f"{name} declares {declared:,} bytes, over the {MAX_MEMBER_BYTES:,} any file of a "
+                          "CIFAR-10 copy needs: the input is corrupt or a decompression bomb. Nothing was imported.")
+    data = read(MAX_MEMBER_BYTES + 1)
+    if len(data) > MAX_MEMBER_BYTES:
+        raise CnnlabError(f"{name} holds more than the {MAX_MEMBER_BYTES:,} bytes any file of a CIFAR-10 copy "
+                          "needs (it declared fewer): the input is corrupt or a decompression bomb. Nothing was "
+                          "imported.")
+    return data
+
+
+def _members(path: Path, skipped: List[str]) -> Iterator[Tuple[str, bytes]]:
+    """(relative posix path, bytes) of every regular file in a directory, tar(.gz) or zip, each read with a
+    bound. Links, FIFOs, devices and names that would leave the folder are not read: each is added to
+    `skipped` as 'name (why)'."""
     if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield file.relative_to(path).as_posix(), file.read_bytes()
+        for file in sorted(path.rglob("*")):
+            name = file.relative_to(path).as_posix()
+            if file.is_symlink() or not file.is_file():
+                if not file.is_dir() or file.is_symlink():
+                    skipped.append(f"{name} (not a regular file)")
+                continue
+            with open(file, "rb") as f:
+                yield name, _bounded(name, file.stat().st_size, f.read)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                if not info.is_dir():
-                    yield info.filename, archive.read(info)
+                if info.is_dir():
+                    continue
+                if why := _unsafe(info.filename):
+                    skipped.append(f"{info.filename} ({why})")
+                    continue
+                if (info.external_attr >> 16) & 0o170000 not in (0, 0o100000):  # a symlink or FIFO from Unix
+                    skipped.append(f"{info.filename} (not a regular file)")
+                    continue
+                with archive.open(info) as f:
+                    yield info.filename, _bounded(info.filename, info.file_size, f.read)
     elif tarfile.is_tarfile(path):
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
-                if member.isfile():
-                    yield member.name, archive.extractfile(member).read()
+                if member.isdir():
+                    continue
+                why = _unsafe(member.name) or (None if member.isfile() else "not a regular file")
+                if why:
+                    skipped.append(f"{member.name} ({why})")
+                    continue
+                yield member.name, _bounded(member.name, member.size, archive.extractfile(member).read)
     else:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -110,24 +160,44 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _decode_image(data: bytes, name: str):
+def _decode_image(data: bytes, name: str, budget: dict):
+    """The image as uint8 C x H x W. Its header is read first: an image larger than MAX_IMAGE_SIDE, of another
+    size than the images before it, or past the decoded-bytes budget is refused before it is decoded."""
     import numpy as np
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        image = Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises many types for bad bytes
         raise CnnlabError(f"{name} is not a readable image ({exc}).") from None
+    with image:
+        width, height = image.size
+        if max(width, height) > MAX_IMAGE_SIDE:
+            raise CnnlabError(f"{name} is {width}x{height} pixels, over the {MAX_IMAGE_SIDE} a side cnnlab imports "
+                              "(CIFAR-10 is 32x32): it was not decoded, and nothing was imported.")
+        size = budget.setdefault("size", (width, height))
+        if size != (width, height):
+            raise CnnlabError(f"{name}: images differ in size ({width}x{height} here, {size[0]}x{size[1]} before "
+                              "it); all must have the same height and width.")
+        budget["bytes"] = budget.get("bytes", 0) + 3 * width * height
+        if budget["bytes"] > MAX_DECODED_BYTES:
+            raise CnnlabError(f"{name}: the images decode to more than {MAX_DECODED_BYTES >> 30} GiB in all, more "
+                              "than cnnlab holds in memory; import fewer or smaller images.")
+        try:
+            return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        except Exception as exc:
+            raise CnnlabError(f"{name} is not a readable image ({exc}).") from None
 
 
-def _read(path: Path):
-    """Images and labels of `path`: ((x_train, y_train), (x_test, y_test), classes)."""
+def _read(path: Path, skipped: List[str]):
+    """Images and labels of `path`: ((x_train, y_train), (x_test, y_test), classes). Members not read are named
+    in `skipped`."""
     import numpy as np
 
     folder = {"train": [], "test": []}  # (class name, file name, image)
     batches = {}
-    for name, data in _members(path):
+    budget: dict = {}
+    for name, data in _members(path, skipped):
         if _CIFAR_BATCH.search(name):
             try:
                 batches[_CIFAR_BATCH.search(name).group(1)] = _CifarUnpickler(
@@ -135,7 +205,7 @@ def _read(path: Path):
             except Exception as exc:
                 raise CnnlabError(f"{path}: {name} is not a readable CIFAR batch ({exc}).") from None
         elif (m := _FOLDER_IMAGE.search(name)) and name.lower().endswith(IMAGE_SUFFIXES):
-            folder[m.group(1)].append((m.group(2), name, _decode_image(data, f"{path}: {name}")))
+            folder[m.group(1)].append((m.group(2), name, _decode_image(data, f"{path}: {name}", budget)))
 
     if batches:
         missing = [b for b in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if b not in batches]
@@ -158,10 +228,6 @@ def _read(path: Path):
     extra = {c for c, _, _ in folder["test"]} - set(classes)
     if extra:
         raise CnnlabError(f"{path}: test/ has classes that train/ lacks: {', '.join(sorted(extra))}.")
-    shapes = {img.shape for split in folder.values() for _, _, img in split}
-    if len(shapes) != 1:
-        raise CnnlabError(f"{path}: images differ in size ({', '.join(str(s[1:]) for s in sorted(shapes))}); "
-                          "all must have the same height and width.")
     index = {c: i for i, c in enumerate(classes)}
 
     def stack(items):  # in (class, file name) order, whatever order the archive had
@@ -208,9 +274,35 @@ def _clean_temporaries(directory: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def skipped_text(skipped: List[str]) -> str:
+    shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"{len(skipped)} member(s) were not read: {shown}."
+
+
+def _check_replaces(old: Optional[dict], path: Path, classes, images: int, skipped: List[str]) -> None:
+    """Refuse (unless --force) an import that would replace the cache with other classes or far fewer images."""
+    if old is None:
+        return
+    if list(old["classes"]) != list(classes):
+        gone = sorted(set(old["classes"]) - set(classes))
+        extra = sorted(set(classes) - set(old["classes"]))
+        what = "; ".join(p for p in (f"missing {', '.join(gone)}" if gone else "", f"new {', '.join(extra)}"
+                                     if extra else "") if p) or "a different order"
+        raise CnnlabError(f"{path} has {len(classes)} classes where the cache has {len(old['classes'])} ({what}): "
+                          f"importing it would replace the cache every run trains on. Check the copy, or pass "
+                          f"--force to replace the cache anyway. The cache is unchanged.")
+    cached = old["train"] + old["test"]
+    if images < SHRINK_FORCE * cached:
+        why = f" {skipped_text(skipped)}" if skipped else ""
+        raise CnnlabError(f"{path} holds {images:,} images where the cache holds {cached:,}: importing it would "
+                          f"replace the cache every run trains on with far fewer images.{why} Check the copy, or "
+                          "pass --force to replace the cache anyway. The cache is unchanged.")
+
+
 def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dict:
-    """Decode `path` into the cache; returns the cache's info. The old cache survives any failure, and a copy
-    with other classes than the cache's replaces it only with `force`."""
+    """Decode `path` into the cache; returns the cache's info ("skipped": the members not read, 'name (why)').
+    The old cache survives any failure, and a copy with other classes or far fewer images than the cache's
+    replaces it only with `force`."""
     import numpy as np
 
     path = Path(path).expanduser()
@@ -220,8 +312,9 @@ def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dic
     if cache.parent.is_dir():
         _clean_temporaries(cache.parent)
     start = time.perf_counter()
+    skipped: List[str] = []
     try:
-        (x_train, y_train), (x_test, y_test), classes = _read(path)
+        (x_train, y_train), (x_test, y_test), classes = _read(path, skipped)
     except CnnlabError:
         raise
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
@@ -231,14 +324,8 @@ def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dic
         old = cache_info(root)
     except CnnlabError:  # an unreadable cache: this import is how to replace it
         old = None
-    if old is not None and list(old["classes"]) != list(classes) and not force:
-        gone = sorted(set(old["classes"]) - set(classes))
-        extra = sorted(set(classes) - set(old["classes"]))
-        what = "; ".join(p for p in (f"missing {', '.join(gone)}" if gone else "", f"new {', '.join(extra)}"
-                                     if extra else "") if p) or "a different order"
-        raise CnnlabError(f"{path} has {len(classes)} classes where the cache has {len(old['classes'])} ({what}): "
-                          f"importing it would replace the cache every run trains on. Check the copy, or pass "
-                          f"--force to replace the cache anyway. The cache is unchanged.")
+    if not force:
+        _check_replaces(old, path, classes, len(y_train) + len(y_test), skipped)
     mean, std = _channel_stats(x_train)
     meta = {
         "source": str(path.resolve()), "sha256": _sha256(path), "imported": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -250,11 +337,18 @@ def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dic
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, meta=json.dumps(meta))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: a cache is as readable as any file made here
         os.replace(tmp, cache)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return {**meta, "cache": str(cache), "seconds": round(time.perf_counter() - start, 1)}
+    return {**meta, "cache": str(cache), "seconds": round(time.perf_counter() - start, 1), "skipped": skipped}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def cache_info(root: Optional[str] = None) -> Optional[dict]:

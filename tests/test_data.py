@@ -232,3 +232,72 @@ def test_synthetic_is_deterministic_and_learnable():
 
     assert accuracy(ds.y_train) > 0.9
     assert accuracy(ds.y_train[torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))]) < 0.3
+
+
+def test_an_archive_with_unsafe_members_names_them_and_needs_force_to_shrink_the_cache(tmp_path):
+    from tests.bench import archives
+
+    data.import_dataset(make_folder(tmp_path / "big", n_train=8, n_test=4))  # 36 images
+    cache = data.data_root() / data.CACHE_NAME
+    before = cache.read_bytes()
+    small = archives.traversal(tmp_path / "hostile.tar.gz", per_class=2, classes=CLASSES)  # 12 safe images
+    with pytest.raises(CnnlabError) as refused:
+        data.import_dataset(small)
+    message = str(refused.value)
+    assert "12 images where the cache holds 36" in message and "--force" in message
+    for name in ("../train/cat/escape.png", "/etc/train/cat/absolute.png", "train/cat/fifo.png", "train/dog/link.png"):
+        assert name in message
+    assert cache.read_bytes() == before
+
+    info = data.import_dataset(small, force=True)
+    assert (info["train"], info["test"]) == (6, 6)  # the skipped members were not read, whatever their names
+    assert sorted(s.split(" (")[0] for s in info["skipped"]) == sorted(
+        ["../train/cat/escape.png", "/etc/train/cat/absolute.png", "train/cat/fifo.png", "train/dog/link.png"])
+
+
+def test_import_prints_the_skipped_members(tmp_path):
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+    from tests.bench import archives
+
+    result = CliRunner().invoke(app, ["data", "import", str(archives.traversal(tmp_path / "h.tar.gz"))])
+    assert result.exit_code == 0, result.output
+    assert "4 member(s) were not read" in result.output and "../train/cat/escape.png ('..' in its path)" in \
+        result.output
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_a_decompression_bomb_is_refused_without_reading_it_whole(tmp_path, monkeypatch, suffix):
+    from tests.bench import archives
+
+    monkeypatch.setattr(data, "MAX_MEMBER_BYTES", 1 << 20)
+    reads = []
+    real = data._bounded
+
+    def spy(name, declared, read):
+        return real(name, declared, lambda n: reads.append(n) or read(n))
+
+    monkeypatch.setattr(data, "_bounded", spy)
+    bomb = archives.bomb(tmp_path / f"bomb{suffix}", 8 << 20)
+    with pytest.raises(CnnlabError, match="decompression bomb") as refused:
+        data.import_dataset(bomb)
+    assert "train/cat/bomb.png" in str(refused.value)
+    assert all(n <= (1 << 20) + 1 for n in reads)  # never asked for the whole member
+    assert not (data.data_root() / data.CACHE_NAME).exists()
+
+
+def test_a_pixel_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from tests.bench import archives
+
+    folder = archives.pixel_bomb(tmp_path / "f", side=3000)  # 27 MB decoded, a few kB on disk
+    assert (folder / "train" / "cat" / "bomb.png").stat().st_size < 100_000
+    decoded = []
+    real = PILImage.Image.convert
+    monkeypatch.setattr(PILImage.Image, "convert", lambda self, *a, **k: decoded.append(self.size) or
+                        real(self, *a, **k))
+    with pytest.raises(CnnlabError, match="3000x3000 pixels.*not decoded"):
+        data.import_dataset(folder)
+    assert (3000, 3000) not in decoded
