@@ -219,48 +219,31 @@ def runs(
                                                              "terminal, tab-separated rows when piped)."),
 ) -> None:
     """The training log in the terminal (every column, untruncated, when piped)."""
+    import os
+
     from rich.console import Console
 
+    from . import render
     from .log import changed_columns
 
     console = Console()
     fmt = fmt or ("table" if console.is_terminal else "tsv")
-    if fmt not in ("table", "tsv", "csv", "md"):
-        raise CnnlabError(f"--format {fmt}: valid formats are table, tsv, csv, md.")
+    if fmt not in render.FORMATS:
+        raise CnnlabError(f"--format {fmt}: valid formats are {', '.join(render.FORMATS)}.")
     log = _log(experiment, sweep, status, since, until, arch, baseline, sort, top, curves=False)
     shown = log.short_columns()
     if only_changed:
         keep = set(changed_columns(log))
         shown = [c for c in shown if c.header in keep]
-    rows = [[c.text(values[c.header]) for c in shown]
-            for values in (dict(zip(log.table.columns, row)) for row in log.table.itertuples(index=False))]
-    header = [c.short for c in shown]
-    if fmt == "tsv":
-        for cells in [header, *rows]:
-            typer.echo("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in cells))
-    elif fmt == "csv":
-        import csv
-
-        from .export import neutralised
-
-        writer = csv.writer(sys.stdout)
-        writer.writerows([header, *[[neutralised(cell) for cell in cells] for cells in rows]])
-    elif fmt == "md":
-        typer.echo("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-        for cells in rows:
-            typer.echo("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    else:
-        from rich.table import Table
-
-        out = Table(title=f"{len(log.rows)} run(s)", show_lines=False)
-        for c in shown:
-            out.add_column(c.short, justify="left" if c.fmt == "text" else "right", no_wrap=not c.width,
-                           overflow="fold", min_width=24 if c.width else None)
-        for i, cells in enumerate(rows):
-            out.add_row(*cells, style="bold" if i == log.best else None)
-        if not console.is_terminal:
-            console = Console(width=max(160, console.width))  # asked for a table in a pipe: room for it
-        console.print(out)
+    values = [[row[c.header] for c in shown]
+              for row in (dict(zip(log.table.columns, row)) for row in log.table.itertuples(index=False))]
+    if fmt != "table":
+        typer.echo(render.lines(fmt, shown, values))
+        return
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)  # asked for a table in a pipe: room for it
+    rows = [[c.text(v) for c, v in zip(shown, row)] for row in values]
+    console.print(render.table(shown, rows, title=f"{len(log.rows)} run(s)", best=log.best, width=console.width))
 
 
 @app.command()
@@ -436,7 +419,7 @@ def describe(
 
 
 @app.command()
-def init(directory: Path = typer.Argument(Path("."), help="The project directory (default: here).")) -> None:
+def init(directory: str = typer.Argument(".", help="The project directory (default: here).")) -> None:
     """Make DIRECTORY a cnnlab project: conf/ for your own presets and sweeps (layered over cnnlab's), runs/."""
     from .project import init_project
 
@@ -448,12 +431,16 @@ def init(directory: Path = typer.Argument(Path("."), help="The project directory
 def data_import(
     path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
-    force: bool = typer.Option(False, "--force", help="Replace a cache whose classes differ from this copy's."),
+    force: bool = typer.Option(False, "--force", help="Replace a cache whose classes differ from this copy's, or "
+                                                      "that holds far more images."),
 ) -> None:
     """Decode a local copy of CIFAR-10 once into the uint8 cache that training loads."""
-    from .data import import_dataset
+    from .data import skipped_text, import_dataset
 
     info = import_dataset(path, root, force=force)
+    if info["skipped"]:
+        typer.echo(f"warning: {skipped_text(info['skipped'])} (links, special files and paths that leave the "
+                   "folder are never read)", err=True)
     typer.echo(f"imported {info['train']:,} train + {info['test']:,} test images, {len(info['classes'])} classes, "
                f"from {info['source']} into {info['cache']} in {info['seconds']} s")
 
