@@ -42,6 +42,7 @@ class Loaded:
     mean: Tuple[float, ...] = ()
     std: Tuple[float, ...] = ()
     missing_data: str = ""  # why there are no test images, when there are none
+    index: Any = None  # each loaded test image's index in the whole test set
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Match:
 
 @dataclass
 class Predictions:
-    """The model's predictions on the first `n` test images."""
+    """The model's predictions on `n` test images (a stratified sample)."""
 
     n: int
     confusion: Any  # num_classes x num_classes tensor (rows: true class)
@@ -109,7 +110,21 @@ def load(record, store=None) -> Loaded:
         return Loaded(model, cfg, epoch, path, classes, missing_data=missing)
     flops = record.metrics.get("flops") or engine.count_flops(model, in_channels, int(cfg.image_size), "cpu")
     n = max(MIN_IMAGES, min(IMAGES, int(FLOP_BUDGET / max(flops, 1))))
-    return Loaded(model, cfg, epoch, path, classes, ds.x_test[:n], ds.y_test[:n], ds.mean, ds.std)
+    index = sample_test(ds.y_test, n, int(cfg.seed))
+    return Loaded(model, cfg, epoch, path, classes, ds.x_test[index], ds.y_test[index], ds.mean, ds.std,
+                  index=index)
+
+
+def sample_test(y, n: int, seed: int):
+    """Indices of about `n` test images, the same share of each class, drawn with `seed`: a test set stored in
+    class order (an image folder) is sampled across all its classes, not cut after its first ones."""
+    from .data import stratified_split
+
+    if n >= len(y):
+        import torch
+
+        return torch.arange(len(y))
+    return stratified_split(y, n / len(y), seed)[0]
 
 
 def model_from_config(record):

@@ -142,9 +142,10 @@ def _classes_section(store: Store, record: Record, loaded, absent: str) -> str:
         parts.append(image(figures.embed(figures.confusion(matrix, classes)), "confusion matrix"))
     elif predictions is not None:
         parts.append(missing(f"The run recorded no confusion matrix ({record.state.lower()}); this one is the best "
-                             f"checkpoint's (epoch {loaded.epoch}) on the first {predictions.n:,} test images."))
+                             f"checkpoint's (epoch {loaded.epoch}) on {predictions.n:,} test images sampled across the "
+                             "classes."))
         parts.append(image(figures.embed(figures.confusion(predictions.confusion.tolist(), loaded.classes,
-                                                           f"first {predictions.n:,} test images")), "confusion"))
+                                                           f"{predictions.n:,} sampled test images")), "confusion"))
     else:
         parts.append(missing(f"No confusion matrix: the run recorded none, and there is {absent}."))
     accuracies = {k[len("test_acc_"):]: v for k, v in record.metrics.items() if k.startswith("test_acc_")}
@@ -154,10 +155,10 @@ def _classes_section(store: Store, record: Record, loaded, absent: str) -> str:
         cells = []
         for index, true, pred, confidence in predictions.mistakes:
             thumb = figures.image_uri(loaded.x_test[index].permute(1, 2, 0).numpy())
-            cells.append(f'<figure>{image(thumb, f"test image {index}")}<figcaption>{esc(loaded.classes[true])} → '
+            cells.append(f'<figure>{image(thumb, f"test image {int(loaded.index[index])}")}<figcaption>{esc(loaded.classes[true])} → '
                          f"<b>{esc(loaded.classes[pred])}</b> {confidence:.0%}</figcaption></figure>")
-        parts.append(f"<h3>Most confident mistakes</h3><p>The best checkpoint (epoch {loaded.epoch}) on the first "
-                     f"{predictions.n:,} test images: true class → predicted, with the model's confidence.</p>"
+        parts.append(f"<h3>Most confident mistakes</h3><p>The best checkpoint (epoch {loaded.epoch}) on "
+                     f"{predictions.n:,} test images sampled across the classes: true class → predicted, with the model's confidence.</p>"
                      f'<div class="grid">{"".join(cells)}</div>')
     elif predictions is None:
         parts.append(missing(f"No mistakes shown: {absent}."))

@@ -222,3 +222,25 @@ def test_a_report_in_a_real_browser(on_store, tmp_path):
     subprocess.run([*flags, f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120)
     image = Image.open(shot).convert("L")
     assert image.size == (1400, 3000) and sum(1 for n in image.histogram() if n) > 50  # text and pictures, not a blank page
+
+
+def test_mistakes_are_drawn_from_every_class_of_a_test_set_stored_in_class_order(tmp_path, monkeypatch):
+    """An image folder's test set is stored class by class: the report samples across it (seeded, stratified),
+    not its first images, which would all be one class."""
+    from cnnlab.config import compose
+    from cnnlab.data import import_dataset
+    from cnnlab.store import Store
+    from cnnlab.train import train
+    from tests.test_data import make_folder
+
+    import_dataset(make_folder(tmp_path / "f", n_train=10, n_test=20))  # test/: 20 cats, then 20 dogs, 20 frogs
+    train(compose(["data=cifar10", "data.download=false", "arch=lenet5", "epochs=1", "batch_size=10",
+                   "val_split=0"]), quiet=True)
+    monkeypatch.setattr(look, "IMAGES", 15)
+    monkeypatch.setattr(look, "MIN_IMAGES", 15)
+    loaded = look.load(Store().find("T0"))
+    assert sorted(loaded.y_test.tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    assert loaded.index.tolist() != list(range(15))
+    again = look.load(Store().find("T0"))
+    assert torch.equal(again.index, loaded.index)  # the same sample each time: seeded
+    assert torch.equal(loaded.x_test[3], look.load(Store().find("T0")).x_test[3])
