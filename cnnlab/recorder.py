@@ -46,16 +46,29 @@ class SignalGate:
     def __init__(self):
         self.fired: Optional[int] = None
         self.armed = False
+        self.holding = False
 
     def _handler(self, signum, frame) -> None:
         if self.fired is None:
             self.fired = signum
-            if self.armed:
+            if self.armed and not self.holding:
                 raise Interrupted(signum)
 
     def arm(self) -> None:
         self.armed = True
         if self.fired is not None:
+            raise Interrupted(self.fired)
+
+    @contextmanager
+    def held(self):
+        """A block a signal does not cut (an epoch's record: its checkpoints and metrics land together): a
+        signal that arrives in it is raised when the block ends."""
+        holding, self.holding = self.holding, True
+        try:
+            yield
+        finally:
+            self.holding = holding
+        if self.armed and not holding and self.fired is not None:
             raise Interrupted(self.fired)
 
 
@@ -243,8 +256,10 @@ class Recorder:
     def killed(self, exc: Interrupted) -> None:
         """Ended by a signal: last.pt stays the end of the last whole epoch, to resume from."""
         signum = exc.exit_code - 128
-        kept = f"resume it from epoch {self.epoch} with `cnnlab train resume={self.id}`" if self.epoch else \
-            "no epoch finished"
+        if self.epoch and self.last_path is not None and self.last_path.exists():
+            kept = f"resume it after epoch {self.epoch} with `cnnlab train resume={self.id}`"
+        else:
+            kept = "no epoch finished, so there is nothing to resume: train it again"
         self.report.line(f"interrupted (signal {signum}) in epoch {self.epoch + 1}: run {self.id} KILLED; {kept}")
         self.run.end("KILLED", f"signal {signum} in epoch {self.epoch + 1}")
 

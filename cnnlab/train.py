@@ -9,6 +9,7 @@ loss FAILED, a sweep's pruner PRUNED.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -104,7 +105,8 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     size = {"params": n_params, "flops": flops}
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED
-        fit(cfg, trainer, loaders, rec, on_epoch, replan=budget.Replan(estimate, started) if estimate else None)
+        fit(cfg, trainer, loaders, rec, on_epoch, replan=budget.Replan(estimate, started) if estimate else None,
+            gate=gate)
         final, matrix = score(cfg, trainer, loaders, rec, ds, device)
         final["build_time"] = build_time
         if cfg.budget:  # the steps it ended with, after the re-plans (its parameters hold the first plan)
@@ -123,10 +125,12 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     return rec.finished(final, matrix, ds.classes, size)
 
 
-def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], replan: Optional[Callable] = None) -> None:
+def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], replan: Optional[Callable] = None,
+        gate=None) -> None:
     """The epochs (after those a resumed run had done), as many as the trainer's steps fill: train, validate (and
     test, for the curve), record, stop early when asked. replan (budget=): after each epoch, the run's new total
-    steps from the epoch's times (budget.Replan)."""
+    steps from the epoch's times (budget.Replan). gate (recorder.SignalGate): holds a signal off while an epoch is
+    recorded, so that its checkpoints and metrics land together."""
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
@@ -156,7 +160,8 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
                                f"{epoch} (the weights overflow); try a lower lr (now {cfg.lr})")
         train_s = metrics.pop("train_time")
         metrics.update(lr=trainer.lr, epoch_time=time.perf_counter() - t0)
-        rec.epoch_done(epoch, metrics, trainer, loaders.train)
+        with gate.held() if gate is not None else contextlib.nullcontext():
+            rec.epoch_done(epoch, metrics, trainer, loaders.train)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if cfg.early_stopping and epoch - rec.best["epoch"] >= cfg.early_stopping:

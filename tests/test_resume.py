@@ -57,3 +57,37 @@ def test_resume_refuses_what_cannot_be_resumed(cli):
         train(compose(SMALL), on_epoch=stop_after(1), quiet=True)
     code, out, err = cli("train", "resume=T1", "-q")
     assert code == 0 and "resuming cifar10 T1" in err and "id=T1" in out, err
+
+
+def test_a_signal_while_last_pt_is_written_still_records_the_epoch_whole(monkeypatch):
+    """SIGINT in the middle of writing last.pt: the epoch's checkpoint and metrics land together, the run ends
+    KILLED after that epoch, and it resumes from there."""
+    import os
+
+    from cnnlab import recorder
+
+    real = recorder.save_checkpoint
+
+    def interrupted_write(path, state):
+        if path.name == "last.pt":
+            tmp = path.with_suffix(".tmp")
+            import torch
+
+            torch.save(state, tmp)
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, between the write and the move
+            os.replace(tmp, path)
+        else:
+            real(path, state)
+
+    monkeypatch.setattr(recorder, "save_checkpoint", interrupted_write)
+    with pytest.raises(Interrupted):
+        train(compose(SMALL[:4] + ["epochs=2"]), quiet=True)
+    killed = Store().find("T0")
+    assert killed.state == "KILLED"
+    assert (killed.run_dir / "last.pt").exists() and not (killed.run_dir / "last.tmp").exists()
+    steps = [m.step for m in Store().client.get_metric_history(killed.run_id, "train_loss")]
+    assert steps == [1]
+    assert "resume it after epoch 1" in (killed.run_dir / "train.log").read_text()
+    monkeypatch.setattr(recorder, "save_checkpoint", real)
+    resumed = train(None, resume=killed, quiet=True)
+    assert resumed.status == "FINISHED" and len(resumed.history) == 2
