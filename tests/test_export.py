@@ -301,3 +301,36 @@ def test_changes_are_against_the_experiment_baseline_and_seeds_are_averaged(cli,
     assert cli("export-log", str(md))[0] == 0
     mflops = f"{table.loc['T0', 'MFLOPS']:,.2f}"
     assert f"| {mflops} |" in md.read_text() and "| 0.0010 |" not in md.read_text()  # each column its format
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_runs_table_fits_the_terminal_and_never_cuts_a_value(exercise, monkeypatch, width):
+    """At any width the table fits, and each value shown is whole: an ID, lr 0.0003, FINISHED; the columns that
+    do not fit are named under it."""
+    monkeypatch.setenv("COLUMNS", str(width))
+    code, out, err = exercise("runs", "--sweep", "exercise", "--format", "table")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= width
+    cells = {cell.strip() for line in lines for cell in line.replace("┃", "│").split("│")}
+    assert {f"exercise/T{i}" for i in range(8)} <= cells
+    assert "FINISHED" in cells
+    if width < 160:
+        assert "not shown at" in out
+    code, tsv, _ = exercise("runs", "--sweep", "exercise", "--format", "tsv")
+    header = tsv.splitlines()[0].split("\t")
+    shown = [h for h in header if any(h == cell for cell in cells)]
+    for h in ("lr", "batch", "epochs"):
+        if h in shown:  # a number column that is shown holds its values whole
+            column = [row.split("\t")[header.index(h)] for row in tsv.splitlines()[1:]]
+            assert set(column) <= cells
+
+
+def test_runs_csv_writes_numbers_plainly():
+    from cnnlab import columns, render
+
+    wall = next(c for c in columns.COLUMNS if c != columns.TARGETS and c.header == "WALL TIME (S)")
+    n = next(c for c in columns.COLUMNS if c != columns.TARGETS and c.header == "N")
+    assert render.lines("csv", [wall, n], [[1080.7, 1.0]]) == "time (s),seeds\n1080.7,1"
+    assert render.lines("tsv", [wall, n], [[float("nan"), None]]) == "time (s)\tseeds\n\t"
