@@ -110,7 +110,7 @@ def _members(path: Path, skipped: List[str]) -> Iterator[Tuple[str, bytes]]:
                     skipped.append(f"{name} (not a regular file)")
                 continue
             with open(file, "rb") as f:
-                yield name, _bounded(name, file.stat().st_size, f.read)
+                yield name, _bounded(f"{path}: {name}", file.stat().st_size, f.read)
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -123,7 +123,7 @@ def _members(path: Path, skipped: List[str]) -> Iterator[Tuple[str, bytes]]:
                     skipped.append(f"{info.filename} (not a regular file)")
                     continue
                 with archive.open(info) as f:
-                    yield info.filename, _bounded(info.filename, info.file_size, f.read)
+                    yield info.filename, _bounded(f"{path}: {info.filename}", info.file_size, f.read)
     elif tarfile.is_tarfile(path):
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
@@ -133,7 +133,8 @@ def _members(path: Path, skipped: List[str]) -> Iterator[Tuple[str, bytes]]:
                 if why:
                     skipped.append(f"{member.name} ({why})")
                     continue
-                yield member.name, _bounded(member.name, member.size, archive.extractfile(member).read)
+                yield member.name, _bounded(f"{path}: {member.name}", member.size,
+                                              archive.extractfile(member).read)
     else:
         with open(path, "rb") as f:
             magic = f.read(4)

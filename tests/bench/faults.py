@@ -4,6 +4,11 @@
 (c) SIGKILL of a `--workers 2` sweep parent, then the same command again; (d) SIGKILL of a train,
 then the next command. Each round runs in a fresh runs directory on synthetic data and counts runs
 recorded, lost, duplicated, left RUNNING, processes left alive and stores left unusable.
+
+(e) hostile archives for `cnnlab data import` (tests/bench/archives.py: traversal and special members,
+1 GiB decompression bombs in .tar.gz and .zip, a 12000x12000 PNG), each imported once over a good
+cache: its exit code, what it said, whether the cache survived, and the import's max RSS (goal: under
+300 MB whatever the archive says).
 """
 
 from __future__ import annotations
@@ -156,10 +161,48 @@ CASES = {"(a) 4 trains at once on a fresh store": four_at_once,
          "(d) SIGKILL of a train, then the next command": kill_train}
 
 
+def _import_rss(env, path: Path) -> tuple:
+    """(exit code, last line of stderr, max RSS in MB) of `cnnlab data import PATH`."""
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "data", "import", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in err.strip().splitlines() if line.strip()] or ["(nothing)"]
+    return proc.returncode, lines[-1][:160], usage.ru_maxrss / 1024
+
+
+def bench_archives(report) -> None:
+    from . import archives
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = {**os.environ, "CNNLAB_DATA_DIR": str(tmp / "data"), "CNNLAB_RUNS_DIR": str(tmp / "runs")}
+        good = archives.traversal(tmp / "good.tar.gz", per_class=10)
+        subprocess.run([sys.executable, "-m", "cnnlab.cli", "data", "import", str(good)], env=env, check=True,
+                       capture_output=True)
+        cache = tmp / "data" / "cifar10.npz"
+        before = cache.read_bytes()
+        cases = {"traversal, FIFO and symlink members": archives.traversal(tmp / "hostile.tar.gz"),
+                 "1 GiB member in a .tar.gz": archives.bomb(tmp / "bomb.tar.gz", 1 << 30),
+                 "1 GiB member in a .zip": archives.bomb(tmp / "bomb.zip", 1 << 30),
+                 "12000x12000 PNG": archives.pixel_bomb(tmp / "pixels", 12000)}
+        for label, path in cases.items():
+            size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*.png"))
+            rc, said, rss = _import_rss(env, path)
+            kept = cache.read_bytes() == before
+            report.add(f"faults_archive_{label.split()[0]}", {"rc": rc, "max_rss_mb": round(rss), "cache_kept": kept,
+                                                                "input_bytes": size, "said": said},
+                       f"(e) {label} ({size / 1e6:.2f} MB): rc {rc}, max RSS {rss:.0f} MB, cache "
+                       f"{'kept' if kept else 'REPLACED'}; {said}")
+
+
 def bench_faults(report, accuracy: bool = False) -> None:
     rounds = int(os.environ.get("CNNLAB_FAULT_ROUNDS", 20))
-    only = os.environ.get("CNNLAB_FAULT_CASES", "abcd")  # e.g. "b": that scenario alone
+    only = os.environ.get("CNNLAB_FAULT_CASES", "abcde")  # e.g. "b": that scenario alone
     rng = random.Random(0)
+    if "e" in only:
+        bench_archives(report)
     for label, case in CASES.items():
         if label[1] not in only:
             continue
