@@ -99,6 +99,7 @@ def compose(overrides: List[str]):
 
     directory = conf_dir()
     check_keys(overrides)
+    check_conflicts(overrides)
     _register_schema()
     # the project's configs are layered over cnnlab's own: Hydra looks in the primary directory, then these
     search = [d.as_uri() for d in conf_dirs() if d != directory]
@@ -108,10 +109,45 @@ def compose(overrides: List[str]):
         with initialize_config_dir(config_dir=str(directory), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=[*overrides, *hydra_overrides])
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise CnnlabError(f"Bad config override(s) {' '.join(overrides)!s}: {hydra_message(exc)}") from None
+        raise CnnlabError(_compose_message(exc, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def _compose_message(exc: BaseException, overrides: List[str]) -> str:
+    """One paragraph for what Hydra refused: a preset that does not exist with the valid ones, an arch.<p> the
+    chosen architecture does not have with the ones it has; else Hydra's own words."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and "/" in exc.missing_cfg_file:
+        group, name = exc.missing_cfg_file.rsplit("/", 1)
+        return (f"{group}={name} is not one of the {group} presets. Valid: {', '.join(exc.options or [])} "
+                f"(a project adds its own as conf/{group}/<name>.yaml).")
+    missing = re.search(r"Could not override '(arch\.\w+)'", str(exc))
+    if missing:
+        from .models import registry
+
+        param = missing.group(1).split(".", 1)[1]
+        chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("arch=")]
+        spec = registry().get(chosen[-1] if chosen else compose([]).arch.name)
+        has = sorted(name for name, other in registry().items() if param in other.params)
+        if spec is not None:
+            valid = ", ".join(f"arch.{p}" for p in spec.params) or "none"
+            where = f" It belongs to arch={' / arch='.join(has)}." if has else ""
+            return (f"arch={spec.name} has no parameter {param!r} (in {missing.group(1)}=...).{where} The "
+                    f"parameters of arch={spec.name} are: {valid}.")
+    return f"Bad config override(s) {' '.join(overrides)!s}: {hydra_message(exc)}"
+
+
+def check_conflicts(overrides: List[str]) -> None:
+    """budget= decides epochs and max_steps itself: giving either beside it would be silently dropped."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    clash = sorted(keys & {"epochs", "max_steps"})
+    if "budget" in keys and clash:
+        raise CnnlabError(f"budget= plans the run's length itself, so {' and '.join(f'{k}=' for k in clash)} would "
+                          f"be ignored: give budget= alone to train for a time, or {clash[0]}= without budget= to "
+                          "train for a fixed length.")
 
 
 class Composer:
@@ -139,6 +175,7 @@ class Composer:
         if any(o.type.name != "CHANGE" or o.package is not None for o in parsed):
             return compose(overrides)
         check_keys(overrides)
+        check_conflicts(overrides)
         chosen = tuple(o.input_line for o in parsed if o.key_or_group in self.groups)
         if chosen not in self.cache:
             self.cache[chosen] = compose(list(chosen))
@@ -163,7 +200,8 @@ def check_ranges(cfg) -> None:
     for key, (ok, valid) in RANGES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and not ok(value):
-            raise CnnlabError(f"{key}={value} is out of range: it must be {valid}.")
+            shown = str(value) if len(str(value)) <= 60 else f"{str(value)[:40]}... ({len(str(value)):,} characters)"
+            raise CnnlabError(f"{key}={shown} is out of range: it must be {valid}.")
     if not cfg.arch.get("name"):
         raise CnnlabError("No architecture chosen: pass arch=<name> (see `cnnlab models`).")
 

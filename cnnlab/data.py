@@ -500,6 +500,9 @@ class Splits:
 def split(ds: Dataset, val_split: float, train_fraction: float = 1.0, seed: int = 0) -> Splits:
     """Validation split (stratified, seeded) out of train; then a stratified fraction of the rest."""
     val_idx, train_idx = stratified_split(ds.y_train, val_split, seed)
+    if len(train_idx) == 0:
+        raise CnnlabError(f"val_split={val_split} takes every training image of {len(ds.y_train):,} for validation, "
+                          "leaving none to train on: choose a smaller val_split (0.1 is usual).")
     if train_fraction < 1:
         keep, _ = stratified_split(ds.y_train[train_idx], train_fraction, seed + 1)
         train_idx = train_idx[keep]

@@ -201,6 +201,8 @@ NOT_IN_KEY = ("experiment", "run_name", "threads", "tracking")
 
 # key -> (is the value valid?, what is valid)
 RANGES = {
+    "experiment": (lambda v: 0 < len(v.strip()) and len(v) <= 500, "a name of 1 to 500 characters (MLflow's limit)"),
+    "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
     "device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
                "auto, cpu, cuda, cuda:<GPU index> or mps"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),

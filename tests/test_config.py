@@ -36,7 +36,12 @@ def test_overrides_and_arch_recipe_compose():
     ("pool=median", "expected one of [max, avg, min]"),
     ("data.train_fraction=0", "data.train_fraction=0.0 is out of range"),
     ("no_such_key=1", "no_such_key"),
-    ("arch=nope", "Available options in 'arch'"),
+    ("arch=nope", "arch=nope is not one of the arch presets. Valid: airbench, alexnet"),
+    ("arch.growth_rate=24", "arch=tf_cnn has no parameter 'growth_rate' (in arch.growth_rate=...). It belongs to "
+                            "arch=densenet_bc"),
+    ("seed=99999999999999999999", "seed=99999999999999999999 is out of range: it must be an integer in [0, 2^32)"),
+    ("experiment=", "experiment= is out of range: it must be a name of 1 to 500 characters"),
+    ("experiment=" + "x" * 10_000, "(10,000 characters) is out of range: it must be a name of 1 to 500"),
     ("lr=", "lr"),
     ("depth=3", "arch=tf_cnn does not take depth=3"),
     ("+arch.blocks=4", "Bad architecture parameter for arch=tf_cnn"),
@@ -46,6 +51,20 @@ def test_bad_input_is_one_clean_message(override, needle):
         resolve(compose([override]))
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_budget_beside_an_explicit_length_is_refused_not_dropped():
+    for given in (["epochs=3"], ["max_steps=50"], ["epochs=3", "max_steps=50"]):
+        with pytest.raises(CnnlabError, match="budget= plans the run's length itself"):
+            compose(["budget=1m", *given])
+    assert compose(["budget=1m", "recipe=fast94"]).budget == "1m"  # a preset's epochs give way to the budget
+
+
+def test_a_validation_split_that_takes_everything_names_val_split():
+    from cnnlab.data import split, synthetic
+
+    with pytest.raises(CnnlabError, match="val_split=0.9999 takes every training image of 100"):
+        split(synthetic(100, 20), 0.9999)
 
 
 def test_unknown_arch_lists_the_valid_ones():
