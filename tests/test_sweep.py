@@ -212,3 +212,43 @@ def test_every_strategy_is_found_after_one_was_imported_directly():
             "from cnnlab.sweep.strategies import strategies\nprint(' '.join(strategies()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["grid", "list", "optuna", "random"]
+
+
+def test_a_database_that_never_answered_is_not_retried_for_minutes(monkeypatch):
+    """A database that has not answered once in this process is more likely a wrong URL than a restart: it is given
+    FIRST_PATIENCE seconds, not PATIENCE; once it has answered, a silence is waited out as before."""
+    import sqlalchemy.exc
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.sweep.strategies import optuna_search as o
+
+    slept = []
+    monkeypatch.setattr(o.time, "sleep", slept.append)
+    clock = iter(range(0, 10_000, 1))
+    monkeypatch.setattr(o.time, "time", lambda: next(clock))
+    monkeypatch.setattr(o, "_answered", False)
+
+    def silent():
+        raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+
+    with pytest.raises(CnnlabError, match="does not answer .*check the --storage URL"):
+        o.retrying(silent, "opening the Optuna database")
+    assert sum(slept) <= o.FIRST_PATIENCE
+    calls = []
+
+    def back_after_three():
+        calls.append(1)
+        if len(calls) < 4:
+            silent()
+        return "ok"
+
+    assert o.retrying(lambda: "first answer", "opening") == "first answer"
+    slept.clear()
+    assert o.retrying(back_after_three, "reading the study") == "ok"
+    assert slept == [1.0, 2.0, 4.0]
+
+
+def test_a_sqlite_storage_in_a_missing_directory_is_one_paragraph_at_once(cli, tmp_path):
+    code, out, err = cli("sweep", "lr=0.01,0.02", *TINY, "--strategy", "optuna", "--trials", "2",
+                         "--storage", f"sqlite:///{tmp_path}/missing/dir/x.db")
+    assert code == 2 and "the directory" in err and "does not exist" in err and "Traceback" not in err

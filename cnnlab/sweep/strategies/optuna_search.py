@@ -25,7 +25,9 @@ DEFAULT_TRIALS = 10
 
 HEARTBEAT = int(os.environ.get("CNNLAB_TRIAL_HEARTBEAT", "20"))  # seconds between a running trial's heartbeats
 RETRIES = 3  # a trial whose worker died (no heartbeat for 3 beats) runs again this many times at most
-PATIENCE = 300  # seconds a worker keeps retrying a database that does not answer before it gives up
+PATIENCE = 300  # seconds a worker keeps retrying a database that does not answer before it gives up ...
+FIRST_PATIENCE = 10  # ... once it has answered; a database that never answered is more likely a wrong URL
+_answered = False  # whether the database answered once in this process
 # what PostgreSQL answers at connect time to a client it will never let in: no use retrying
 REFUSALS = ("password authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry")
 
@@ -42,6 +44,8 @@ def storage(url: str):
 
     if "://" in url:
         from ...store import redact_url
+
+        _check_sqlite_dir(url)
 
         # heartbeats and fail_stale_trials are "experimental" in Optuna since 2.9: what they do is what we need
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -61,6 +65,10 @@ def storage(url: str):
             raise CnnlabError(f"--storage {redact_url(url)}: its database driver is not installed ({exc}). For "
                               "PostgreSQL install it with `pip install 'cnnlab[team]'` (psycopg).") from None
         except Exception as exc:
+            if "incompatible with the table schema" in str(exc):
+                raise CnnlabError(f"--storage {redact_url(url)}: the database holds tables Optuna did not make (is it "
+                                  "MLflow's?). Optuna and MLflow each need a database of their own: give --storage "
+                                  "another database (`cnnlab team up` makes both).") from None
             if type(exc).__name__ not in ("OperationalError", "ArgumentError", "NoSuchModuleError",
                                           "StorageInternalError"):
                 raise
@@ -71,6 +79,17 @@ def storage(url: str):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(url))
+
+
+def _check_sqlite_dir(url: str) -> None:
+    """A SQLite URL whose directory is missing would never answer: say so at once."""
+    from pathlib import Path
+
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        folder = Path(url[len("sqlite:///"):]).expanduser().parent
+        if not folder.is_dir():
+            raise CnnlabError(f"--storage {url}: the directory {folder} does not exist. Create it, or give a path "
+                              "in an existing directory (sqlite:////abs/path/optuna.db).")
 
 
 def _unreachable(exc: Optional[BaseException]) -> bool:
@@ -95,15 +114,23 @@ def _unreachable(exc: Optional[BaseException]) -> bool:
 def retrying(call: Callable[[], Any], what: str, patience: float = PATIENCE):
     """call(), again with backoff (1, 2, 4 ... 30 s) while the database does not answer, saying so once per
     wait; after `patience` seconds it gives up with a CnnlabError."""
+    global _answered
+    patience = patience if _answered else min(patience, FIRST_PATIENCE)
     deadline = time.time() + patience
     delay = 1.0
     while True:
         try:
-            return call()
+            result = call()
+            _answered = True
+            return result
         except Exception as exc:
             if not _unreachable(exc):
                 raise
             if time.time() + delay > deadline:
+                if not _answered:
+                    raise CnnlabError(f"The Optuna database does not answer ({type(exc).__name__} while {what}, "
+                                      f"for {patience:.0f} s): check the --storage URL (host, port) and that the "
+                                      "server is up (`cnnlab team status`).") from None
                 raise CnnlabError(f"The Optuna database did not answer for {patience:.0f} s while {what} "
                                   f"({type(exc).__name__}). Check that PostgreSQL is up (`cnnlab team status`), "
                                   "then start the worker again: finished trials are kept.") from None
