@@ -505,6 +505,18 @@ def _run() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        from .errors import storage_failure
+        from .schema import runs_dir
+
+        why = storage_failure(exc)
+        if not why:
+            raise
+        fix = "Free some space" if why == "full" else "Make it writable"
+        typer.echo(f"error: the disk holding {runs_dir()} is {why} ({type(exc).__name__}): {fix}, then run the command "
+                   "again; a run this left RUNNING is marked KILLED by the next command, and `cnnlab train "
+                   "resume=ID` continues it from its last whole epoch.", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,19 @@ class Interrupted(BaseException):
 
 class Pruned(Exception):
     """A sweep's pruner stopped the trial early: the run ends KILLED, tagged cnnlab.state=PRUNED."""
+
+
+def storage_failure(exc: BaseException) -> str:
+    """What `exc` (or what caused it) says of the disk under the record: 'full', 'read-only', or ''."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).lower()
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in text:
+            return "full"
+        if getattr(exc, "errno", None) == errno.EROFS or "readonly database" in text or "read-only file system" in text:
+            return "read-only"
+        exc = exc.__cause__ or exc.__context__
+    return ""

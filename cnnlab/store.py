@@ -392,7 +392,7 @@ class Store:
             if path.exists():
                 _check_sqlite(path)
                 if self.writable:
-                    _relocate(path)
+                    self._upkeep(_relocate, path)
             else:
                 _create_sqlite(path)
         else:
@@ -402,7 +402,22 @@ class Store:
         self._sqlite = path if path is not None and path.exists() else None  # read directly, see _read
         self._names: Dict[str, str] = {}  # experiment id -> name
         if self.writable:
-            self.reap()
+            self._upkeep(self.reap)
+
+    def _upkeep(self, fn, *args) -> None:
+        """Maintenance a reader can do without (relocating, reaping): a disk that is full or read-only leaves it
+        for later, saying so, instead of ending a command that only reads."""
+        from .errors import storage_failure
+
+        try:
+            fn(*args)
+        except Exception as exc:
+            why = storage_failure(exc)
+            if not why:
+                raise
+            self.writable = False
+            print(f"note: the disk holding {self.root or self.uri} is {why}: the store is read as it is (runs left "
+                  "RUNNING by a process that is gone are marked KILLED once it can be written)", file=sys.stderr)
 
     @functools.cached_property
     def client(self):

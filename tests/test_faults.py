@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from cnnlab.schema import runs_dir
-from cnnlab.store import Store
+from cnnlab.store import Store, Tag
 
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
 LONG = ["data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=50", "batch_size=50"]
@@ -379,3 +379,29 @@ def test_a_relative_sqlite_uri_is_the_working_directorys(cli, tmp_path, monkeypa
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlartifacts").is_dir()
     code, out, err = cli("runs")
     assert code == 0 and out.splitlines()[1].startswith("T0\t"), err
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_one_paragraph_and_reading_still_works(cli, monkeypatch):
+    """The run that hits a full disk ends in one paragraph; every command that reads goes on working, though the
+    store cannot mark that run KILLED yet."""
+    assert cli("train", *TINY, "-q")[0] == 0
+    with monkeypatch.context() as full:
+        full.setattr(Store, "_log_metrics", _disk_full)
+        full.setattr(Store, "_end", _disk_full)
+        code, out, err = cli("train", *TINY, "-q")
+        assert code == 1 and "is full" in err and "Free some space" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        # the second run is left RUNNING by a process that is gone (as a SIGKILL would leave it)
+        record = Store().find("T1")
+        Store().client.set_tag(record.run_id, Tag.OWNER, f"{socket.gethostname()} 999999 1")
+        code, out, err = cli("runs", "--format", "tsv")
+        assert code == 0, err
+        assert "is full: the store is read as it is" in err and "T0" in out and "T1\t" in out
+    code, out, err = cli("runs", "--format", "tsv")
+    assert "marked KILLED" in err and "KILLED" in out
