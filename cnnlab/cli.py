@@ -512,10 +512,10 @@ def _run() -> None:
         why = storage_failure(exc)
         if not why:
             raise
-        fix = "Free some space" if why == "full" else "Make it writable"
-        typer.echo(f"error: the disk holding {runs_dir()} is {why} ({type(exc).__name__}): {fix}, then run the command "
-                   "again; a run this left RUNNING is marked KILLED by the next command, and `cnnlab train "
-                   "resume=ID` continues it from its last whole epoch.", err=True)
+        fix = "Free some space" if why == "full" else "Make it writable (or point $CNNLAB_RUNS_DIR elsewhere)"
+        typer.echo(f"error: the disk holding {runs_dir()} is {why} ({exc}): {fix}, then run the command again. A run "
+                   "this left RUNNING is marked KILLED by the next command, and `cnnlab train resume=ID` continues it "
+                   "from its last whole epoch.", err=True)
         sys.exit(1)
 
 

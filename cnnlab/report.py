@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,6 +435,9 @@ def report(ref: str, out: Optional[Path] = None, experiments: Optional[List[str]
     url = ui_url or last_url()
     text = run_page(store, target.record, url) if target.kind == "run" else group_page(store, target, url)
     path = pages.write(text, out or default_path(target))
-    if target.record is not None:
-        store.open(target.record).log_artifacts([path], "reports")
+    if target.record is not None and store.writable:
+        try:
+            store.open(target.record).log_artifacts([path], "reports")
+        except OSError as exc:  # a read-only or full store: the page itself was written, and is what was asked
+            print(f"note: the report was not attached to the run's artifacts ({exc.strerror})", file=sys.stderr)
     return target, path

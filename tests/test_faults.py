@@ -405,3 +405,38 @@ def test_a_full_disk_is_one_paragraph_and_reading_still_works(cli, monkeypatch):
         assert "is full: the store is read as it is" in err and "T0" in out and "T1\t" in out
     code, out, err = cli("runs", "--format", "tsv")
     assert "marked KILLED" in err and "KILLED" in out
+
+
+@pytest.fixture
+def read_only_after(tmp_path):
+    """A small tmpfs holding the runs directory, remounted read-only when the test says so (needs root and
+    mount(8); skipped elsewhere: there, a read-only directory cannot be made for root to meet)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "none", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount, lambda: subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_read_only_runs_directory_is_one_paragraph_for_sweep_and_report_still_writes(read_only_after, tmp_path):
+    mount, make_read_only = read_only_after
+    env = {**os.environ, "CNNLAB_RUNS_DIR": str(mount / "runs")}
+
+    def cnnlab(*args):  # in processes of their own: a store left open here would keep the mount busy
+        return subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], env=env, capture_output=True, text=True)
+
+    assert cnnlab("train", *TINY, "-q").returncode == 0
+    make_read_only()
+    swept = cnnlab("sweep", *TINY, "lr=0.01,0.02", "-q")
+    assert swept.returncode == 1 and "is read-only" in swept.stderr and "Traceback" not in swept.stderr
+    assert len(swept.stderr.strip().splitlines()) == 1
+    reported = cnnlab("report", "T0", "-o", str(tmp_path / "r.html"))
+    assert reported.returncode == 0, reported.stderr
+    assert (tmp_path / "r.html").stat().st_size > 1000
+    listed = cnnlab("runs", "--format", "tsv")
+    assert listed.returncode == 0 and "T0" in listed.stdout
