@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 from .errors import CnnlabError
+from .files import umask_mode
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CACHE_NAME = "cifar10.npz"
@@ -338,18 +339,12 @@ def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dic
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, meta=json.dumps(meta))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: a cache is as readable as any file made here
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, cache)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return {**meta, "cache": str(cache), "seconds": round(time.perf_counter() - start, 1), "skipped": skipped}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def cache_info(root: Optional[str] = None) -> Optional[dict]:

@@ -14,6 +14,7 @@ from typing import Any, Dict
 
 from .columns import FORMATS, GROUPS
 from .errors import CnnlabError
+from .files import umask_mode
 from .log import Log
 
 FORMATS_BY_SUFFIX = (".xlsx", ".csv", ".md")
@@ -47,6 +48,7 @@ def write(log: Log, path: Path, force: bool = False) -> Path:
     os.close(fd)
     try:
         {".xlsx": _write_xlsx, ".csv": _write_csv, ".md": _write_md}[path.suffix.lower()](log, Path(tmp))
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except OSError as exc:
         raise CnnlabError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was replaced.") from None

@@ -334,3 +334,23 @@ def test_runs_csv_writes_numbers_plainly():
     n = next(c for c in columns.COLUMNS if c != columns.TARGETS and c.header == "N")
     assert render.lines("csv", [wall, n], [[1080.7, 1.0]]) == "time (s),seeds\n1080.7,1"
     assert render.lines("tsv", [wall, n], [[float("nan"), None]]) == "time (s)\tseeds\n\t"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_exports_and_the_data_cache_follow_the_umask(one_run_store, cli, monkeypatch, tmp_path, umask, mode):
+    from cnnlab import data
+    from tests.test_data import make_folder
+
+    for k, v in one_run_store.items():
+        monkeypatch.setenv(k, v)
+    old = os.umask(umask)
+    try:
+        for name in ("log.xlsx", "log.csv", "log.md"):
+            code, _, err = cli("export-log", str(tmp_path / name))
+            assert code == 0, err
+            assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+        monkeypatch.setenv("CNNLAB_DATA_DIR", str(tmp_path / "cache"))
+        data.import_dataset(make_folder(tmp_path / "folder"))
+        assert (tmp_path / "cache" / data.CACHE_NAME).stat().st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
