@@ -495,8 +495,7 @@ class Store:
             tags[Tag.PARENT] = parent_run_id
         if log_id is not None:
             tags[Tag.ID] = log_id
-        run = self.client.create_run(exp_id, run_name=run_name or (log_id or "").rsplit("/", 1)[-1] or None,
-                                     tags=tags)
+        run = self.client.create_run(exp_id, run_name=run_name or log_id, tags=tags)  # the UI shows <sweep>/T<n>
         run_id = run.info.run_id
         if log_id is None:
             log_id = self._claim_id(exp_id, run_id)

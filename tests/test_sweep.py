@@ -95,7 +95,8 @@ def test_grid_sweep_records_parent_and_children_then_resumes_with_nothing(cli, m
     assert len(parents) == 1 and len(kids) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.params["strategy"] == "grid"
-    assert sorted(k.info.run_name for k in kids) == ["T0", "T1", "T2", "T3"]
+    sweep = parent.data.tags["cnnlab.sweep_parent"]
+    assert sorted(k.info.run_name for k in kids) == [f"{sweep}/T{i}" for i in range(4)]  # as the MLflow UI lists them
     assert all(k.info.status == "FINISHED" and k.data.tags["mlflow.parentRunId"] == parent.info.run_id for k in kids)
     assert "best_val_acc" in parent.data.metrics and parent.data.metrics["n_finished"] == 4
     assert {a.path for a in mlflow_client.list_artifacts(parent.info.run_id)} >= {"summary.csv", "sweep.yaml"}
