@@ -180,8 +180,9 @@ def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_
     from .store import Store
 
     store = Store(create=False)
-    records = store.runs(experiment or ["cifar10"], sweep=sweep, states=[s.upper() for s in status or []],
-                         since=_day("since", since), until=_day("until", until, end=True), archs=arch or [])
+    records = store.runs(experiment or [store.latest_experiment()], sweep=sweep,
+                         states=[s.upper() for s in status or []], since=_day("since", since),
+                         until=_day("until", until, end=True), archs=arch or [])
     base = None
     if baseline:
         base = store.find(baseline)

@@ -444,6 +444,20 @@ class Store:
         self._names.update({v: k for k, v in found.items()})
         return found
 
+    def latest_experiment(self, default: str = "cifar10") -> str:
+        """The experiment of the most recently started run (`default` in an empty store): what every command
+        shows when none is named."""
+        rows = self._query(("SELECT e.name FROM runs r JOIN experiments e USING (experiment_id) WHERE "
+                            "e.lifecycle_stage = 'active' AND r.lifecycle_stage = 'active' ORDER BY r.start_time DESC "
+                            "LIMIT 1", ()))
+        if rows is not None:
+            return rows[0][0][0] if rows[0] else default
+        known = self.experiments()
+        if not known:
+            return default
+        runs = self.client.search_runs(list(known.values()), max_results=1, order_by=["attributes.start_time DESC"])
+        return self._experiment_name(runs[0].info.experiment_id) if runs else default
+
     def experiment_id(self, name: str, create: bool = True) -> Optional[str]:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:

@@ -99,19 +99,13 @@ def last_url() -> str:
     return path.read_text().strip() if path.is_file() else "http://127.0.0.1:5000"
 
 
-def latest_experiment(store) -> Optional[str]:
-    """The experiment of the most recently started run."""
-    runs = store.runs()
-    return max(runs, key=lambda r: r.start_time).experiment if runs else None
-
-
 def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] = None, ready=None) -> int:
     """Run the UI until Ctrl-C/SIGTERM/SIGHUP; `ready(url)` is called once it answers. Returns the exit code."""
     from .store import Store, ui_link
 
     store = Store(create=False)
     known = store.experiments()
-    experiment = experiment or latest_experiment(store)
+    experiment = experiment or (store.latest_experiment(None) if known else None)
     if experiment is not None and experiment not in known:
         raise CnnlabError(f"Unknown experiment {experiment!r} in {store.uri}. Known: {', '.join(known) or 'none yet'}.")
     if store.uri.startswith(("http://", "https://")):  # a tracking server (team mode) already serves the UI

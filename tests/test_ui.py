@@ -184,6 +184,8 @@ def test_without_experiment_the_latest_one_opens(cli):
         assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1",
                    f"experiment={experiment}", "-q")[0] == 0
     from cnnlab.store import Store
-    from cnnlab.ui import latest_experiment
 
-    assert latest_experiment(Store()) == "newer"
+    assert Store().latest_experiment() == "newer"
+    code, out, err = cli("runs", "--format", "tsv")  # every command's default: the latest experiment
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 2 and "\tFINISHED" in out
