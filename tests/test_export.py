@@ -100,12 +100,12 @@ def test_exercise_workbook(exercise, tmp_path):
     assert list(table["LR"]) == [3e-4, 3e-4, 3e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3]
     assert set(table["IMAGE SIZE"]) == {"32x32"} and set(table["TEST SPLIT"]) == {"val 10% / test 100"}
     assert set(table["DATA SETS"]) == {"synthetic (270 train)"}
-    assert list(table["FILE"]) == [f"cifar10/exercise/T{i}" for i in range(8)]
+    assert list(table["FILE"]) == [f"synthetic/exercise/T{i}" for i in range(8)]
     # values read back exactly as built
     from cnnlab.store import Store
 
     store = Store()
-    built = run_log.build(store, store.runs(["cifar10"], sweep="exercise")).table
+    built = run_log.build(store, store.runs(["synthetic"], sweep="exercise")).table
     pd.testing.assert_frame_equal(table.drop(columns="MLFLOW"), built.drop(columns="MLFLOW").astype(
         table.drop(columns="MLFLOW").dtypes.to_dict()), check_dtype=False)
     # Source Dataset: the held-out accuracies, ACC AVG their config's mean test accuracy (one seed: its own)
@@ -147,7 +147,7 @@ def test_exercise_workbook(exercise, tmp_path):
 def test_the_workbook_prints_readably(exercise, tmp_path):
     """Rendered by LibreOffice as a user prints it: every header and value whole, text at a readable size."""
     out = tmp_path / "runs.xlsx"
-    assert exercise("export-log", str(out), "--experiment", "cifar10", "--experiment", "solo")[0] == 0
+    assert exercise("export-log", str(out), "--experiment", "synthetic", "--experiment", "solo")[0] == 0
     subprocess.run(["soffice", "--headless", "--convert-to", "pdf", "--outdir", str(tmp_path), str(out)],
                    check=True, capture_output=True, timeout=300)
     pdf = tmp_path / "runs.pdf"

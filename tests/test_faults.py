@@ -123,7 +123,7 @@ def test_a_copied_store_is_self_contained(cli, tmp_path, monkeypatch):
     record = Store().find("T1")
     assert (copy / "mlartifacts").as_uri() in Store().client.get_run(record.run_id).info.artifact_uri
     assert {a for a in Store().list_artifacts(record.run_id)} >= {"checkpoint", "train.log"}
-    assert Store().find("T0").run_dir == copy / "cifar10" / "T0"  # the copy's own run directory
+    assert Store().find("T0").run_dir == copy / "synthetic" / "T0"  # the copy's own run directory
     code, out, err = cli("evaluate", "T0", "targets=[blur]")
     assert code == 0 and "target_acc_blur" in out, err
 
@@ -132,13 +132,13 @@ def test_a_copied_store_is_self_contained(cli, tmp_path, monkeypatch):
 def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "train", *LONG, "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    log = runs_dir() / "cifar10" / "T0" / "train.log"
+    log = runs_dir() / "synthetic" / "T0" / "train.log"
     wait_for(lambda: log.exists() and "epoch 1/" in log.read_text(), what="the first epoch")
     proc.kill()
     proc.communicate(timeout=30)
     listed = cnnlab("runs", "--status", "KILLED")
     assert listed.returncode == 0, listed.stderr
-    assert "cifar10 T0 was left RUNNING by process" in listed.stderr and "marked KILLED" in listed.stderr
+    assert "synthetic T0 was left RUNNING by process" in listed.stderr and "marked KILLED" in listed.stderr
     record = Store().find("T0")
     assert record.state == "KILLED" and "ended without ending it" in record.reason
     assert "note:" not in cnnlab("runs").stderr  # said once
@@ -150,7 +150,7 @@ def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_no
             "batch_size=50", "--workers", "2", "--name", "two", "-q"]
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    logs = [runs_dir() / "cifar10" / "two" / t / "train.log" for t in ("T0", "T1")]
+    logs = [runs_dir() / "synthetic" / "two" / t / "train.log" for t in ("T0", "T1")]
     wait_for(lambda: all(p.exists() and "epoch 1/" in p.read_text() for p in logs), what="both trials training")
     workers = [p for p in children_of(proc.pid) if "multiprocessing" in Path(f"/proc/{p}/cmdline").read_text()]
     assert len(workers) >= 2
@@ -227,7 +227,7 @@ def test_names_are_never_formulas(cli, tmp_path):
     assert not [c.coordinate for c in cells if c.data_type == "f"]
     assert any(isinstance(c.value, str) and c.value.startswith(evil) for c in cells)
     csv = tmp_path / "log.csv"
-    assert cli("export-log", str(csv), "--experiment", "=2+5", "--experiment", "cifar10")[0] == 0
+    assert cli("export-log", str(csv), "--experiment", "=2+5", "--experiment", "synthetic")[0] == 0
     text = csv.read_text()
     assert f"'{evil}".replace('"', '""') in text and "\n=" not in text and ",=" not in text
 
@@ -309,7 +309,7 @@ def test_bad_input_is_one_clean_message(cli, args, needle):
 
 def test_a_damaged_checkpoint_is_a_clean_error(cli):
     assert cli("train", *TINY, "-q")[0] == 0
-    best = runs_dir() / "cifar10" / "T0" / "best.pt"
+    best = runs_dir() / "synthetic" / "T0" / "best.pt"
     good = best.read_bytes()
     import torch
 

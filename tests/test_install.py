@@ -53,7 +53,7 @@ def test_the_wheel_trains_and_sweeps_in_an_empty_directory(installed, tmp_path):
     empty.mkdir()
     done = run(installed, empty, "train", *TINY, "-q")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "run_dir=" + str(empty / "runs" / "cifar10" / "T0") in done.stdout
+    assert "run_dir=" + str(empty / "runs" / "synthetic" / "T0") in done.stdout
     swept = run(installed, empty, "sweep", "lr=0.003,0.001", *TINY, "--name", "s", "-q")
     assert swept.returncode == 0, swept.stderr[-2000:]
     listed = run(installed, empty / "runs", "runs", "--sweep", "s")  # from inside the project too
@@ -76,6 +76,6 @@ def test_a_project_layers_its_own_presets_over_cnnlabs(installed, tmp_path):
     plan = run(installed, deep, "sweep", "sweep=mine", "data=synthetic", "--dry-run")
     assert plan.returncode == 0 and "2 trial(s)" in plan.stdout, plan.stderr
     done = run(installed, deep, "train", "arch=mynet", *TINY[:3], "-q")
-    assert done.returncode == 0 and str(project / "runs" / "cifar10" / "T0") in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and str(project / "runs" / "synthetic" / "T0") in done.stdout, done.stderr[-2000:]
     again = run(installed, tmp_path, "init", "project")
     assert again.returncode == 2 and "already" in again.stderr

@@ -35,7 +35,7 @@ def three_runs(cli):
     assert cli("train", *TINY, "-q")[0] == 0
     assert cli("train", *TINY, "arch=vgg_small", "width=0.125", "-q")[0] == 0
     store = Store()
-    run = store.create_run("cifar10", {Tag.RUN_DIR: str(runs_dir() / "gone")})
+    run = store.create_run("synthetic", {Tag.RUN_DIR: str(runs_dir() / "gone")})
     run.end("KILLED", "signal 15 in epoch 1")
     return store
 
@@ -59,17 +59,17 @@ def test_evaluate_takes_what_runs_printed_and_says_what_it_resolved(cli, three_r
     printed = ids_in(cli("runs", "--arch", "vgg_small")[1])[0]
     code, out, err = cli("evaluate", printed, "targets=[blur]")
     assert code == 0, err
-    assert f"evaluating cifar10 T1 (run {vgg.run_id}" in out
+    assert f"evaluating synthetic T1 (run {vgg.run_id}" in out
     assert "target_acc_blur" in three_runs.get(vgg.run_id).metrics
     assert "target_acc_blur" not in three_runs.runs(archs=["tf_cnn"])[0].metrics  # the other T-run untouched
     code, out, err = cli("evaluate", vgg.run_id[:8], "targets=[contrast]")  # a run-ID prefix
-    assert code == 0 and "evaluating cifar10 T1" in out, err
+    assert code == 0 and "evaluating synthetic T1" in out, err
 
 
 def test_ambiguous_or_unknown_references_are_refused(cli, three_runs):
     assert cli("train", *TINY, "experiment=other", "-q")[0] == 0  # another experiment's T0
     code, _, err = cli("evaluate", "T0")
-    assert code == 2 and "names 2 runs" in err and "cifar10: T0" in err and "other: T0" in err
+    assert code == 2 and "names 2 runs" in err and "synthetic: T0" in err and "other: T0" in err
     code, _, err = cli("evaluate", "T9")
     assert code == 2 and "No run 'T9'" in err and "Traceback" not in err
     record = three_runs.find("T0", ["other"])
@@ -87,13 +87,13 @@ def test_runs_created_at_once_on_a_local_store_are_numbered_without_gaps():
     is a hole in the student's log)."""
     import threading
 
-    Store().experiment_id("cifar10")
+    Store().experiment_id("synthetic")
     ids, barrier = [], threading.Barrier(8)
 
     def create():
         store = Store()  # a store of its own, as a separate process has
         barrier.wait()
-        ids.append(store.create_run("cifar10", {}).id)
+        ids.append(store.create_run("synthetic", {}).id)
 
     threads = [threading.Thread(target=create) for _ in range(8)]
     for thread in threads:
@@ -114,7 +114,7 @@ def test_four_trainings_at_once_on_a_fresh_store_get_distinct_ids():
     assert printed == ["T0", "T1", "T2", "T3"]
     records = Store().runs()
     assert sorted(r.id for r in records) == printed and all(r.state == "FINISHED" for r in records)
-    assert sorted(p.name for p in (runs_dir() / "cifar10").iterdir()) == printed  # run directories named alike
+    assert sorted(p.name for p in (runs_dir() / "synthetic").iterdir()) == printed  # run directories named alike
 
 
 @pytest.mark.slow
@@ -220,7 +220,7 @@ def test_tag_names_are_the_stores_constants():
 def test_runs_recorded_before_log_ids_get_theirs_once(cli, three_runs):
     """A store written by an earlier cnnlab: runs without the ID tag (a single run named by date, a trial)."""
     client = three_runs.client
-    exp = three_runs.experiment_id("cifar10")
+    exp = three_runs.experiment_id("synthetic")
     old = client.create_run(exp, run_name="tf_cnn-20261120-101010-abc123", tags={Tag.STATE: "FINISHED"})
     trial = client.create_run(exp, run_name="T4", tags={Tag.SWEEP: "old", Tag.TRIAL: "T4"})
     for run in (old, trial):
@@ -265,14 +265,14 @@ def test_the_sqlite_reader_reads_what_mlflows_client_reads(cli, three_runs):
     fast = Store(create=False)
     slow = Store(create=False)
     slow._sqlite = None  # as for a store of another kind: every read through MLflow's client
-    for kwargs in ({}, {"parents": True}, {"experiments": ["cifar10"], "sweep": "s"}, {"states": ["KILLED"]},
+    for kwargs in ({}, {"parents": True}, {"experiments": ["synthetic"], "sweep": "s"}, {"states": ["KILLED"]},
                    {"experiments": ["other"]}, {"since": fast.runs()[1].start_time}):
         a, b = fast.runs(**kwargs), slow.runs(**kwargs)
         assert a and repr(a) == repr(b) and [r.tags for r in a] == [r.tags for r in b], kwargs  # repr: NaN == NaN
     others = fast.runs(["other"])
     assert [r.run_id for r in others] == [nan_run.run_id] and others[0].state == "RUNNING"
     assert math.isnan(others[0].metrics["val_loss"]) and others[0].params["note"] == "it's \"quoted\""
-    exp = fast.experiment_id("cifar10", create=False)
+    exp = fast.experiment_id("synthetic", create=False)
     assert repr(fast.first_single_run(exp)) == repr(slow.first_single_run(exp))
     assert fast.first_single_run(exp).id == "T0"
     assert fast.experiments() == slow.experiments()
@@ -284,7 +284,7 @@ def test_the_sqlite_reader_reads_what_mlflows_client_reads(cli, three_runs):
         except CnnlabError as exc:
             return str(exc)
 
-    for ref in ("T0", "nope", "abcd"):  # ambiguous (cifar10's T0 and other's), unknown, no such prefix
+    for ref in ("T0", "nope", "abcd"):  # ambiguous (this experiment's T0 and other's), unknown, no such prefix
         assert refusal(fast, ref) == refusal(slow, ref) is not None, ref
     ids, keys = [r.run_id for r in fast.runs(parents=True)] + [nan_run.run_id], [*run_log.CURVE_KEYS, "lr"]
     histories = fast.histories(ids, keys)

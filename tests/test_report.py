@@ -83,8 +83,8 @@ def store_env(tmp_path_factory):
         proc = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], capture_output=True, text=True, env=full)
         assert proc.returncode == 0, proc.stderr
     code = ("from cnnlab.store import Store, Tag\n"
-            "s = Store(); parent = s.sweep_parent(s.experiment_id('cifar10'), 'sw')\n"
-            "run = s.create_run('cifar10', {Tag.SWEEP: 'sw', Tag.TRIAL: 'T4', Tag.SWEPT: '{\"lr\": \"0.05\"}'},\n"
+            "s = Store(); parent = s.sweep_parent(s.experiment_id('synthetic'), 'sw')\n"
+            "run = s.create_run('synthetic', {Tag.SWEEP: 'sw', Tag.TRIAL: 'T4', Tag.SWEPT: '{\"lr\": \"0.05\"}'},\n"
             "                   parent_run_id=parent.run_id, log_id='sw/T4')\n"
             "run.log_metrics({'val_acc': 0.2, 'train_loss': 2.2}, step=1)\n"
             "run.end('PRUNED', 'pruned after epoch 1')\n")
@@ -104,7 +104,7 @@ def test_a_runs_report(on_store, tmp_path):
     out = tmp_path / "T1.html"
     code, stdout, err = on_store("report", "T1", "-o", str(out))
     assert code == 0, err
-    assert "cifar10 T1" in stdout and str(out) in stdout
+    assert "synthetic T1" in stdout and str(out) in stdout
     page = out.read_text()
     assert h2(page) == ["The run", "Learning curves", "Classes", "First-layer filters", "Feature maps",
                         "Architecture and cost", "Config"]
@@ -123,7 +123,7 @@ def test_a_runs_report(on_store, tmp_path):
     record = Store().find("T1")
     assert f"{int(record.metrics['params']):,} parameters" in page
     # the config against the baseline T0: dropout differs and is marked
-    assert "Against cifar10&#x27;s baseline T0: Added dropout 0.3" in page
+    assert "Against synthetic&#x27;s baseline T0: Added dropout 0.3" in page
     assert re.search(r'<tr class="changed"><td>dropout</td><td>0.3</td><td>0.0</td></tr>', page)
     assert page.count("<figure>") == len(re.findall(r"→ <b>", page)) > 0  # mistakes, with true → predicted
     assert "reports" in Store().list_artifacts(record.run_id)  # logged to the run as well
@@ -148,17 +148,17 @@ def test_a_sweeps_report(on_store, tmp_path):
 
 @pytest.mark.slow
 def test_an_experiments_report_and_what_is_missing(on_store, tmp_path):
-    code, stdout, err = on_store("report", "cifar10", "-o", str(tmp_path / "e.html"))
-    assert code == 0, err and "experiment cifar10 (7 runs)" in stdout
+    code, stdout, err = on_store("report", "synthetic", "-o", str(tmp_path / "e.html"))
+    assert code == 0, err and "experiment synthetic (7 runs)" in stdout
     page = (tmp_path / "e.html").read_text()
     assert re.search(r"<td>dropout</td>", page) and re.search(r"<td>lr</td>", page)  # what varies across runs
     # a KILLED run without a checkpoint, and a run still RUNNING: the page says what is missing, exit 0
     from cnnlab.store import Store
 
     store = Store()
-    killed = store.create_run("cifar10", {})
+    killed = store.create_run("synthetic", {})
     killed.end("KILLED", "signal 15 in epoch 1")
-    running = store.create_run("cifar10", {})
+    running = store.create_run("synthetic", {})
     for run in (killed, running):
         out = tmp_path / f"{run.id}.html"
         code, _, err = on_store("report", run.id, "-o", str(out))
@@ -170,7 +170,7 @@ def test_an_experiments_report_and_what_is_missing(on_store, tmp_path):
     assert "signal 15 in epoch 1" in (tmp_path / f"{killed.id}.html").read_text()
     running.end("FINISHED")
     code, _, err = on_store("report", "nothing-of-that-name")
-    assert code == 2 and "Nothing called 'nothing-of-that-name'" in err and "cifar10" in err
+    assert code == 2 and "Nothing called 'nothing-of-that-name'" in err and "synthetic" in err
     assert "Traceback" not in err
 
 

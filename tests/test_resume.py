@@ -56,7 +56,7 @@ def test_resume_refuses_what_cannot_be_resumed(cli):
     with pytest.raises(Interrupted):
         train(compose(SMALL), on_epoch=stop_after(1), quiet=True)
     code, out, err = cli("train", "resume=T1", "-q")
-    assert code == 0 and "resuming cifar10 T1" in err and "id=T1" in out, err
+    assert code == 0 and "resuming synthetic T1" in err and "id=T1" in out, err
 
 
 def test_a_signal_while_last_pt_is_written_still_records_the_epoch_whole(monkeypatch):

@@ -17,7 +17,7 @@ from cnnlab.sweep import Sweep, expand, load_spec
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
 
 
-def children(client, experiment="cifar10"):
+def children(client, experiment="synthetic"):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "cnnlab.sweep_parent" in r.data.tags]
@@ -175,7 +175,7 @@ def test_optuna_prunes_records_and_continues_the_study(cli, mlflow_client):
     assert len(kids) == 8
     states = [k.data.tags["cnnlab.state"] for k in kids]
     assert states.count("FINISHED") >= 4 and set(states) == {"FINISHED", "PRUNED"}, states
-    journal = runs_dir() / "cifar10" / "opt" / "optuna.journal"
+    journal = runs_dir() / "synthetic" / "opt" / "optuna.journal"
     study = optuna.load_study(study_name="opt", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
     assert len(study.trials) == 8

@@ -95,9 +95,9 @@ def _study(team, name: str):
 
 def _sweep_runs(store, name: str):
     """(parents, children) of sweep `name` on the server."""
-    if "cifar10" not in store.experiments():  # nothing recorded yet
+    if "synthetic" not in store.experiments():  # nothing recorded yet
         return [], []
-    runs = store.runs(["cifar10"], sweep=name, parents=True)
+    runs = store.runs(["synthetic"], sweep=name, parents=True)
     parents = [r for r in runs if r.is_sweep_parent]
     children = [r for r in runs if r.sweep == name and not r.is_sweep_parent]
     return parents, children

@@ -20,7 +20,7 @@ from cnnlab.train import train
 SMALL = ["data=synthetic", "data.n_train=600", "data.n_test=200", "batch_size=50"]
 
 
-def only_run(client, experiment="cifar10"):
+def only_run(client, experiment="synthetic"):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
@@ -46,7 +46,7 @@ def test_train_records_params_metrics_artifacts(cli, mlflow_client):
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
     assert {"config", "checkpoint", "per_class.csv", "confusion.png", "train.log"} <= artifacts
     # the run directory
-    assert tags["cnnlab.run_dir"] == f"cifar10/{run.info.run_name}"  # relative to the store: it can move
+    assert tags["cnnlab.run_dir"] == f"synthetic/{run.info.run_name}"  # relative to the store: it can move
     run_dir = runs_dir() / tags["cnnlab.run_dir"]
     assert "dropout: 0.25" in (run_dir / ".hydra" / "config.yaml").read_text()
     assert "- dropout=0.25" in (run_dir / ".hydra" / "overrides.yaml").read_text()
@@ -110,7 +110,7 @@ def test_signal_ends_run_killed_and_keeps_last_checkpoint(tmp_path, mlflow_clien
     logs = []
     while time.time() < deadline and not any("epoch 1/" in p.read_text() for p in logs):
         time.sleep(0.2)
-        logs = list(runs_dir().glob("cifar10/*/train.log"))
+        logs = list(runs_dir().glob("synthetic/*/train.log"))
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
@@ -129,3 +129,19 @@ def test_mlflow_preload_thread_does_not_race_the_client(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env={**os.environ, "CNNLAB_RUNS_DIR": str(tmp_path)})
         assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_synthetic_runs_keep_to_their_own_experiment_and_do_not_saturate(cli):
+    """data=synthetic lands in experiment `synthetic` (not cifar10's log, best and Pareto front) unless one is
+    named, and is hard enough that a few epochs do not reach 100% (a sweep on it ranks something)."""
+    from cnnlab.store import Store
+
+    code, out, err = cli("train", "data=synthetic", "epochs=2", "-q")
+    assert code == 0, err
+    record = Store().find("T0")
+    assert record.experiment == "synthetic" and "/synthetic/T0" in out
+    assert max(record.metrics["val_acc_best"], record.metrics["test_acc"]) < 0.95
+    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "experiment=mine",
+               "-q")[0] == 0
+    assert Store().find("T0", ["mine"]).experiment == "mine"

@@ -28,7 +28,7 @@ def ui(cli):
     from cnnlab.store import Store
 
     client = Store().client
-    run = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])[0]
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

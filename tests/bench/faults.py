@@ -134,7 +134,7 @@ def ctrl_c_first_train(env, runs: Path, rng, tally: Counter) -> None:
 def kill_sweep_parent(env, runs: Path, rng, tally: Counter) -> None:
     args = ["sweep", "lr=0.003,0.001", *SLOW, "epochs=3", "--workers", "2", "--name", "faults", "-q"]
     proc = _cli(env, *args)
-    logs = [runs / "cifar10" / "faults" / t / "train.log" for t in ("T0", "T1")]
+    logs = [runs / "synthetic" / "faults" / t / "train.log" for t in ("T0", "T1")]
     _wait(lambda: all(p.exists() and "epoch 1/" in p.read_text() for p in logs), 300)
     time.sleep(rng.uniform(0, 1.5))
     proc.kill()
@@ -147,7 +147,7 @@ def kill_sweep_parent(env, runs: Path, rng, tally: Counter) -> None:
 
 def kill_train(env, runs: Path, rng, tally: Counter) -> None:
     proc = _cli(env, "train", *SLOW, "epochs=30", "-q")
-    log = runs / "cifar10" / "T0" / "train.log"
+    log = runs / "synthetic" / "T0" / "train.log"
     _wait(lambda: log.exists() and "epoch 1/" in log.read_text(), 300)
     time.sleep(rng.uniform(0, 2))
     proc.kill()
