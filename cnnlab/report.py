@@ -156,10 +156,12 @@ def _classes_section(store: Store, record: Record, loaded, absent: str) -> str:
         cells = []
         for index, true, pred, confidence in predictions.mistakes:
             thumb = figures.image_uri(loaded.x_test[index].permute(1, 2, 0).numpy())
-            cells.append(f'<figure>{image(thumb, f"test image {int(loaded.index[index])}")}<figcaption>{esc(loaded.classes[true])} → '
+            alt = f"test image {int(loaded.index[index])}"
+            cells.append(f'<figure>{image(thumb, alt)}<figcaption>{esc(loaded.classes[true])} → '
                          f"<b>{esc(loaded.classes[pred])}</b> {confidence:.0%}</figcaption></figure>")
         parts.append(f"<h3>Most confident mistakes</h3><p>The best checkpoint (epoch {loaded.epoch}) on "
-                     f"{predictions.n:,} test images sampled across the classes: true class → predicted, with the model's confidence.</p>"
+                     f"{predictions.n:,} test images sampled across the classes: true class → predicted, with the "
+                     "model's confidence.</p>"
                      f'<div class="grid">{"".join(cells)}</div>')
     elif predictions is None:
         parts.append(missing(f"No mistakes shown: {absent}."))

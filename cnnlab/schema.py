@@ -56,7 +56,7 @@ def safe_name(name: str) -> str:
     """`name` (an experiment, sweep or run name as the user gave it) as one safe path component: never a
     separator, `..` or a leading dot; a name that had to change gets a short hash, so two names never share
     a directory."""
-    text = re.sub(r"[^A-Za-z0-9._+=,@-]+", "_", str(name)).strip("._")[:80]
+    text = re.sub(r"[^A-Za-z0-9._+=,@-]+", "_", str(name)).strip("._").lstrip("-")[:80]  # "-x": read as an option
     if text == name:
         return text
     return f"{text or 'name'}-{hashlib.sha1(str(name).encode()).hexdigest()[:6]}"

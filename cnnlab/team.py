@@ -226,10 +226,11 @@ class Team:
 
     def mlflow_env(self) -> Dict[str, str]:
         config = self.dir / "basic_auth.ini"
-        config.write_text("[mlflow]\ndefault_permission = READ\n"
-                          f"database_uri = sqlite:///{self.dir / 'auth.db'}\nadmin_username = {ADMIN}\n"
-                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                          "auth_cache_max_size = 1000\nauth_cache_ttl_seconds = 60\n")
+        _private(config).write_text("[mlflow]\ndefault_permission = READ\n"
+                                    f"database_uri = sqlite:///{_private(self.dir / 'auth.db')}\n"
+                                    f"admin_username = {ADMIN}\n"
+                                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                                    "auth_cache_max_size = 1000\nauth_cache_ttl_seconds = 60\n")
         return {**os.environ, "PGPASSWORD": self.pg_password, "MLFLOW_AUTH_CONFIG_PATH": str(config),
                 "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password, "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key,
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -246,6 +247,15 @@ class Team:
     @property
     def state_path(self) -> Path:
         return self.dir / "team.json"
+
+
+def _private(path: Path) -> Path:
+    """`path` as a file only its owner reads (the password hashes of auth.db, the auth config): made so before
+    anything is written in it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    return path
 
 
 def read_env(path: Path) -> Dict[str, str]:
@@ -326,7 +336,8 @@ def up(directory: Optional[Path] = None, host: str = "127.0.0.1", port: int = ML
     try:
         servers[0].start()
         team.create_databases()
-        (team.dir / "artifacts").mkdir(exist_ok=True)
+        (team.dir / "artifacts").mkdir(mode=0o700, exist_ok=True)  # read through the server, whose auth applies
+        os.chmod(team.dir / "artifacts", 0o700)
         servers[1].start()
         team.state_path.write_text(json.dumps({"owner": owner(), "host": host, "port": port, "pg_port": pg_port,
                                                "tracking_uri": team.tracking_uri, "storage": team.storage,

@@ -440,3 +440,18 @@ def test_a_read_only_runs_directory_is_one_paragraph_for_sweep_and_report_still_
     assert (tmp_path / "r.html").stat().st_size > 1000
     listed = cnnlab("runs", "--format", "tsv")
     assert listed.returncode == 0 and "T0" in listed.stdout
+
+
+def test_no_name_becomes_a_file_name_that_reads_as_an_option():
+    """A report, run or experiment directory named `-rf` or `--force` would be read as an option by the next
+    shell command that names it."""
+    from types import SimpleNamespace
+
+    from cnnlab.report import default_path
+    from cnnlab.schema import safe_name
+
+    for name in ("-rf", "--force", "-"):
+        assert not safe_name(name).startswith("-"), name
+        assert safe_name(name) != safe_name("rf") or name != "-rf"  # changed names keep apart (a hash)
+    page = default_path(SimpleNamespace(kind="run", name="T0", record=SimpleNamespace(experiment="-rf")))
+    assert not page.name.startswith("-")

@@ -265,6 +265,10 @@ def test_team_status_says_what_is_up(team, tmp_path):
     assert done.stdout.count("answering") == 2 and "NOT" not in done.stdout
     assert team["env"]["PGPASSWORD"] not in done.stdout
     assert oct((team["dir"] / "secrets.env").stat().st_mode & 0o777) == "0o600"
+    # the password hashes, the auth config and the artifacts: not readable by other local users past the server
+    modes = {name: oct((team["dir"] / name).stat().st_mode & 0o777) for name in ("auth.db", "basic_auth.ini",
+                                                                              "artifacts")}
+    assert modes == {"auth.db": "0o600", "basic_auth.ini": "0o600", "artifacts": "0o700"}
     done = subprocess.run([sys.executable, "-m", "cnnlab.cli", "team", "status", "--dir", str(tmp_path / "none")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "No team is up" in done.stderr
