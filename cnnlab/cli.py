@@ -49,8 +49,7 @@ def train(
         record = Store(create=False).find(resume[0][len("resume="):])
         typer.echo(f"resuming {record.experiment} {record.id} (run {record.run_id})", err=True)
         result = run_training(None, record.tags.get(Tag.OVERRIDES, "").split(), quiet=quiet, resume=record)
-        typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
-                   f"run_dir={result.run_dir}")
+        _trained(result, record.experiment, quiet)
         return
     cfg = compose(overrides)
     if show_config:
@@ -63,8 +62,19 @@ def train(
     from .train import train as run_training
 
     result = run_training(cfg, overrides, quiet=quiet)
+    _trained(result, cfg.experiment, quiet)
+
+
+def _trained(result, experiment: str, quiet: bool) -> None:
+    """The run's line (for scripts, on stdout) and, for a person, what to look at next."""
     typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
                f"run_dir={result.run_dir}")
+    if not quiet:
+        import shlex
+
+        exp = shlex.quote(experiment)
+        typer.echo(f"next: cnnlab report {result.id} --experiment {exp}   (its page: curves, confusion, mistakes)\n"
+                   f"      cnnlab runs --experiment {exp}   (the log; `cnnlab ui` browses it)", err=True)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

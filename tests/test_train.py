@@ -142,6 +142,8 @@ def test_synthetic_runs_keep_to_their_own_experiment_and_do_not_saturate(cli):
     record = Store().find("T0")
     assert record.experiment == "synthetic" and "/synthetic/T0" in out
     assert max(record.metrics["val_acc_best"], record.metrics["test_acc"]) < 0.95
-    assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "experiment=mine",
-               "-q")[0] == 0
-    assert Store().find("T0", ["mine"]).experiment == "mine"
+    code, out, err = cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1",
+                         "experiment=my runs")
+    assert code == 0, err
+    assert Store().find("T0", ["my runs"]).experiment == "my runs"
+    assert "next: cnnlab report T0 --experiment 'my runs'" in err  # what to look at next, ready to paste
