@@ -602,12 +602,28 @@ class Store:
         return Run(self, record.run_id, record.id, record.experiment_id, 0.0)
 
     def reopen(self, record: Record) -> "Run":
-        """A KILLED or FAILED run RUNNING again, owned by this process (`cnnlab train resume=RUN`)."""
+        """A KILLED or FAILED run RUNNING again, owned by this process (`cnnlab train resume=RUN`). Of two
+        processes that reopen it at once, one does; the other is told it is RUNNING. On a local store they take
+        turns under a lock; on a server the owner tag read back says who won."""
+        path = _sqlite_path(self.uri)
+        me = owner()
+        with file_lock(path.parent / f".{path.name}.ids.lock") if path else nullcontext():
+            fresh = self.get(record.run_id)
+            if fresh.state == "RUNNING":
+                raise CnnlabError(f"Run {record.id} is still RUNNING (process {fresh.tags.get(Tag.OWNER, '?')}): "
+                                  "another `cnnlab train resume=` took it.")
+            self._set_tags(record.run_id, {Tag.OWNER: me, Tag.HEARTBEAT: str(int(time.time()))})
+            self.client.update_run(record.run_id, status="RUNNING")
+        if self.get(record.run_id).tags.get(Tag.OWNER) != me:
+            raise CnnlabError(f"Run {record.id} is still RUNNING: another `cnnlab train resume=` took it.")
+        from mlflow.exceptions import MlflowException
+
         for tag in (Tag.STATE, Tag.REASON):
-            if tag in record.tags:
-                self.client.delete_tag(record.run_id, tag)
-        self._set_tags(record.run_id, {Tag.OWNER: owner(), Tag.HEARTBEAT: str(int(time.time()))})
-        self.client.update_run(record.run_id, status="RUNNING")
+            if tag in fresh.tags:
+                try:
+                    self.client.delete_tag(record.run_id, tag)
+                except MlflowException:  # deleted already
+                    pass
         return self.open(record)
 
     # ---- reading

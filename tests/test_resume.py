@@ -91,3 +91,19 @@ def test_a_signal_while_last_pt_is_written_still_records_the_epoch_whole(monkeyp
     monkeypatch.setattr(recorder, "save_checkpoint", real)
     resumed = train(None, resume=killed, quiet=True)
     assert resumed.status == "FINISHED" and len(resumed.history) == 2
+
+
+def test_two_resumes_at_once_one_runs_the_other_is_told_it_is_running():
+    """Both read the run as KILLED; the second to reopen it gets the 'still RUNNING' error, not MLflow's traceback
+    from deleting a tag the first had deleted."""
+    from cnnlab.errors import CnnlabError
+
+    with pytest.raises(Interrupted):
+        train(compose(SMALL[:4] + ["epochs=2"]), on_epoch=stop_after(1), quiet=True)
+    killed = Store().find("T0")
+    assert killed.state == "KILLED"
+    first = Store().reopen(killed)
+    with pytest.raises(CnnlabError, match="still RUNNING"):
+        Store().reopen(killed)  # the same stale record, as the second process read it
+    first.end("KILLED", "test")
+    assert Store().get(killed.run_id).state == "KILLED"
