@@ -253,3 +253,18 @@ def test_a_sqlite_storage_in_a_missing_directory_is_one_paragraph_at_once(cli, t
     code, out, err = cli("sweep", "lr=0.01,0.02", *TINY, "--strategy", "optuna", "--trials", "2",
                          "--storage", f"sqlite:///{tmp_path}/missing/dir/x.db")
     assert code == 2 and "the directory" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_ctrl_c_right_after_the_parent_run_is_made_ends_it_killed(cli, mlflow_client, monkeypatch):
+    from cnnlab.errors import Interrupted
+    from cnnlab.sweep.runner import Sweep
+
+    def interrupted(self):
+        raise Interrupted(2)  # Ctrl-C between creating the parent run and starting the trials
+
+    monkeypatch.setattr(Sweep, "_resume", interrupted)
+    code, _, _ = cli("sweep", "lr=0.003,0.001", *TINY, "-q")
+    assert code == 130
+    parents, kids = children(mlflow_client)
+    assert len(parents) == 1 and not kids
+    assert parents[0].data.tags["cnnlab.state"] == "KILLED" and parents[0].info.status == "KILLED"

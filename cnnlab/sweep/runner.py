@@ -82,15 +82,23 @@ class Sweep:
             self.store = Store(self.tracking_uri)
             self.strategy.prepare(self.name, self.storage, self.join)  # its own storage, before any run is made
             return self._run(planned)
-        except (Interrupted, KeyboardInterrupt):
+        except (Interrupted, KeyboardInterrupt) as exc:  # never leave the parent RUNNING (a joiner's is not its own)
+            if not self.join:
+                self._end_parent("KILLED", f"signal {getattr(exc, 'exit_code', 130) - 128} before its trials ran")
             raise
-        except BaseException as exc:  # never leave the parent RUNNING
-            if getattr(self, "parent_id", None):
-                self.store.open(self.store.get(self.parent_id)).end("FAILED", f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            self._end_parent("FAILED", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             if not self.join:
                 self._lock_file.close()
+
+    def _end_parent(self, state: str, reason: str) -> None:
+        """End the parent run `state` if this process made or reopened it and it is still RUNNING."""
+        if getattr(self, "parent_id", None):
+            parent = self.store.get(self.parent_id)
+            if parent.state == "RUNNING":
+                self.store.open(parent).end(state, reason)
 
     def _lock(self) -> None:
         """One process drives a sweep; more machines join through --join/--storage instead."""
