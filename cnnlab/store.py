@@ -296,9 +296,19 @@ def _probe(uri: str) -> None:
     if user and password:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
+    not_mlflow = (f"The tracking URI {redact_url(uri)} answers, but not as an MLflow tracking server does ({{}} at "
+                  "/api/2.0/mlflow/experiments/search). Check the host, port and path of $MLFLOW_TRACKING_URI / "
+                  "tracking.uri (`cnnlab team status` prints the team's), or unset it to record in runs/.")
     try:
-        urllib.request.urlopen(request, timeout=30).close()
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read(1 << 20)
+        try:
+            json.loads(body or b"{}")
+        except ValueError:
+            raise CnnlabError(not_mlflow.format(f"HTTP {response.status} with a page that is not JSON")) from None
     except urllib.error.HTTPError as exc:
+        if exc.code in (404, 405, 501):
+            raise CnnlabError(not_mlflow.format(f"HTTP {exc.code} {exc.reason}")) from None
         if exc.code == 401:
             given = f"as user {user!r}, whose password it refused" if user and password else "without credentials"
             raise CnnlabError(

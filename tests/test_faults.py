@@ -455,3 +455,30 @@ def test_no_name_becomes_a_file_name_that_reads_as_an_option():
         assert safe_name(name) != safe_name("rf") or name != "-rf"  # changed names keep apart (a hash)
     page = default_path(SimpleNamespace(kind="run", name="T0", record=SimpleNamespace(experiment="-rf")))
     assert not page.name.startswith("-")
+
+
+@pytest.mark.parametrize("status, body", [(404, b"Not Found"), (200, b"<html>a web page</html>")])
+def test_a_tracking_uri_that_is_not_an_mlflow_server_is_one_paragraph(cli, monkeypatch, status, body):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}/not-mlflow")
+        code, _, err = cli("runs")
+        assert code == 2 and "answers, but not as an MLflow tracking server does" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
