@@ -67,7 +67,14 @@ def neutralised(value):
 
 
 def _write_csv(log: Log, path: Path) -> None:
-    log.table.map(neutralised).to_csv(path, index=False)
+    """The log table as CSV: numbers plainly (no thousands separators), counts as integers (N is 3, not 3.0)."""
+    import pandas as pd
+
+    table = log.table.copy()
+    for column in log.columns:
+        if column.fmt in ("int", "count") and column.header in table:
+            table[column.header] = pd.to_numeric(table[column.header], errors="coerce").round().astype("Int64")
+    table.map(neutralised).to_csv(path, index=False)
 
 
 def markdown(log: Log) -> str:
