@@ -289,9 +289,10 @@ def test_changes_are_against_the_experiment_baseline_and_seeds_are_averaged(cli,
     out = tmp_path / "log.csv"
     assert cli("export-log", str(out))[0] == 0
     table = pd.read_csv(out).set_index("ID")
-    text = out.read_text().splitlines()
-    n = text[0].split(",").index("N")
-    assert {line.split(",")[n] for line in text[1:]} <= {"1", "2"}  # counts as integers, not 1.0
+    import csv
+
+    rows = list(csv.reader(out.read_text().splitlines()))
+    assert {row[rows[0].index("N")] for row in rows[1:]} <= {"1", "2"}  # counts as integers, not 1.0
     assert table.loc["T2", "ARCHITECTURE CHANGES"] == "no architecture change"  # against T0, not the row above
     assert table.loc["T2", "TRAINING CHANGES"] == "Optimizer adam→sgd"
     assert table.loc["T1", "ARCHITECTURE CHANGES"].startswith("Architecture tf_cnn→vgg_small")
