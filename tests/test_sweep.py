@@ -268,3 +268,13 @@ def test_ctrl_c_right_after_the_parent_run_is_made_ends_it_killed(cli, mlflow_cl
     parents, kids = children(mlflow_client)
     assert len(parents) == 1 and not kids
     assert parents[0].data.tags["cnnlab.state"] == "KILLED" and parents[0].info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_prints_no_experimental_warnings(tmp_path):
+    """Optuna calls the heartbeat machinery 'experimental': what it does is what cnnlab needs, and a user is not
+    told so twice per trial (a subprocess: pytest would capture the warnings itself)."""
+    proc = subprocess.run([sys.executable, "-m", "cnnlab.cli", "sweep", "--strategy", "optuna", "--trials", "2",
+                           "dropout=interval(0,0.5)", *TINY, "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr, proc.stderr

@@ -42,13 +42,13 @@ def storage(url: str):
     import optuna
     import sqlalchemy.exc
 
+    # heartbeats, fail_stale_trials and retried_trial_number are "experimental" in Optuna since 2.9: what they do
+    # is what we need. Every process that reads a study opens its storage here, so this is said once for all
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if "://" in url:
         from ...store import redact_url
 
         _check_sqlite_dir(url)
-
-        # heartbeats and fail_stale_trials are "experimental" in Optuna since 2.9: what they do is what we need
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
         def open_it():
             return optuna.storages.RDBStorage(
