@@ -278,3 +278,19 @@ def test_an_optuna_sweep_prints_no_experimental_warnings(tmp_path):
                            "dropout=interval(0,0.5)", *TINY, "-q"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr, proc.stderr
+
+
+def test_a_note_about_another_workers_trial_says_how_it_stands_at_the_end():
+    """A team worker found T3 running elsewhere when it started; by its end T3 had finished: the note says so,
+    not a stale 'still running'."""
+    from cnnlab.store import Record, Tag
+
+    def record(run_id, state):
+        return Record(run_id, f"s/T{run_id}", f"s/T{run_id}", "e", "1", state, 0, {}, {},
+                      tags={Tag.OWNER: "host 4242 1"})
+
+    sweep = Sweep.__new__(Sweep)
+    sweep.running_at_start = {"3": record("3", "RUNNING"), "4": record("4", "RUNNING")}
+    notes = sweep._running_notes([record("3", "FINISHED"), record("4", "RUNNING")])
+    assert notes == ["s/T3 was running in another process, which ended it FINISHED",
+                     "s/T4 is still running (process 4242): not started again"]

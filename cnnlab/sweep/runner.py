@@ -165,15 +165,15 @@ class Sweep:
         done: Dict[str, Record] = {}
         self.attempts: Dict[str, int] = {}
         self.resumable: Dict[str, Record] = {}  # trial key -> its KILLED latest attempt, continued where it stood
+        self.running_at_start: Dict[str, Record] = {}  # run id -> a trial another process was running
         for record in summary.latest_attempts(children):
             if record.state == "KILLED" and record.run_dir is not None and (record.run_dir / "last.pt").exists():
                 self.resumable[record.trial_key] = record
         for record in children:
             if record.trial:
                 self.attempts[record.trial] = max(self.attempts.get(record.trial, 0), record.attempt)
-            if record.state == "RUNNING":
-                pid = record.tags.get(Tag.OWNER, "? ?").split()[1]
-                self.notes.append(f"{record.id} is still running (process {pid}): not started again")
+            if record.state == "RUNNING":  # said at the end, as it stands then (see _running_notes)
+                self.running_at_start[record.run_id] = record
                 done[record.trial_key] = record
             elif record.state in ("FINISHED", "PRUNED") and not self.force:
                 done[record.trial_key] = record
@@ -327,6 +327,7 @@ class Sweep:
                                                                                 record.tags.get(Tag.HEARTBEAT)):
                 self.store.open(record).end("KILLED" if status == "KILLED" else "FAILED", "its worker stopped")
         children = self.children()
+        self.notes += self._running_notes(children)
         latest = summary.latest_attempts(children)
         groups = summary.groups(children, self.spec.metric, self.spec.direction)
         path = self.root / "summary.csv"
@@ -358,6 +359,21 @@ class Sweep:
             parent.end(status)
         return SweepResult(self.name, self.parent_id, len(outcomes), skipped, self.strategy.nothing_to_run(skipped),
                            self.notes, outcomes, latest, groups)
+
+
+    def _running_notes(self, children: List[Record]) -> List[str]:
+        """What became of the trials other processes were running when this one started: said as they are now,
+        not as they were (a worker's note that a trial is 'still running' went stale while it worked)."""
+        now = {r.run_id: r for r in children}
+        notes = []
+        for run_id, then in getattr(self, "running_at_start", {}).items():
+            record = now.get(run_id, then)
+            if record.state == "RUNNING":
+                pid = record.tags.get(Tag.OWNER, "? ?").split()[1]
+                notes.append(f"{record.id} is still running (process {pid}): not started again")
+            else:
+                notes.append(f"{record.id} was running in another process, which ended it {record.state}")
+        return notes
 
 
 def _cuda_device_count() -> int:
