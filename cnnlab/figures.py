@@ -4,6 +4,7 @@ figure; `save` writes one to a file, `embed` turns one into a data URI for a sel
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -21,7 +22,7 @@ def pyplot():
 
 
 def save(fig, path) -> None:
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # long tick labels and titles are never cut off
     pyplot().close(fig)
 
 
@@ -31,7 +32,7 @@ def embed(fig, dpi: int = 80) -> str:
     import io
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
@@ -243,7 +244,8 @@ def trial_curves(curves: List[Tuple[str, Dict[int, float], str]], metric: str, b
         finished = state == "FINISHED"
         ax.plot(steps, [series[s] for s in steps], color=COLORS[0] if finished else GREY,
                 alpha=0.9 if label == best else (0.5 if finished else 0.6), lw=2.5 if label == best else 1,
-                zorder=3 if label == best else (2 if finished else 1))
+                zorder=3 if label == best else (2 if finished else 1),
+                marker="o" if len(steps) == 1 else None, ms=4)  # a one-epoch trial is a point, not an empty line
     ax.plot([], [], color=COLORS[0], label="finished")
     ax.plot([], [], color=GREY, label="pruned / not finished")
     if best:
@@ -262,7 +264,8 @@ def config_bars(rows: List[Tuple[str, float, Optional[float], int]], metric: str
     plt = pyplot()
     rows = rows[:30]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
-    labels = [f"{label or 'base'}  (n={n})" for label, _, _, n in rows][::-1]
+    labels = [textwrap.shorten(f"{label or 'base'}", 60, placeholder="…") + f"  (n={n})"
+              for label, _, _, n in rows][::-1]
     means = [m for _, m, _, _ in rows][::-1]
     errors = [s or 0 for _, _, s, _ in rows][::-1]
     ax.barh(range(len(rows)), means, xerr=errors, color=COLORS[0], ecolor="black", capsize=3)

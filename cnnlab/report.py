@@ -268,7 +268,9 @@ def group_page(store: Store, target: Target, ui_url: str) -> str:
     values = {r.run_id: summary.objective(r, metric) for r in latest}
     scored = [r for r in latest if r.state == "FINISHED" and values[r.run_id] is not None]
     best = (max if direction == "maximize" else min)(scored, key=lambda r: values[r.run_id]) if scored else None
-    facts = [["runs", f"{len(latest)} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"],
+    again = f"; {len(records) - len(latest)} earlier attempt(s) also listed below" if len(records) > len(latest) \
+        else ""
+    facts = [["runs", f"{len(latest)} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}){again}"],
              ["objective", f"{metric} ({direction}), at each run's best epoch"],
              ["best", f"{best.id}: {values[best.run_id]:.4f}" if best else "none finished yet"]]
     if target.kind == "sweep":
@@ -368,6 +370,9 @@ def _fit(value: Any, distribution) -> Any:
     return type(distribution.low)(value)
 
 
+PARALLEL_AXES = 6  # parameters a parallel-coordinates plot shows at most (the most important first)
+
+
 def _space_section(records: List[Record], values, metric: str, direction: str, kind: str) -> str:
     title = "Parameters against the objective"
     params = _space_params(records, kind)
@@ -383,22 +388,26 @@ def _space_section(records: List[Record], values, metric: str, direction: str, k
                                           f"{len(complete)} finished."))
         if not varied:
             return section(title, missing("No parameter varies between the runs: nothing to compare."))
-        parts = []
-        ax = optuna_plots.plot_parallel_coordinate(study, target_name=metric)
-        fig = ax.figure
-        fig.set_size_inches(max(7, 1.6 * len(varied) + 3), 4.2)
-        parts.append(image(figures.embed(fig), "parallel coordinates"))
         try:
             importances = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
         except (RuntimeError, ValueError) as exc:
-            parts.append(missing(f"No parameter importances: {exc}"))
+            importances = {}
+            same = "variance" in str(exc).lower()
+            note = missing("No parameter importances: every finished run has the same " + metric + ", so no "
+                           "parameter explains a difference." if same else f"No parameter importances ({exc}).")
         else:
-            parts.append(pages.paragraph("Parameter importances (Optuna's fANOVA evaluator, normalised to sum to 1), "
-                                         f"from {len(complete)} finished runs."))
-            parts.append(table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in importances.items()],
-                               numeric=(1,)))
-    return section(title, *parts)
+            note = pages.paragraph("Parameter importances (Optuna's fANOVA evaluator, normalised to sum to 1), from "
+                                   f"{len(complete)} finished runs.") + \
+                table(["parameter", "importance"], [[k, f"{v:.3f}"] for k, v in importances.items()], numeric=(1,))
+        shown = (list(importances) or sorted(varied))[:PARALLEL_AXES]  # more axes than this cannot be read
+        ax = optuna_plots.plot_parallel_coordinate(study, params=shown, target_name=metric)
+        fig = ax.figure
+        fig.set_size_inches(max(7, 1.6 * len(shown) + 3), 4.2)
+        parts = [image(figures.embed(fig), "parallel coordinates")]
+        if len(varied) > len(shown):
+            parts.append(pages.paragraph(f"The {len(shown)} most important of {len(varied)} parameters that vary."))
+    return section(title, *parts, note)
 
 
 def _pareto_section(scored: List[Record]) -> str:

@@ -244,3 +244,35 @@ def test_mistakes_are_drawn_from_every_class_of_a_test_set_stored_in_class_order
     again = look.load(Store().find("T0"))
     assert torch.equal(again.index, loaded.index)  # the same sample each time: seeded
     assert torch.equal(loaded.x_test[3], look.load(Store().find("T0")).x_test[3])
+
+
+def _swept_runs(values, n_params: int):
+    import json as _json
+
+    from cnnlab.store import Record, Tag
+
+    runs = []
+    for i, value in enumerate(values):
+        swept = {f"p{k}": str(0.1 * ((i * (k + 1)) % 5 + 1)) for k in range(n_params)}  # as sweeps record them
+        runs.append(Record(f"r{i}", f"s/T{i}", f"s/T{i}", "e", "1", "FINISHED", i, {}, {"val_acc": value},
+                           tags={Tag.SWEPT: _json.dumps(swept)}))
+    return runs, {r.run_id: r.metrics["val_acc"] for r in runs}
+
+
+def test_the_parameter_section_reads_well_with_many_parameters_and_says_why_without_importances():
+    from cnnlab.report import PARALLEL_AXES, _space_section
+
+    runs, values = _swept_runs([0.2, 0.4, 0.5, 0.3, 0.6, 0.7, 0.45, 0.55], n_params=9)
+    page = _space_section(runs, values, "val_acc", "maximize", "sweep")
+    assert f"The {PARALLEL_AXES} most important of 8 parameters that vary" in page  # p4 is constant
+    runs, values = _swept_runs([0.5] * 6, n_params=2)  # every run alike: Optuna's 'zero total variance'
+    page = _space_section(runs, values, "val_acc", "maximize", "sweep")
+    assert "every finished run has the same val_acc" in page and "variance" not in page
+
+
+def test_a_one_epoch_trial_is_drawn_as_a_point():
+    from cnnlab import figures
+
+    fig = figures.trial_curves([("s/T0", {1: 0.4}, "FINISHED"), ("s/T1", {1: 0.5}, "FINISHED")], "val_acc", "s/T1")
+    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata())]
+    assert len(lines) == 2 and all(line.get_marker() == "o" for line in lines)
