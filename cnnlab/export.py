@@ -10,7 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from .columns import FORMATS, GROUPS
 from .errors import CnnlabError
@@ -93,42 +93,16 @@ def _write_xlsx(log: Log, path: Path) -> None:
     from openpyxl import Workbook
     from openpyxl.comments import Comment
     from openpyxl.formatting.rule import ColorScaleRule
-    from openpyxl.styles import Alignment, Border, PatternFill, Side
+    from openpyxl.styles import Alignment, PatternFill
     from openpyxl.utils import get_column_letter
 
     wb = Workbook()
     ws = wb.active
     ws.title = "Training log"
     table, columns = log.table, log.columns
-    header_fill = PatternFill("solid", fgColor="1F4E78")
-    group_fill = PatternFill("solid", fgColor="2E75B6")
-    white = _font(bold=True, color="FFFFFF")
-    center = Alignment(horizontal="center", vertical="center", wrap_text=True)
-    thin = Side(style="thin", color="BFBFBF")
     widths = _fit_columns(ws, table, {c.header: c.width for c in columns if c.width})
 
-    # row 1: the course's group headers, merged over their columns
-    col, groups = 1, []
-    for title in GROUPS:
-        width = sum(c.group == title for c in columns)
-        if not width:
-            continue
-        ws.cell(row=1, column=col, value=title)
-        if width > 1:
-            ws.merge_cells(start_row=1, start_column=col, end_row=1, end_column=col + width - 1)
-        for c in range(col, col + width):
-            ws.cell(row=1, column=c).fill = group_fill
-            ws.cell(row=1, column=c).font = white
-            ws.cell(row=1, column=c).alignment = center
-        groups.append((col, col + width - 1))
-        col += width
-    for c, column in enumerate(columns, 1):
-        cell = ws.cell(row=2, column=c, value=column.header)
-        cell.fill, cell.font, cell.alignment = header_fill, white, center
-        cell.border = Border(bottom=thin)
-    ws.row_dimensions[1].height = 30  # "Target Dataset" wraps over a single column
-    _fit_height(ws, 2, widths)
-
+    pages = _write_headers(ws, columns, widths)
     top = Alignment(wrap_text=True, vertical="top")
     for r, values in enumerate(table.itertuples(index=False), 3):
         for c, (column, value) in enumerate(zip(columns, values), 1):
@@ -159,12 +133,50 @@ def _write_xlsx(log: Log, path: Path) -> None:
                 end_type="max", end_color="63BE7B"))
     ws.freeze_panes = "B3"
     ws.auto_filter.ref = f"A2:{get_column_letter(len(columns))}{last}"
-    _paginate(ws, widths, groups)
+    _paginate(ws, widths, pages)
 
     _write_curves(wb, log)
     _write_frame(wb, "Per class", log.per_class, FORMATS["acc"][0])
     _write_frame(wb, "Sweeps", log.sweeps, "0.0000")
     wb.save(path)
+
+
+def _write_headers(ws, columns, widths) -> List[List[int]]:
+    """Row 1: the course's group headers, merged over their columns, one piece per printed page a group spans
+    (a merged header across a page break showed on one page only); row 2: the column headers. Returns the
+    printed pages' columns."""
+    from openpyxl.styles import Alignment, Border, PatternFill, Side
+
+    header_fill = PatternFill("solid", fgColor="1F4E78")
+    group_fill = PatternFill("solid", fgColor="2E75B6")
+    white = _font(bold=True, color="FFFFFF")
+    center = Alignment(horizontal="center", vertical="center", wrap_text=True)
+    col, groups = 1, []
+    for title in GROUPS:
+        width = sum(c.group == title for c in columns)
+        if width:
+            groups.append((title, col, col + width - 1))
+            col += width
+    pages = _page_columns(widths, [(first, end) for _, first, end in groups])
+    page_of = {c: i for i, page in enumerate(pages) for c in page} | {1: 0}
+    for title, first, end in groups:
+        pieces: Dict[int, list] = {}
+        for c in range(first, end + 1):
+            pieces.setdefault(page_of[c], []).append(c)
+        for piece in pieces.values():
+            ws.cell(row=1, column=piece[0], value=title)
+            if len(piece) > 1:
+                ws.merge_cells(start_row=1, start_column=piece[0], end_row=1, end_column=piece[-1])
+            for c in piece:
+                ws.cell(row=1, column=c).fill, ws.cell(row=1, column=c).font = group_fill, white
+                ws.cell(row=1, column=c).alignment = center
+    for c, column in enumerate(columns, 1):
+        cell = ws.cell(row=2, column=c, value=column.header)
+        cell.fill, cell.font, cell.alignment = header_fill, white, center
+        cell.border = Border(bottom=Side(style="thin", color="BFBFBF"))
+    ws.row_dimensions[1].height = 30  # "Target Dataset" wraps over a single column
+    _fit_height(ws, 2, widths, bold=True)
+    return pages
 
 
 LINE = 15  # points per line of 11-point text
@@ -178,33 +190,41 @@ def _lines(text: str, width: float) -> int:
     return max(1, len(textwrap.wrap(str(text), max(1, int(width) - 1), break_long_words=True)))
 
 
-def _fit_height(ws, row: int, widths) -> None:
-    """Row `row` as tall as its longest wrapped text (LibreOffice and Excel do not grow rows for wrapped text)."""
-    ws.row_dimensions[row].height = LINE * max([_lines(cell.value, widths[i]) for i, cell in enumerate(ws[row])
-                                                if isinstance(cell.value, str)] + [1])
+def _fit_height(ws, row: int, widths, bold: bool = False) -> None:
+    """Row `row` as tall as its longest wrapped text (LibreOffice and Excel do not grow rows for wrapped text);
+    bold text is wider, so it wraps sooner (TARGET ACC AVG's last word was cut)."""
+    scale = 0.8 if bold else 1.0
+    ws.row_dimensions[row].height = LINE * max([_lines(cell.value, widths[i] * scale) for i, cell in
+                                                enumerate(ws[row]) if isinstance(cell.value, str)] + [1])
 
 
-def _paginate(ws, widths, groups) -> None:
-    """Print landscape, the header rows and the ID column on every page, the column groups kept whole on a page
-    where they fit, and one scale for all pages (readable, never the whole width squeezed onto one)."""
-    from openpyxl.worksheet.pagebreak import Break, ColBreak
-
+def _page_columns(widths, groups) -> List[List[int]]:
+    """The columns (2 on: the ID column repeats on every page) of each printed page at 80%: a group goes whole
+    onto a page where it fits, else onto fresh ones."""
     pages, current = [], []
     capacity = PAGE_WIDTH / 0.8 - widths[0]  # at 80%: pages hold this much beside the repeated ID column
     for first, end in groups:
         cols = list(range(first, end + 1))
         if first == 1:
             cols = cols[1:]
-        for c in cols:  # a group goes whole onto the page when it fits, else onto fresh ones
+        for c in cols:
             if current and sum(widths[i - 1] for i in current) + widths[c - 1] > capacity:
                 pages.append(current)
                 current = []
             current.append(c)
-        if current and c == cols[-1] and sum(widths[i - 1] for i in current) > capacity / 2:
+        if current and cols and c == cols[-1] and sum(widths[i - 1] for i in current) > capacity / 2:
             pages.append(current)
             current = []
     if current:
         pages.append(current)
+    return pages
+
+
+def _paginate(ws, widths, pages) -> None:
+    """Print landscape, the header rows and the ID column on every page, a page break after each of `pages`,
+    and one scale for all pages (readable, never the whole width squeezed onto one)."""
+    from openpyxl.worksheet.pagebreak import Break, ColBreak
+
     ws.col_breaks = ColBreak()
     for page in pages[:-1]:
         ws.col_breaks.append(Break(id=page[-1]))
@@ -298,45 +318,63 @@ def _write_frame(wb, title: str, frame, number_format: str) -> Any:
     return ws
 
 
-MAX_SERIES = 12  # more lines than this make a chart unreadable
+MAX_SERIES = 12  # more lines than this make a chart unreadable: more runs make more charts
+CHART_ROWS = 24  # rows a chart of 11 cm takes on its sheet, with a margin (a page break after each)
 PALETTE = ("1F77B4", "FF7F0E", "2CA02C", "D62728", "9467BD", "8C564B", "E377C2", "7F7F7F", "BCBD22", "17BECF",
            "393B79", "AD494A")  # distinct colours (matplotlib's tab10 and two more)
 
 
 def _write_curves(wb, log: Log) -> None:
-    from openpyxl.chart import Reference, ScatterChart, Series
+    """The per-epoch curves as a table ("Curves"), and as charts on a sheet of their own ("Charts"), one a printed
+    page, every run shown: MAX_SERIES runs a chart, as many charts as that takes."""
+    from openpyxl.chart import ScatterChart
+    from openpyxl.worksheet.pagebreak import Break, RowBreak
 
-    ws = _write_frame(wb, "Curves", log.curves, "0.0000")
+    data = _write_frame(wb, "Curves", log.curves, "0.0000")
     if log.curves.empty:
         return
+    ws = wb.create_sheet("Charts")
     ids = list(dict.fromkeys(log.curves["ID"]))
+    chunks = [ids[i:i + MAX_SERIES] for i in range(0, len(ids), MAX_SERIES)]
+    ws.row_breaks = RowBreak()
+    n = 0
+    for metric, title in (("val_acc", "validation accuracy"), ("epoch_test_acc", "test accuracy"),
+                          ("val_loss", "validation loss")):
+        for k, chunk in enumerate(chunks):
+            chart = ScatterChart()
+            chart.title = title + (f" (runs {k * MAX_SERIES + 1}-{k * MAX_SERIES + len(chunk)} of {len(ids)})"
+                                   if len(chunks) > 1 else "")
+            chart.style, chart.height, chart.width = 13, 11, 24
+            chart.x_axis.title, chart.y_axis.title = "epoch", metric.replace("_", " ")
+            chart.x_axis.number_format, chart.y_axis.number_format = "0", "0.00"
+            chart.x_axis.delete = chart.y_axis.delete = False
+            chart.legend.position = "r"
+            for i, tid in enumerate(chunk):
+                chart.series.append(_series(data, log, tid, metric, PALETTE[i % len(PALETTE)]))
+            ws.add_chart(chart, f"A{1 + n * CHART_ROWS}")
+            ws.row_breaks.append(Break(id=(n + 1) * CHART_ROWS))  # the next chart starts a page: never split
+            n += 1
+    ws.page_setup.orientation = "landscape"  # a 24 cm chart fits an A4 page across at 100%: no fitting, which
+    ws.page_setup.paperSize = ws.PAPERSIZE_A4  # would also drop the page breaks
+
+
+def _series(ws, log: Log, tid: str, metric: str, colour: str):
+    """One run's `metric` per epoch from the Curves sheet `ws`, as a chart line with markers."""
+    from openpyxl.chart import Reference, Series
+
     col = {name: i + 1 for i, name in enumerate(log.curves.columns)}
-    anchor = len(log.curves.columns) + 2
-    for n, (metric, title) in enumerate((("val_acc", "validation accuracy"), ("epoch_test_acc", "test accuracy"),
-                                         ("val_loss", "validation loss"))):
-        chart = ScatterChart()
-        shown = ids[:MAX_SERIES]
-        chart.title = title + (f" (first {MAX_SERIES} of {len(ids)} runs)" if len(ids) > MAX_SERIES else "")
-        chart.style, chart.height, chart.width = 13, 10, 22
-        chart.x_axis.title, chart.y_axis.title = "epoch", metric.replace("_", " ")
-        chart.x_axis.number_format, chart.y_axis.number_format = "0", "0.00"
-        chart.x_axis.delete = chart.y_axis.delete = False
-        chart.legend.position = "r"
-        for i, tid in enumerate(shown):
-            rows = [k + 2 for k, v in enumerate(log.curves["ID"]) if v == tid]
-            xs = Reference(ws, min_col=col["epoch"], min_row=rows[0], max_row=rows[-1])
-            ys = Reference(ws, min_col=col[metric], min_row=rows[0], max_row=rows[-1])
-            series = Series(ys, xs, title=str(tid))
-            colour = PALETTE[i % len(PALETTE)]
-            series.graphicalProperties.line.solidFill = colour
-            series.graphicalProperties.line.width = 19050  # 1.5 pt
-            series.marker.symbol = "circle"
-            series.marker.size = 5
-            series.marker.graphicalProperties.solidFill = colour
-            series.marker.graphicalProperties.line.solidFill = colour
-            series.smooth = False
-            chart.series.append(series)
-        ws.add_chart(chart, f"{_letter(anchor)}{2 + n * 21}")
+    rows = [k + 2 for k, v in enumerate(log.curves["ID"]) if v == tid]
+    xs = Reference(ws, min_col=col["epoch"], min_row=rows[0], max_row=rows[-1])
+    ys = Reference(ws, min_col=col[metric], min_row=rows[0], max_row=rows[-1])
+    series = Series(ys, xs, title=str(tid))
+    series.graphicalProperties.line.solidFill = colour
+    series.graphicalProperties.line.width = 19050  # 1.5 pt
+    series.marker.symbol = "circle"
+    series.marker.size = 5
+    series.marker.graphicalProperties.solidFill = colour
+    series.marker.graphicalProperties.line.solidFill = colour
+    series.smooth = False
+    return series
 
 
 def _letter(column: int) -> str:

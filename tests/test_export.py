@@ -118,7 +118,7 @@ def test_exercise_workbook(exercise, tmp_path):
     from openpyxl import load_workbook
 
     wb = load_workbook(out)
-    assert wb.sheetnames == ["Training log", "Curves", "Per class", "Sweeps"]
+    assert wb.sheetnames == ["Training log", "Curves", "Charts", "Per class", "Sweeps"]
     ws = wb["Training log"]
     merged = {str(r) for r in ws.merged_cells.ranges}
     headers = {ws.cell(row=1, column=int(r.min_col)).value: str(r) for r in ws.merged_cells.ranges}
@@ -134,7 +134,7 @@ def test_exercise_workbook(exercise, tmp_path):
     assert ws.cell(row=best_row, column=1).font.b and ws.cell(row=best_row, column=1).fill.fgColor.rgb.endswith("FFF2CC")
     curves = pd.read_excel(out, sheet_name="Curves")
     assert set(curves["ID"]) == set(table["ID"]) and len(curves) == 5 + 5 + 6 * 10
-    assert len(wb["Curves"]._charts) == 3
+    assert len(wb["Charts"]._charts) == 3  # one a printed page
     per_class = pd.read_excel(out, sheet_name="Per class")
     assert list(per_class.columns) == ["ID"] + [f"class{i}" for i in range(10)]
     sweeps = pd.read_excel(out, sheet_name="Sweeps")
@@ -358,3 +358,40 @@ def test_exports_and_the_data_cache_follow_the_umask(one_run_store, cli, monkeyp
         assert (tmp_path / "cache" / data.CACHE_NAME).stat().st_mode & 0o777 == mode
     finally:
         os.umask(old)
+
+
+def test_every_run_is_charted_one_chart_a_page():
+    """18 runs: two charts per curve (runs 1-12 and 13-18), never 'the first 12 of 18', each on its own page."""
+    from types import SimpleNamespace
+
+    from openpyxl import Workbook
+
+    from cnnlab import export
+
+    curves = pd.DataFrame([{"ID": f"T{i}", "epoch": e, "val_acc": 0.1 * e, "epoch_test_acc": 0.1 * e,
+                            "val_loss": 1 / e} for i in range(18) for e in (1, 2)])
+    wb = Workbook()
+    export._write_curves(wb, SimpleNamespace(curves=curves))
+    charts = wb["Charts"]._charts
+    titles = [c.title.tx.rich.p[0].r[0].t for c in charts]
+    assert len(charts) == 6 and "validation accuracy (runs 13-18 of 18)" in titles
+    assert sorted(len(c.series) for c in charts) == [6, 6, 6, 12, 12, 12]
+    assert len(wb["Charts"].row_breaks.brk) == 6
+
+
+def test_a_group_header_is_repeated_on_each_printed_page_it_spans():
+    from openpyxl import Workbook
+
+    from cnnlab import columns as cols
+    from cnnlab.export import _write_headers
+
+    shown = cols.expand(["blur", "contrast"])
+    ws = Workbook().active
+    widths = [30] * len(shown)  # wide columns: groups span pages
+    pages = _write_headers(ws, shown, widths)
+    assert len(pages) > 2
+    for page in pages:
+        page = ([1] if page is pages[0] else []) + page  # the ID column (A) prints on every page, merged on the first
+        for group in {shown[c - 1].group for c in page}:
+            first = min(c for c in page if shown[c - 1].group == group)
+            assert ws.cell(row=1, column=first).value == group, (page, group)
