@@ -190,7 +190,9 @@ def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_
     from .store import Store
 
     store = Store(create=False)
-    records = store.runs(experiment or [store.latest_experiment()], sweep=sweep,
+    # default: the latest run's experiment, as every command has it; a sweep named alone is found wherever it ran
+    experiments = experiment or (None if sweep else [store.latest_experiment()])
+    records = store.runs(experiments, sweep=sweep,
                          states=[s.upper() for s in status or []], since=_day("since", since),
                          until=_day("until", until, end=True), archs=arch or [])
     base = None

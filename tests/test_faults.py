@@ -219,7 +219,7 @@ def test_names_are_never_formulas(cli, tmp_path):
     assert cli("sweep", "lr=0.003,0.001", *TINY, "--name", evil, "-q")[0] == 0
     assert cli("train", *TINY, "experiment='=2+5'", "-q")[0] == 0
     out = tmp_path / "log.xlsx"
-    assert cli("export-log", str(out))[0] == 0
+    assert cli("export-log", str(out), "--experiment", "synthetic", "--experiment", "=2+5")[0] == 0
     from openpyxl import load_workbook
 
     wb = load_workbook(out)
