@@ -165,6 +165,18 @@ def test_the_workbook_prints_readably(exercise, tmp_path):
                            text=True).stdout
     heights = [float(b) - float(a) for a, b in re.findall(r'yMin="([\d.]+)" xMax="[\d.]+" yMax="([\d.]+)"', boxes)]
     assert heights and sorted(heights)[len(heights) // 2] >= 6  # points: read, not squinted at (3 pt before)
+    from openpyxl import load_workbook
+
+    from cnnlab.columns import GROUPS
+
+    pages = len(load_workbook(out)["Training log"].col_breaks.brk) + 1  # as cnnlab planned them
+    for n in range(1, pages + 1):  # LibreOffice made no others: each page of the log has its group headers
+        page_text = subprocess.run(["pdftotext", "-f", str(n), "-l", str(n), str(pdf), "-"], capture_output=True,
+                                   text=True).stdout
+        assert any(group in page_text for group in GROUPS) and "ID" in page_text.split(), (n, page_text[:300])
+    page_text = subprocess.run(["pdftotext", "-f", str(pages + 1), "-l", str(pages + 1), str(pdf), "-"],
+                               capture_output=True, text=True).stdout
+    assert "epoch" in page_text and not any(group in page_text for group in GROUPS)  # the Curves sheet follows
     subprocess.run(["pdftoppm", "-r", "40", "-png", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "page")],
                    check=True, capture_output=True)
     page = next(tmp_path.glob("page*.png"))
