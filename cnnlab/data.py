@@ -106,9 +106,10 @@ def _members(path: Path, skipped: List[str]) -> Iterator[Tuple[str, bytes]]:
     if path.is_dir():
         for file in sorted(path.rglob("*")):
             name = file.relative_to(path).as_posix()
+            if file.is_dir() and not file.is_symlink():
+                continue
             if file.is_symlink() or not file.is_file():
-                if not file.is_dir() or file.is_symlink():
-                    skipped.append(f"{name} (not a regular file)")
+                skipped.append(f"{name} (not a regular file)")
                 continue
             with open(file, "rb") as f:
                 yield name, _bounded(f"{path}: {name}", file.stat().st_size, f.read)

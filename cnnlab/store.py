@@ -552,9 +552,14 @@ class Store:
         """T<next n>, written on the run and kept only if no other run claims the same ID. On a local store the
         claims take turns under a lock, so numbers run without gaps; on a server, two runs that claim one at once
         both see each other and both move on: a number may be skipped there, never given twice."""
-        path = _sqlite_path(self.uri)
-        with file_lock(path.parent / f".{path.name}.ids.lock") if path else nullcontext():
+        with self._turns():
             return self._claim_id_checked(exp_id, run_id)
+
+    def _turns(self):
+        """A lock that processes on a local store take turns under (claiming log IDs, reopening a run); a server's
+        store has none."""
+        path = _sqlite_path(self.uri)
+        return file_lock(path.parent / f".{path.name}.ids.lock") if path else nullcontext()
 
     def _claim_id_checked(self, exp_id: str, run_id: str) -> str:
         for attempt in range(100):
@@ -615,9 +620,8 @@ class Store:
         """A KILLED or FAILED run RUNNING again, owned by this process (`cnnlab train resume=RUN`). Of two
         processes that reopen it at once, one does; the other is told it is RUNNING. On a local store they take
         turns under a lock; on a server the owner tag read back says who won."""
-        path = _sqlite_path(self.uri)
         me = owner()
-        with file_lock(path.parent / f".{path.name}.ids.lock") if path else nullcontext():
+        with self._turns():
             fresh = self.get(record.run_id)
             if fresh.state == "RUNNING":
                 raise CnnlabError(f"Run {record.id} is still RUNNING (process {fresh.tags.get(Tag.OWNER, '?')}): "
