@@ -21,8 +21,9 @@ MARGIN = 0.015  # of the time left, kept for what the estimate cannot see (a slo
 END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
 
 
-def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
-    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s})."""
+def plan(cfg, model, loaders, dev, num_classes: int, started: float):
+    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s}). dev: the run's
+    device.Device, whose clock waits for the device's queued work before each reading."""
     import io
 
     import torch
@@ -32,9 +33,9 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
 
     budget_s = duration(cfg.budget)
     saved = copy.deepcopy(model.state_dict())
-    batches_state, rng = copy.deepcopy(loaders.train.state_dict()), torch.get_rng_state()
+    batches_state, rng = copy.deepcopy(loaders.train.state_dict()), dev.rng_state()
     probe_cfg = OmegaConf.merge(cfg, {"compile": False})  # (a compiled run is faster: it ends early)
-    trainer = engine.Trainer(probe_cfg, model, loaders.train, amp_dtype, num_classes)
+    trainer = engine.Trainer(probe_cfg, model, loaders.train, dev, num_classes)
     # training steps, timed in the real training loop (batches, bookkeeping and all): warm up (the first steps set
     # up kernels and memory) until two short runs agree within 10%, then time one run of at least 3 steps, or of 1%
     # of the budget (at most an epoch)
@@ -52,21 +53,21 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     x = next(iter(loaders.test))[0]
     x = x[:max(32, int(0.02 * budget_s / (8 * forward_s)))]
     model.eval()
-    with torch.inference_mode(), engine.autocast(x.device, amp_dtype):
+    with torch.inference_mode(), dev.autocast():
         model(x)
         per_image = {}
         for name, forward in (("plain", model), ("tta", lambda v: engine.tta_logits(model, v)))[:2 if cfg.tta else 1]:
-            t0 = time.perf_counter()
+            t0 = dev.now()
             forward(x)
-            per_image[name] = (time.perf_counter() - t0) / len(x)
+            per_image[name] = (dev.now() - t0) / len(x)
     model.train()
     buffer = io.BytesIO()
-    t0 = time.perf_counter()
+    t0 = dev.now()
     torch.save(trainer.state_dict(), buffer)
-    save_s = time.perf_counter() - t0
+    save_s = dev.now() - t0
     model.load_state_dict(saved)  # the run starts from where it stood
     loaders.train.load_state_dict(batches_state)
-    torch.set_rng_state(rng)
+    dev.set_rng_state(rng)
 
     n_test, n_val = len(loaders.test.y), len(loaders.val.y)
     tested = n_test if cfg.eval.test_every_epoch else 0
@@ -76,7 +77,7 @@ def plan(cfg, model, loaders, amp_dtype, num_classes: int, started: float):
     last_eval_s = (n_val + (tested if n_val else 0)) * per_image["plain"] + 2 * save_s
     final_s = n_test * (per_image["tta" if cfg.tta else "plain"] + len(cfg.eval.targets) * per_image["plain"]) \
         + END_SECONDS
-    setup_s = time.perf_counter() - started
+    setup_s = dev.now() - started
     steps, epochs = solve(available(budget_s, setup_s, final_s), step_s, eval_s, len(loaders.train), last_eval_s)
     estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "last_eval_s": last_eval_s,
                 "final_s": final_s, "setup_s": setup_s}
@@ -119,15 +120,15 @@ class Replan:
     alone ended 14% late. The schedule then goes on from where it stands over the new length
     (Trainer.retarget), and the run ends at an epoch's end when the budget has no room for another step."""
 
-    def __init__(self, estimate: dict, started: float):
-        self.estimate, self.started = estimate, started
+    def __init__(self, estimate: dict, started: float, clock=time.perf_counter):
+        self.estimate, self.started, self.clock = estimate, started, clock
 
     def __call__(self, steps_done: int, epoch_steps: int, train_s: float, epoch_s: float,
                  steps_per_epoch: int) -> int:
         """The run's new total steps, after an epoch of `epoch_steps` steps that trained for `train_s` seconds and
         took `epoch_s` in all (evaluation, checkpoints and records included)."""
         budget = self.estimate
-        left = available(budget["budget_s"], time.perf_counter() - self.started, budget["final_s"])
+        left = available(budget["budget_s"], self.clock() - self.started, budget["final_s"])
         eval_s = epoch_s - train_s  # the last epoch's in the proportion the plan had
         more, _ = solve(left, train_s / epoch_steps, eval_s, steps_per_epoch,
                         eval_s * budget["last_eval_s"] / budget["eval_s"])

@@ -48,11 +48,11 @@ def corrupt(x, name: str, severity: int = 3, seed: int = 0):
         return TF.adjust_brightness(x, level)
     if name == "saturate":
         return TF.adjust_saturation(x, level)
-    if name == "gaussian_noise":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            noisy = TF.gaussian_noise(TF.to_dtype(x, torch.float32, scale=True), sigma=level, clip=True)
-        return TF.to_dtype(noisy, torch.uint8, scale=True)
+    if name == "gaussian_noise":  # drawn on the CPU from a generator of its own: the same images on every device,
+        generator = torch.Generator().manual_seed(seed)  # and no run's random stream (CPU or GPU) touched
+        images = TF.to_dtype(x.cpu(), torch.float32, scale=True)
+        noisy = (images + level * torch.randn(images.shape, generator=generator)).clamp(0, 1)
+        return TF.to_dtype(noisy, torch.uint8, scale=True).to(x.device)
     raise ValueError(name)
 
 

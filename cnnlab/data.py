@@ -530,23 +530,22 @@ def crop_views(x, pad: int):
     return padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h - 2 * pad, w - 2 * pad), (sn, sh, sw, sc, sh, sw))
 
 
-def random_crop_flip(crops, idx, pad: int, generator, flip=None):
-    """Images `idx` randomly shifted by up to `pad` pixels (zero fill) and mirrored, per image, from crop_views(x, pad).
-
-    flip: a bool mask of the images to mirror; None draws one (probability 1/2 each).
-    """
+def random_crop_flip(crops, idx, dy, dx, flip):
+    """Images `idx` shifted by (dy, dx) of up to 2 * pad (zero fill) and mirrored where `flip`, per image, from
+    crop_views(x, pad): dy, dx and flip are tensors of len(idx) on the crops' device."""
     import torch
 
-    n = len(idx)
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(crops.device)
-    if flip is None:
-        flip = torch.rand(n, generator=generator).to(crops.device) < 0.5
+    pad = (crops.shape[1] - 1) // 2
     # the crop at dx of a mirror image is the mirror of the crop at 2 * pad - dx of the original
     return crops[idx + len(crops) // 2 * flip, dy, torch.where(flip, 2 * pad - dx, dx)]
 
 
 class Batches:
-    """Batches of (normalised float images, labels) from uint8 tensors already on `device`."""
+    """Batches of (normalised float images, labels) from uint8 tensors already on `device`.
+
+    An epoch's random choices (the order, each image's shift and mirroring) are drawn at its start, all at once, on
+    the data's device from a generator there, seeded: no per-batch copy from the host, and each image's
+    augmentation is the same whatever the batch size."""
 
     def __init__(self, x, y, batch_size: int, *, mean, std, shuffle: bool = False, augment: bool = False,
                  translate: int = 4, flip: str = "random", image_size: int = 32, channels_last: bool = False,
@@ -560,10 +559,10 @@ class Batches:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(x.device).manual_seed(seed)
         self.epoch = 0
         # alternating flips: a random first choice per image, then the opposite every other epoch
-        self.flip_first = (torch.rand(len(y), generator=self.generator) < 0.5).to(x.device)
+        self.flip_first = torch.rand(len(y), generator=self.generator, device=x.device) < 0.5
         self.crops = crop_views(x, translate) if augment else None
 
     def __len__(self) -> int:
@@ -578,25 +577,37 @@ class Batches:
         self.generator.set_state(state["generator"])
         self.epoch = state["epoch"]
 
+    def draws(self, epoch: int):
+        """(order or None, shifts (2, n) or None, flips (n,) or None): an epoch's random choices, per image."""
+        import torch
+
+        n, device, g = len(self.y), self.x.device, self.generator
+        order = torch.randperm(n, generator=g, device=device) if self.shuffle else None
+        if not self.augment:
+            return order, None, None
+        shifts = torch.randint(0, 2 * self.translate + 1, (2, n), generator=g, device=device)
+        if self.flip == "alternating":
+            flips = self.flip_first ^ bool(epoch % 2)
+        elif self.flip == "none":
+            flips = torch.zeros(n, dtype=torch.bool, device=device)
+        else:
+            flips = torch.rand(n, generator=g, device=device) < 0.5
+        return order, shifts, flips
+
     def __iter__(self):
         import torch
         import torch.nn.functional as F
 
         n = len(self.y)
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = torch.randperm(n, generator=self.generator).to(self.x.device) if self.shuffle else None
+        order, shifts, flips = self.draws(epoch)
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl
             yb = self.y[idx]
             if self.augment:
                 rows = idx if order is not None else torch.arange(sl.start, sl.stop, device=yb.device)
-                flip = None
-                if self.flip == "alternating":
-                    flip = self.flip_first[idx] ^ bool(epoch % 2)
-                elif self.flip == "none":
-                    flip = torch.zeros(len(yb), dtype=torch.bool, device=yb.device)
-                xb = random_crop_flip(self.crops, rows, self.translate, self.generator, flip)
+                xb = random_crop_flip(self.crops, rows, shifts[0, rows], shifts[1, rows], flips[rows])
             else:
                 xb = self.x[idx]
             xb = (xb.float() - self.mean) / self.std

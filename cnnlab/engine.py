@@ -6,91 +6,11 @@ Nothing here knows about runs, files or MLflow: `train.py` wires these parts to 
 from __future__ import annotations
 
 import math
-import time
-from contextlib import nullcontext
+import warnings
 from typing import Callable, Dict, NamedTuple, Optional
 
+from .device import autocast
 from .errors import CnnlabError
-
-# ---------------------------------------------------------------- torch set-up
-
-
-def tune_malloc() -> None:
-    """Keep freed activation buffers in the heap: glibc otherwise returns every large block to the
-    OS and the next step page-faults it back, which nearly halves CPU training speed for small CNNs."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve blocks up to 1 GiB from the heap
-        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: do not give the heap back
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise CnnlabError(f"device={name} but torch sees no CUDA GPU here. Valid: auto, cpu (or mps on Apple).")
-        index = int(name.partition(":")[2] or 0)
-        if index >= count:
-            raise CnnlabError(f"device={name} but torch sees {count} GPU(s) here: valid indexes are 0 to "
-                              f"{count - 1} (cuda:0 ... cuda:{count - 1}).")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise CnnlabError("device=mps but this machine has no Apple GPU. Valid: auto, cpu (or cuda with a GPU).")
-    return torch.device(name)
-
-
-def pick_precision(name: str, device) -> Optional["torch.dtype"]:
-    """The autocast dtype, or None for fp32."""
-    import torch
-
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
-            name = "bf16"
-        else:
-            name = "fp32"
-    if name == "fp16" and device.type == "cpu":
-        raise CnnlabError("precision=fp16 is for GPUs; on the CPU use bf16 or fp32.")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def precision_name(amp_dtype) -> str:
-    import torch
-
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-
-
-def setup_torch(device_name: str = "auto", precision: str = "auto", threads: int = 0):
-    """(device, autocast dtype or None) with the fast settings for it."""
-    import torch
-
-    tune_malloc()
-    torch.set_flush_denormal(True)
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device(device_name)
-    amp_dtype = pick_precision(precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device, amp_dtype
-
-
-def autocast(device, amp_dtype):
-    """Mixed precision in `amp_dtype`, or nothing for fp32."""
-    import torch
-
-    return torch.autocast(device.type, amp_dtype) if amp_dtype is not None else nullcontext()
-
 
 # ---------------------------------------------------------------- the model
 
@@ -303,8 +223,8 @@ class Scores(NamedTuple):
 
 def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False, tta: bool = False,
              update: Callable = lambda *a: None) -> Scores:
-    """Scores over `batches`; tta=True averages flipped and shifted views. update(batches done) after each batch
-    (a progress bar)."""
+    """Scores over `batches` (on their device, in autocast dtype `amp_dtype`, None for fp32); tta=True averages
+    flipped and shifted views. update(batches done) after each batch (a progress bar)."""
     import torch
     import torch.nn.functional as F
 
@@ -338,15 +258,14 @@ class Trainer:
     """A model and everything that updates it: optimizer, schedule, loss scaling, weight averaging (EMA,
     lookahead) and torch.compile. `eval_model` is what is validated, tested and checkpointed."""
 
-    def __init__(self, cfg, model, train_batches, amp_dtype, num_classes: int):
-        import torch
-
-        self.cfg, self.model, self.amp_dtype, self.num_classes = cfg, model, amp_dtype, num_classes
-        self.device = next(model.parameters()).device
+    def __init__(self, cfg, model, train_batches, dev, num_classes: int):
+        """dev: the run's device.Device (precision, loss scaler, clock, random streams)."""
+        self.cfg, self.model, self.dev, self.num_classes = cfg, model, dev, num_classes
+        self.device, self.amp_dtype = dev.device, dev.amp_dtype
         self.optimizer = make_optimizer(cfg, model)
         self.steps_per_epoch = len(train_batches)
         self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+        self.scaler = dev.scaler()
         self.ema = None
         if cfg.ema:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -365,7 +284,7 @@ class Trainer:
         compile time is measured apart from training."""
         import torch
 
-        start = time.perf_counter()
+        start = self.dev.now()
         model = self.model
         saved = {k: v.clone() for k, v in model.state_dict().items()}  # the warm-up must not train anything
         compiled = torch.compile(model)
@@ -381,7 +300,7 @@ class Trainer:
         compiled_eval.train()
         model.load_state_dict(saved)
         self.step_model, self.eval_model = compiled, compiled_eval
-        self.compile_time = time.perf_counter() - start
+        self.compile_time = self.dev.now() - start
 
     def train_epoch(self, batches, last: bool, update: Callable = lambda *a: None) -> Dict[str, float]:
         """One pass over `batches`: {train_loss, train_acc, img_per_s, train_time}; update(done, loss, acc, img/s)
@@ -389,7 +308,8 @@ class Trainer:
         import torch
 
         self.model.train()
-        t0 = time.perf_counter()
+        clock = self.dev.clock
+        t0 = self.dev.now()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         seen, shown = 0, t0
@@ -400,20 +320,18 @@ class Trainer:
             seen += len(y)
             if self.steps >= self.total_steps:
                 break  # max_steps ends the run inside its last epoch
-            if time.perf_counter() - shown > 0.25:  # a live bar four times a second (a sync with the device)
-                update(step, loss_sum.item() / seen, correct.item() / seen, seen / (time.perf_counter() - t0))
-                shown = time.perf_counter()
+            if clock() - shown > 0.25:  # a live bar four times a second (.item() waits for the device)
+                update(step, loss_sum.item() / seen, correct.item() / seen, seen / (clock() - t0))
+                shown = clock()
         if self.lookahead is not None and last:
             self.lookahead.finish()  # the last weights are the averaged ones
-        train_time = time.perf_counter() - t0
+        train_time = self.dev.now() - t0  # once the device has done the epoch's queued work
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
                 "img_per_s": seen / train_time, "train_time": train_time}
 
     def retarget(self, total: int) -> None:
         """End training after `total` steps instead: the schedule (and lookahead's ramp) goes on from the step it
         stands at and spans the new length, reaching its end at the new last step. budget='s re-plan."""
-        import warnings
-
         total = max(total, self.steps)
         if total == self.total_steps:
             return
@@ -449,7 +367,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.scheduler is not None:
-            self.scheduler.step()
+            if self.scaler.is_enabled():  # fp16: a step the scaler skipped still counts (torch warns of it)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
+            else:
+                self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(model)
         if self.lookahead is not None:
@@ -464,11 +387,9 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything training changes (weights, optimizer, schedule, loss scale, EMA, lookahead, torch's random
-        stream), to continue exactly where it stood."""
-        import torch
-
+        streams on the CPU and the device), to continue exactly where it stood."""
         state = {"model": plain(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "rng": torch.get_rng_state(), "steps": self.steps,
+                 "scaler": self.scaler.state_dict(), "rng": self.dev.rng_state(), "steps": self.steps,
                  "total_steps": self.total_steps}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
@@ -494,7 +415,7 @@ class Trainer:
             with torch.no_grad():
                 torch._foreach_copy_(self.lookahead.slow, state["lookahead"]["slow"])
             self.lookahead.steps = state["lookahead"]["steps"]
-        torch.set_rng_state(state["rng"])
+        self.dev.set_rng_state(state["rng"])
 
     @property
     def epochs(self) -> int:

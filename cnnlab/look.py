@@ -245,12 +245,11 @@ def predict(loaded: Loaded, batch_size: int = 250) -> Predictions:
     """Predictions on the loaded test images; the most confident mistakes first (at most 16)."""
     import torch
 
-    from .engine import autocast, pick_precision
+    from .device import cpu
 
     n, k = len(loaded.y_test), len(loaded.classes)
     probs = []
-    cpu = torch.device("cpu")
-    with torch.inference_mode(), autocast(cpu, pick_precision("auto", cpu)):  # bf16 where the CPU has it
+    with torch.inference_mode(), cpu().autocast():  # bf16 where the CPU has it
         for i in range(0, n, batch_size):
             logits = loaded.model(normalised(loaded, loaded.x_test[i:i + batch_size])).float()
             probs.append(logits.softmax(1))

@@ -11,6 +11,9 @@ averaging of engine.py work unchanged.
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import torch
 
 NS_STEPS = 3  # airbench94_muon's: enough for an update that only needs to be roughly orthogonal
@@ -60,28 +63,46 @@ class Combined(torch.optim.Optimizer):
 
 class MatrixMuon(torch.optim.Muon):
     """torch.optim.Muon over 2-D views of `params` (any shape of 2 dimensions or more), normalising each
-    weight to norm sqrt(rows) before its step."""
+    weight to norm sqrt(rows) before its step.
+
+    Each view gets its gradient as soon as backward has accumulated its parameter's (a post-accumulate hook),
+    so whatever reads the optimizer's gradients before its step sees them: fp16's GradScaler unscales them and
+    finds an inf there (when the views got theirs only inside step(), they stayed scaled x65536 and an
+    overflow went undetected into the weights)."""
 
     def __init__(self, params, lr: float, momentum: float):
         self.pairs = [(p, torch.nn.Parameter(matrix_view(p.detach()))) for p in params]
-        self.orders = [_channels_last(p) for p, _ in self.pairs]  # a gradient is read in its parameter's order
         for p, view in self.pairs:
             assert view.data_ptr() == p.data_ptr(), "a 2-D view must share the parameter's memory"
         super().__init__([view for _, view in self.pairs], lr=lr, momentum=momentum, nesterov=True,
                          weight_decay=0.0, ns_steps=NS_STEPS)
+        me = weakref.ref(self)  # the hooks outlive an optimizer dropped before its model (budget='s probe)
+
+        def hook(p, i: int) -> None:
+            if me() is not None:
+                me().take_grad(i)
+
+        for i, (p, _) in enumerate(self.pairs):
+            p.register_post_accumulate_grad_hook(functools.partial(hook, i=i))
+
+    def take_grad(self, i: int) -> None:
+        """The gradient of parameter i, read in the order its view stores it (a view of it where it can be)."""
+        p, view = self.pairs[i]
+        view.grad = None if p.grad is None else as_matrix(p.grad, _channels_last(p))
 
     @torch.no_grad()
     def step(self, closure=None):
-        for (p, view), channels_last in zip(self.pairs, self.orders):
-            view.grad = None if p.grad is None else as_matrix(p.grad, channels_last)
+        for i, (p, view) in enumerate(self.pairs):
+            if view.grad is None:  # a gradient set without backward
+                self.take_grad(i)
             view.mul_(len(view) ** 0.5 / view.norm().clamp(min=1e-12))
         super().step()
         for _, view in self.pairs:
             view.grad = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p, _ in self.pairs:
-            p.grad = None
+        for p, view in self.pairs:
+            p.grad = view.grad = None
 
 
 def make_muon(cfg, model, coupled_wd: float, fused: dict) -> Combined:

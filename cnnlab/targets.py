@@ -29,18 +29,19 @@ def target_sets(names: List[str], x_test, y_test, root: Path, severity: int = 3,
     return sets
 
 
-def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int, amp_dtype, device,
-                     channels_last: bool, image_size: int, severity: int = 3, seed: int = 0,
+def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int, dev, channels_last: bool,
+                     image_size: int, severity: int = 3, seed: int = 0,
                      update=lambda done: None) -> Dict[str, float]:
-    """`target_acc_<name>` for each target set, with the model as it is; update(sets done) after each."""
+    """`target_acc_<name>` for each target set, with the model as it is on `dev` (a device.Device); update(sets done)
+    after each."""
     from .data import Batches
     from .engine import evaluate
 
     scores = {}
     for name, (x, y) in target_sets(names, ds.x_test, ds.y_test, root, severity, seed).items():
-        batches = Batches(x.to(device), y.to(device), batch_size, mean=ds.mean, std=ds.std, image_size=image_size,
+        batches = Batches(x.to(dev.device), y.to(dev.device), batch_size, mean=ds.mean, std=ds.std, image_size=image_size,
                           channels_last=channels_last)
-        scores[f"target_acc_{name}"] = evaluate(model, batches, amp_dtype, len(ds.classes)).acc
+        scores[f"target_acc_{name}"] = evaluate(model, batches, dev.amp_dtype, len(ds.classes)).acc
         update(len(scores))
     return scores
 
@@ -51,6 +52,7 @@ def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dic
     from omegaconf import OmegaConf
 
     from . import data, engine
+    from .device import Device
     from .look import checkpoint_of
 
     corruptions.check(names)
@@ -66,16 +68,16 @@ def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dic
     except Exception as exc:  # truncated, garbage, or not a checkpoint of ours: torch raises many types
         raise CnnlabError(f"{damaged} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it cannot be "
                           "evaluated. Train the run again to get a new one.") from None
-    device, amp_dtype = engine.setup_torch("auto", precision)
+    dev = Device.open("auto", precision)
     ds = data.load(cfg.data, seed=cfg.seed)
-    model = engine.build(cfg, len(ds.classes), ds.x_test.shape[1], device)
+    model = engine.build(cfg, len(ds.classes), ds.x_test.shape[1], dev.device)
     try:
         engine.plain(model).load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         raise CnnlabError(f"{damaged}: its weights do not fit the model its config describes "
                           f"({str(exc).splitlines()[0][:200]}).") from None
-    scores = evaluate_targets(model, names, ds, data.data_root(cfg.data.root), batch_size=500, amp_dtype=amp_dtype,
-                              device=device, channels_last=device.type != "mps", image_size=cfg.image_size,
+    scores = evaluate_targets(model, names, ds, data.data_root(cfg.data.root), batch_size=500, dev=dev,
+                              channels_last=dev.type != "mps", image_size=cfg.image_size,
                               severity=severity, seed=cfg.seed)
     if store is not None:
         store.open(record).log_metrics(scores, step=int(record.metrics.get("epochs_run", 0)))

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 from . import data as data_mod
 from . import engine
 from .config import resolve
+from .device import Device
 from .errors import Diverged, Interrupted, Pruned
 from .recorder import Recorder, Result, resumable, signals_as_exceptions
 
@@ -59,8 +60,9 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     cfg = resolve(cfg)
     trial_key, config_key = identity(cfg)  # every run knows its configuration: summaries group seeds by it
     tags = {store.Tag.TRIAL_KEY: trial_key, store.Tag.CONFIG_KEY: config_key, **(tags or {})}
-    device, amp_dtype = engine.setup_torch(cfg.device, cfg.precision.value, cfg.threads)
-    torch.manual_seed(cfg.seed)
+    dev = Device.open(cfg.device, cfg.precision.value, cfg.threads)
+    device = dev.device
+    torch.manual_seed(cfg.seed)  # (the CPU's and every GPU's stream)
 
     ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
     loaders = data_mod.loaders(ds, cfg, device)
@@ -74,18 +76,18 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
 
     estimate = None
     if cfg.budget and state is None:  # a resumed run keeps the steps it planned (and re-planned)
-        cfg, estimate = budget.plan(cfg, model, loaders, amp_dtype, num_classes, started)
+        cfg, estimate = budget.plan(cfg, model, loaders, dev, num_classes, started)
     elif cfg.max_steps:  # the epochs the steps reach: what is recorded is what runs
         cfg = cfg.copy()
         cfg.epochs = math.ceil(engine.total_steps(cfg, len(loaders.train)) / len(loaders.train))
-    trainer = engine.Trainer(cfg, model, loaders.train, amp_dtype, num_classes)
+    trainer = engine.Trainer(cfg, model, loaders.train, dev, num_classes)
     if state is not None:  # where the killed run stood after its last whole epoch
         trainer.load_state_dict(state["trainer"])
         loaders.train.load_state_dict(state["batches"])
 
     if gate.fired is not None:  # stopped during set-up: nothing was recorded, nothing is
         raise Interrupted(gate.fired)
-    precision = engine.precision_name(amp_dtype)
+    precision = dev.precision
     rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n",
                    sizes=loaders.sizes, device=str(device), precision=precision, tags=tags,
                    parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started,
@@ -105,7 +107,7 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     size = {"params": n_params, "flops": flops}
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED
-        fit(cfg, trainer, loaders, rec, on_epoch, replan=budget.Replan(estimate, started) if estimate else None,
+        fit(cfg, trainer, loaders, rec, on_epoch, replan=budget.Replan(estimate, started, dev.now) if estimate else None,
             gate=gate)
         final, matrix = score(cfg, trainer, loaders, rec, ds, device)
         final["build_time"] = build_time
@@ -139,7 +141,7 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
         epochs = trainer.epochs
         if cfg.early_stopping and epoch - 1 - rec.best["epoch"] >= cfg.early_stopping:
             break  # a resumed run that had already stopped early
-        t0, steps_before = time.perf_counter(), trainer.steps
+        t0, steps_before = trainer.dev.now(), trainer.steps
         with report.epoch(epoch, epochs, per_epoch) as update:
             metrics = trainer.train_epoch(loaders.train, last=epoch == epochs, update=update)
         if not math.isfinite(metrics["train_loss"]):
@@ -159,7 +161,7 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
                 raise Diverged(f"the {key.replace('epoch_', '').replace('_', ' ')} became {metrics[key]} in epoch "
                                f"{epoch} (the weights overflow); try a lower lr (now {cfg.lr})")
         train_s = metrics.pop("train_time")
-        metrics.update(lr=trainer.lr, epoch_time=time.perf_counter() - t0)
+        metrics.update(lr=trainer.lr, epoch_time=trainer.dev.now() - t0)
         with gate.held() if gate is not None else contextlib.nullcontext():
             rec.epoch_done(epoch, metrics, trainer, loaders.train)
         if on_epoch is not None:
@@ -168,7 +170,7 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
             rec.report.line(f"early stop: no better val_acc for {cfg.early_stopping} epochs")
             break
         if replan is not None and trainer.steps < trainer.total_steps:
-            trainer.retarget(replan(trainer.steps, trainer.steps - steps_before, train_s, time.perf_counter() - t0,
+            trainer.retarget(replan(trainer.steps, trainer.steps - steps_before, train_s, trainer.dev.now() - t0,
                                     per_epoch))
 
 
@@ -179,11 +181,11 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
     state = torch.load(rec.best_path, map_location=device, weights_only=True)
     trainer.checkpoint_module.load_state_dict(state["model"])
     label = f"final test of epoch {state['epoch']}'s weights" + (" (TTA: 6 views)" if cfg.tta else "")
-    tested = time.perf_counter()
+    tested = trainer.dev.now()
     with rec.report.phase(label, len(loaders.test)) as update:
         test_loss, test_acc, matrix, plain_loss, plain_acc = trainer.evaluate(loaders.test, confusion=True,
                                                                               tta=cfg.tta, update=update)
-    test_time = time.perf_counter() - tested
+    test_time = trainer.dev.now() - tested
     chosen = rec.history[state["epoch"] - 1]
     if cfg.eval.test_every_epoch and "epoch_test_acc" not in chosen:  # fit left this point of the curve to here
         rec.epoch_tested(state["epoch"], plain_loss, plain_acc)
@@ -202,7 +204,6 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
         with rec.report.phase("target sets", len(cfg.eval.targets)) as update:
             final.update(evaluate_targets(trainer.eval_model, list(cfg.eval.targets), ds,
                                           data_mod.data_root(cfg.data.root), batch_size=loaders.eval_batch_size,
-                                          amp_dtype=trainer.amp_dtype, device=device,
-                                          channels_last=loaders.channels_last, image_size=cfg.image_size,
+                                          dev=trainer.dev, channels_last=loaders.channels_last, image_size=cfg.image_size,
                                           severity=cfg.eval.severity, seed=cfg.seed, update=update))
     return final, matrix

@@ -8,7 +8,6 @@ import torch
 from cnnlab import corruptions
 
 
-
 def _smooth_images(n=64, size=32, seed=3):
     """Photo-like uint8 images: random 6x6 colour fields upsampled smoothly (pixel noise is no photo)."""
     import torch.nn.functional as F
@@ -41,6 +40,21 @@ def test_noise_depends_on_the_seed_only():
     assert not torch.equal(one, other)
     torch.manual_seed(123)  # the global random state does not matter
     assert torch.equal(one, corruptions.corrupt(IMAGES, "gaussian_noise", 3, seed=0))
+
+
+def test_noise_never_reseeds_a_runs_random_streams(monkeypatch):
+    """Evaluating a target set in the middle of a run leaves its streams alone: the noise was drawn after
+    torch.manual_seed, which also reseeded every GPU's stream and, with the data on a GPU, drew it there (so CPU and
+    GPU runs of one seed saw different target images). tests/test_gpu.py compares the two devices."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    monkeypatch.setattr(torch, "manual_seed", reseeded.append)
+    state = torch.get_rng_state()
+    noisy = corruptions.corrupt(IMAGES, "gaussian_noise", 3, seed=0)
+    assert reseeded == [] and torch.equal(torch.get_rng_state(), state)
+    sigma = corruptions.SEVERITIES["gaussian_noise"][0][2]  # the draw: a CPU generator seeded with the run's seed
+    expected = (IMAGES / 255 + sigma * torch.randn(IMAGES.shape, generator=torch.Generator().manual_seed(0)))
+    assert (noisy.float() - (expected.clamp(0, 1) * 255)).abs().max() <= 1
 
 
 def test_unknown_names_are_refused():

@@ -203,17 +203,35 @@ def test_batches_shuffle_every_epoch_and_cover_everything():
 def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image():
     x = torch.randint(1, 255, (64, 3, 8, 6), dtype=torch.uint8)  # no zeros: zeros only come from the padding
     idx = torch.randperm(64)[:40]
-    out = data.random_crop_flip(data.crop_views(x, 2), idx, 2, torch.Generator().manual_seed(0))
-    assert out.shape == (40, 3, 8, 6)
-    g = torch.Generator().manual_seed(0)  # the same draws, in the same order
+    g = torch.Generator().manual_seed(0)
     dy, dx = torch.randint(0, 5, (2, 40), generator=g)
     flip = torch.rand(40, generator=g) < 0.5
+    out = data.random_crop_flip(data.crop_views(x, 2), idx, dy, dx, flip)
+    assert out.shape == (40, 3, 8, 6)
     for img, i, top, left, mirror in zip(out, idx, dy, dx, flip):
         crop = torch.nn.functional.pad(x[i], (2, 2, 2, 2))[:, top:top + 8, left:left + 6]
         assert torch.equal(img, crop.flip(-1) if mirror else crop)
     assert 0 < flip.sum() < 40 and (out == 0).any()
-    fixed = data.random_crop_flip(data.crop_views(x, 0), idx, 0, g, flip=torch.ones(40, dtype=torch.bool))
+    zero = torch.zeros(40, dtype=torch.long)
+    fixed = data.random_crop_flip(data.crop_views(x, 0), idx, zero, zero, torch.ones(40, dtype=torch.bool))
     assert torch.equal(fixed, x[idx].flip(-1))
+
+
+@pytest.mark.parametrize("flip", ["random", "alternating"])
+def test_augmentation_is_drawn_per_image_and_epoch_whatever_the_batch_size(flip):
+    """The device draws an epoch's shifts and flips for all images at once: each image gets the same augmentation
+    whatever the batch layout (per-batch draws from a host generator gave each batch size its own sequence)."""
+    x = torch.randint(1, 255, (50, 3, 8, 8), dtype=torch.uint8)
+    y = torch.arange(50)
+
+    def epochs(batch_size):
+        batches = data.Batches(x, y, batch_size, mean=(0, 0, 0), std=(1 / 255,) * 3, shuffle=True, augment=True,
+                               translate=2, flip=flip, image_size=8, seed=7)
+        return [torch.cat([xb for xb, _ in batches]) for _ in range(3)]
+
+    small, large = epochs(7), epochs(50)
+    assert all(torch.equal(a, b) for a, b in zip(small, large))
+    assert not torch.equal(small[0], small[1])  # and a new draw every epoch
 
 
 def test_synthetic_is_deterministic_and_learnable():

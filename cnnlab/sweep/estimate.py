@@ -8,7 +8,6 @@ few timed training steps of the trial's own model on this machine.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Dict, List, Optional, Tuple
 
 from ..schema import duration
@@ -48,21 +47,22 @@ def _timed(cfg, seconds: float = 0.3, most: int = 10) -> float:
     from omegaconf import OmegaConf
 
     from .. import data, engine
+    from ..device import Device
 
     cfg = OmegaConf.merge(cfg, {"epochs": 10 ** 6})  # a schedule long enough for the timed steps
-    device, amp_dtype = engine.setup_torch(cfg.device, cfg.precision.value)
-    images = torch.randint(0, 256, (cfg.batch_size, 3, 32, 32), dtype=torch.uint8)
-    batches = data.Batches(images, torch.randint(0, 10, (cfg.batch_size,)), cfg.batch_size, mean=(0.5,) * 3,
-                           std=(0.25,) * 3, shuffle=True, augment=cfg.augment, image_size=cfg.image_size,
-                           channels_last=device.type != "mps")
-    trainer = engine.Trainer(cfg, engine.build(cfg, 10, 3, device), batches, amp_dtype, 10)
+    dev = Device.open(cfg.device, cfg.precision.value)
+    images = torch.randint(0, 256, (cfg.batch_size, 3, 32, 32), dtype=torch.uint8, device=dev.device)
+    labels = torch.randint(0, 10, (cfg.batch_size,), device=dev.device)
+    batches = data.Batches(images, labels, cfg.batch_size, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True,
+                           augment=cfg.augment, image_size=cfg.image_size, channels_last=dev.type != "mps")
+    trainer = engine.Trainer(cfg, engine.build(cfg, 10, 3, dev.device), batches, dev, 10)
     trainer.train_epoch(batches, last=False)  # warm-up: first calls allocate and pick kernels
     trainer.train_epoch(batches, last=False)
-    steps, start = 0, time.perf_counter()
-    while steps < most and (steps < 2 or time.perf_counter() - start < seconds):
+    steps, start = 0, dev.now()
+    while steps < most and (steps < 2 or dev.now() - start < seconds):
         trainer.train_epoch(batches, last=False)
         steps += 1
-    return (time.perf_counter() - start) / (steps * cfg.batch_size) * EVAL_SHARE
+    return (dev.now() - start) / (steps * cfg.batch_size) * EVAL_SHARE
 
 
 def estimate(trials: List[Trial], store=None) -> Tuple[float, str]:

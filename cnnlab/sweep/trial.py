@@ -25,7 +25,7 @@ def _dataset(cfg):
     """The data set of `cfg`, loaded once per process and reused by every trial that asks for it; on a GPU
     it is moved there once, so trials start without copying it."""
     from .. import data
-    from ..engine import pick_device
+    from ..device import pick_device
 
     d = cfg.data
     device = pick_device(cfg.device)
@@ -129,12 +129,22 @@ def init_worker(threads: int, devices: Any, progress_queue, parent_pid: int) -> 
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
-    if devices is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(devices.get())
+    claim_gpu(devices)
     import torch
 
     torch.set_num_threads(threads)
     _WORKER["progress"] = progress_queue
+
+
+def claim_gpu(devices) -> None:
+    """This worker's GPU, from the queue the sweep filled (the GPUs in turn, one per worker), made its default: a
+    trial on device auto or cuda trains there. Every GPU stays visible, so a trial that names cuda:N gets that one
+    (hiding the others with CUDA_VISIBLE_DEVICES made cuda:1 fail in every worker)."""
+    if devices is None:
+        return
+    import torch
+
+    torch.cuda.set_device(devices.get())
 
 
 def work(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root: str, storage: str,

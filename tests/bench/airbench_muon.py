@@ -19,7 +19,7 @@ TTA accuracy in 2.59 s on an A100, 8 epochs at batch 2000). Written anew from th
 
 What differs, because this is a CPU: bf16 autocast instead of `.half()` weights, no torch.compile, wall-clock
 timing, the batch crop as one strided gather (cnnlab.data's trick) instead of masked copies, and the process
-settings cnnlab's engine runs under (engine.setup_torch: glibc keeps freed buffers instead of returning them to the
+settings cnnlab's engine runs under (device.Device.open: glibc keeps freed buffers instead of returning them to the
 OS, denormals flushed), without which the same steps ran about 25% slower here (about 120 s an epoch against 93 s
 on a Zen 4). The timer
 covers what the original's does: whitening init, the training epochs, the final TTA pass; not data loading
@@ -207,9 +207,9 @@ def accuracy(model, loader: Loader, tta: bool) -> float:
 def train(x_train, y_train, x_test, y_test, seed: int = 0, epochs: int = EPOCHS, on_epoch=None) -> dict:
     """One run on uint8 tensors (N, 3, 32, 32): {tta_acc, train_s (timed as the record times itself), steps_s (the
     training steps alone), epochs, curve [(epoch, seconds, plain acc)], params}."""
-    from cnnlab.engine import setup_torch
+    from cnnlab.device import Device
 
-    setup_torch("cpu", "bf16")
+    Device.open("cpu", "bf16")
     torch.manual_seed(seed)
     train_loader = Loader(x_train, y_train, BATCH, augment=True)
     test_loader = Loader(x_test, y_test, 2000, augment=False)

@@ -32,7 +32,7 @@ def cpu_line() -> str:
     comparable with figures from one that trains in bf16."""
     import torch
 
-    from cnnlab.engine import pick_precision
+    from cnnlab.device import cpu
 
     model = platform.processor() or platform.machine()
     try:
@@ -40,7 +40,7 @@ def cpu_line() -> str:
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    precision = "bf16" if pick_precision("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+    precision = cpu().precision
     return f"{model}, {torch.get_num_threads()} threads, precision=auto: {precision}"
 
 

@@ -108,11 +108,11 @@ def bench_zoo(report, accuracy: bool = False) -> None:
     from cnnlab import data
     from cnnlab.describe import model_table
     from cnnlab.models import get_arch
-    from cnnlab.engine import setup_torch
+    from cnnlab.device import Device
 
     from .common import matmul_peak
 
-    device, amp_dtype = setup_torch("cpu", "auto")
+    amp_dtype = Device.open("cpu", "auto").amp_dtype
     peak = matmul_peak("bfloat16")
     report.add("matmul_bf16_gflops", round(peak), f"bf16 matmul peak (2048x2048): {peak:.0f} GFLOP/s")
     ds = data.load(SimpleNamespace(name="cifar10", root=None, download=False))
