@@ -9,7 +9,7 @@ ARGS   ?=
 # without one, `cnnlab train` downloads CIFAR-10 with torchvision.
 DATA   ?= ../shared/data/cifar10-jpeg.tar.gz
 
-.PHONY: install train data test test-fast bench lock clean
+.PHONY: install train data test test-fast test-gpu bench lock clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not browser" $(ARGS)
+
+# the GPU tier (tests/test_gpu.py): a few minutes on one CUDA GPU; without one it says so and skips
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m gpu tests/test_gpu.py $(ARGS)
 
 bench: data
 	$(BIN)/python -m tests.bench $(ARGS)
