@@ -1,3 +1,17 @@
-"""cnnlab: run, track and compare CNN experiments on CIFAR-10."""
+"""cnnlab: run, track and compare CNN experiments on CIFAR-10.
+
+From Python or a notebook: cnnlab.train(...), cnnlab.sweep(...), cnnlab.runs(), cnnlab.report(...) (cnnlab/api.py).
+"""
 
 __version__ = "0.1.0"
+
+API = ("train", "sweep", "runs", "report")
+
+
+def __getattr__(name: str):
+    """The API's functions, imported on first use (`cnnlab --help` and the workers never load them)."""
+    if name in API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cnnlab' has no attribute {name!r}")

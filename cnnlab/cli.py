@@ -38,41 +38,27 @@ def train(
     from .config import compose
 
     overrides = overrides or []
-    resume = [o for o in overrides if o.startswith("resume=")]
-    if resume:
-        from .store import Store, Tag
-        from .train import train as run_training
-
-        if len(overrides) > 1:
-            raise CnnlabError(f"resume= continues a run with the config it was started with; give it alone "
-                              f"(got {' '.join(overrides)}).")
-        record = Store(create=False).find(resume[0][len("resume="):])
-        typer.echo(f"resuming {record.experiment} {record.id} (run {record.run_id})", err=True)
-        result = run_training(None, record.tags.get(Tag.OVERRIDES, "").split(), quiet=quiet, resume=record)
-        _trained(result, record.experiment, quiet)
-        return
-    cfg = compose(overrides)
-    if show_config:
+    if show_config and not any(o.startswith("resume=") for o in overrides):
         from omegaconf import OmegaConf
 
         from .config import resolve, to_dict
 
-        typer.echo(OmegaConf.to_yaml(to_dict(resolve(cfg))))
+        typer.echo(OmegaConf.to_yaml(to_dict(resolve(compose(overrides)))))
         return
-    from .train import train as run_training
+    from .training import from_overrides
 
-    result = run_training(cfg, overrides, quiet=quiet)
-    _trained(result, cfg.experiment, quiet)
+    result = from_overrides(overrides, quiet=quiet, announce=lambda text: typer.echo(text, err=True))
+    _trained(result, quiet)
 
 
-def _trained(result, experiment: str, quiet: bool) -> None:
+def _trained(result, quiet: bool) -> None:
     """The run's line (for scripts, on stdout) and, for a person, what to look at next."""
     typer.echo(f"id={result.id} test_acc={result.metrics['test_acc']:.4f} run_id={result.run_id} "
                f"run_dir={result.run_dir}")
     if not quiet:
         import shlex
 
-        exp = shlex.quote(experiment)
+        exp = shlex.quote(result.experiment)
         typer.echo(f"next: cnnlab report {result.id} --experiment {exp}   (its page: curves, confusion, mistakes)\n"
                    f"      cnnlab runs --experiment {exp}   (the log; `cnnlab ui` browses it)", err=True)
 
@@ -103,11 +89,11 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; one line per finished trial."),
 ) -> None:
     """Run many trainings of one base config (grid, random, Optuna), resumable, as parent/child MLflow runs."""
-    from .sweep import Sweep, load_spec
-    from .sweep.display import print_plan, print_summary
+    from .sweeps import Sweep, load_spec
+    from .sweeps.display import print_plan, print_summary
 
     if join:
-        from .sweep.strategies.optuna_search import load_joined_spec
+        from .sweeps.strategies.optuna_search import load_joined_spec
 
         if not storage:
             raise CnnlabError("--join NAME needs --storage URL (or $CNNLAB_STORAGE): the database the sweep was "
@@ -131,8 +117,8 @@ def sweep(
 def _print_estimate(runner, planned, workers: int) -> None:
     """How long the sweep would take: from the store's past runs like its trials, or timed steps here."""
     from .store import Store
-    from .sweep.estimate import estimate, human
-    from .sweep.spec import Trial
+    from .sweeps.estimate import estimate, human
+    from .sweeps.spec import Trial
 
     try:
         store = Store(runner.tracking_uri, create=False)
@@ -170,37 +156,11 @@ Sort = Annotated[Optional[str], typer.Option(
 Top = Annotated[Optional[int], typer.Option("--top", help="Only the first N rows (after sorting).")]
 
 
-def _day(option: str, value: Optional[str], end: bool = False) -> Optional[int]:
-    """--since/--until DATE as ms since the epoch; --until a day includes that day."""
-    import datetime as dt
-
-    if not value:
-        return None
-    try:
-        day = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise CnnlabError(f"--{option} {value}: expected a date like 2026-11-24 (or 2026-11-24T15:00).") from None
-    if end and len(value) <= 10:
-        day += dt.timedelta(days=1)
-    return int(day.timestamp() * 1000)
-
-
 def _log(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=None, curves=True):
-    from . import log as run_log
-    from .store import Store
+    from .log import select
 
-    store = Store(create=False)
-    # default: the latest run's experiment, as every command has it; a sweep named alone is found wherever it ran
-    experiments = experiment or (None if sweep else [store.latest_experiment()])
-    records = store.runs(experiments, sweep=sweep,
-                         states=[s.upper() for s in status or []], since=_day("since", since),
-                         until=_day("until", until, end=True), archs=arch or [])
-    base = None
-    if baseline:
-        base = store.find(baseline)
-        typer.echo(f"baseline: {base.experiment} {base.id} (run {base.run_id})", err=True)
-    log = run_log.build(store, records, base, curves=curves, **({"ui_url": ui_url} if ui_url else {}))
-    return run_log.sort_top(log, sort, top)
+    return select(experiment, sweep, status, since, until, arch, baseline, sort, top, ui_url=ui_url, curves=curves,
+                  announce=lambda text: typer.echo(text, err=True))
 
 
 @app.command("export-log")
@@ -298,7 +258,7 @@ def report(
 ) -> None:
     """One self-contained HTML page of a run (curves, confusion, mistakes, filters, feature maps, cost, config)
     or of a sweep or experiment (history, parameters, importances, configs, Pareto front, log)."""
-    from .report import report as write_report
+    from .reporting import report as write_report
 
     found, path = write_report(target, out, experiment)
     what = f"{found.record.experiment} {found.record.id} (run {found.record.run_id})" if found.kind == "run" \

@@ -1,6 +1,6 @@
 """The training engine: torch set-up, the optimizer and schedule, one training epoch, evaluation, TTA, FLOPs.
 
-Nothing here knows about runs, files or MLflow: `train.py` wires these parts to a Recorder.
+Nothing here knows about runs, files or MLflow: `training.py` wires these parts to a Recorder.
 """
 
 from __future__ import annotations

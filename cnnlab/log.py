@@ -324,3 +324,35 @@ def changed_columns(log: Log) -> List[str]:
         if len({str(v) for v in log.table[name].tolist()}) > 1:
             keep.append(name)
     return keep
+
+
+def _day(option: str, value: Optional[str], end: bool = False) -> Optional[int]:
+    """--since/--until DATE as ms since the epoch; --until a day includes that day."""
+    import datetime as dt
+
+    if not value:
+        return None
+    try:
+        day = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CnnlabError(f"--{option} {value}: expected a date like 2026-11-24 (or 2026-11-24T15:00).") from None
+    if end and len(value) <= 10:
+        day += dt.timedelta(days=1)
+    return int(day.timestamp() * 1000)
+
+
+def select(experiment=None, sweep=None, status=None, since=None, until=None, arch=None, baseline=None, sort=None,
+           top=None, ui_url=None, curves=True, announce=print) -> Log:
+    """The log of the runs the filters choose (the options of `cnnlab runs` and export-log, and cnnlab.runs()):
+    by default the latest run's experiment; a sweep named alone is found wherever it ran."""
+    store = Store(create=False)
+    experiments = experiment or (None if sweep else [store.latest_experiment()])
+    records = store.runs(experiments, sweep=sweep,
+                         states=[s.upper() for s in status or []], since=_day("since", since),
+                         until=_day("until", until, end=True), archs=arch or [])
+    base = None
+    if baseline:
+        base = store.find(baseline)
+        announce(f"baseline: {base.experiment} {base.id} (run {base.run_id})")
+    log = build(store, records, base, curves=curves, **({"ui_url": ui_url} if ui_url else {}))
+    return sort_top(log, sort, top)

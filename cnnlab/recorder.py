@@ -36,6 +36,7 @@ class Result:
     history: List[Dict[str, float]] = field(default_factory=list)  # one dict per epoch
     wall_seconds: float = 0.0
     tracking_seconds: float = 0.0
+    experiment: str = ""  # the MLflow experiment it was recorded in
 
 
 class SignalGate:
@@ -277,7 +278,7 @@ class Recorder:
 
     def _result(self, status: str, metrics: Dict[str, float]) -> Result:
         return Result(self.run.run_id, self.id, self.dir, status, metrics, self.history,
-                      self.earlier + time.perf_counter() - self.started, self.run.seconds)
+                      self.earlier + time.perf_counter() - self.started, self.run.seconds, self.cfg.experiment)
 
 
 def resumable(record) -> dict:

@@ -12,7 +12,7 @@ from cnnlab.engine import Trainer, make_optimizer, make_scheduler
 from cnnlab.models import build_model
 from cnnlab.muon import matrix_view
 from cnnlab.schema import duration
-from cnnlab.train import train
+from cnnlab.training import train
 
 from .helpers import lr_trace
 

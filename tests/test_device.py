@@ -170,7 +170,7 @@ def test_a_resumed_trainer_draws_what_the_uninterrupted_one_draws():
 
 def test_a_sweep_worker_takes_its_gpu_and_leaves_every_gpu_visible(monkeypatch):
     """Hiding the other GPUs (CUDA_VISIBLE_DEVICES) made every trial of device=cuda:1 fail in a worker."""
-    from cnnlab.sweep.trial import claim_gpu
+    from cnnlab.sweeps.trial import claim_gpu
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)

@@ -10,7 +10,7 @@ from cnnlab.config import compose, resolve
 from cnnlab.models import build_model, get_arch
 from cnnlab.models.airbench import Whiten
 from cnnlab.engine import Trainer, make_optimizer, tta_logits
-from cnnlab.train import train
+from cnnlab.training import train
 
 from .helpers import lr_trace
 

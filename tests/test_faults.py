@@ -447,7 +447,7 @@ def test_no_name_becomes_a_file_name_that_reads_as_an_option():
     shell command that names it."""
     from types import SimpleNamespace
 
-    from cnnlab.report import default_path
+    from cnnlab.reporting import default_path
     from cnnlab.schema import safe_name
 
     for name in ("-rf", "--force", "-"):

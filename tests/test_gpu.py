@@ -11,7 +11,7 @@ import torch
 
 from cnnlab.config import compose
 from cnnlab.store import Store
-from cnnlab.train import train
+from cnnlab.training import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(),

@@ -164,7 +164,7 @@ def test_lenet5_follows_the_lecture_table():
 
 
 def test_too_small_image_is_a_clear_error():
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     with pytest.raises(CnnlabError, match="image_size"):
         train(compose(["data=synthetic", "data.n_train=50", "data.n_test=20", "image_size=8", "epochs=1"]), quiet=True)
@@ -236,7 +236,7 @@ def test_published_parameter_counts():
 
 
 def test_googlenet_auxiliary_heads_train():
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     result = train(compose(["arch=googlenet", "width=0.25", "arch.aux_logits=true", "data=synthetic",
                             "data.n_train=100", "data.n_test=20", "epochs=1", "batch_size=50"]), quiet=True)

@@ -119,7 +119,7 @@ def test_four_trainings_at_once_on_a_fresh_store_get_distinct_ids():
 
 @pytest.mark.slow
 def test_sweep_summary_and_export_agree(cli, tmp_path):
-    from cnnlab.sweep import Sweep, load_spec
+    from cnnlab.sweeps import Sweep, load_spec
 
     args = ["lr=0.003,0.001", *TINY]
     first = Sweep(load_spec(args, repeats=2, name="rep"), quiet=True).run()

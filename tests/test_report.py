@@ -230,7 +230,7 @@ def test_mistakes_are_drawn_from_every_class_of_a_test_set_stored_in_class_order
     from cnnlab.config import compose
     from cnnlab.data import import_dataset
     from cnnlab.store import Store
-    from cnnlab.train import train
+    from cnnlab.training import train
     from tests.test_data import make_folder
 
     import_dataset(make_folder(tmp_path / "f", n_train=10, n_test=20))  # test/: 20 cats, then 20 dogs, 20 frogs
@@ -260,7 +260,7 @@ def _swept_runs(values, n_params: int):
 
 
 def test_the_parameter_section_reads_well_with_many_parameters_and_says_why_without_importances():
-    from cnnlab.report import PARALLEL_AXES, _space_section
+    from cnnlab.reporting import PARALLEL_AXES, _space_section
 
     runs, values = _swept_runs([0.2, 0.4, 0.5, 0.3, 0.6, 0.7, 0.45, 0.55], n_params=9)
     page = _space_section(runs, values, "val_acc", "maximize", "sweep")

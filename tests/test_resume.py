@@ -9,7 +9,7 @@ import pytest
 from cnnlab.config import compose
 from cnnlab.errors import Interrupted
 from cnnlab.store import Store
-from cnnlab.train import train
+from cnnlab.training import train
 
 SMALL = ["data=synthetic", "data.n_train=600", "data.n_test=200", "batch_size=50", "epochs=4"]
 CURVE = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_acc", "lr")

@@ -12,7 +12,7 @@ import pytest
 
 from cnnlab.schema import runs_dir
 from cnnlab.errors import CnnlabError
-from cnnlab.sweep import Sweep, expand, load_spec
+from cnnlab.sweeps import Sweep, expand, load_spec
 
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
 
@@ -209,8 +209,8 @@ def test_join_through_a_database_storage(tmp_path, cli, mlflow_client):
 
 def test_every_strategy_is_found_after_one_was_imported_directly():
     """`--join` imports the Optuna strategy's module before any lookup: the others must still register."""
-    code = ("import cnnlab.sweep.strategies.optuna_search\n"
-            "from cnnlab.sweep.strategies import strategies\nprint(' '.join(strategies()))")
+    code = ("import cnnlab.sweeps.strategies.optuna_search\n"
+            "from cnnlab.sweeps.strategies import strategies\nprint(' '.join(strategies()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["grid", "list", "optuna", "random"]
 
@@ -221,7 +221,7 @@ def test_a_database_that_never_answered_is_not_retried_for_minutes(monkeypatch):
     import sqlalchemy.exc
 
     from cnnlab.errors import CnnlabError
-    from cnnlab.sweep.strategies import optuna_search as o
+    from cnnlab.sweeps.strategies import optuna_search as o
 
     slept = []
     monkeypatch.setattr(o.time, "sleep", slept.append)
@@ -257,7 +257,7 @@ def test_a_sqlite_storage_in_a_missing_directory_is_one_paragraph_at_once(cli, t
 
 def test_ctrl_c_right_after_the_parent_run_is_made_ends_it_killed(cli, mlflow_client, monkeypatch):
     from cnnlab.errors import Interrupted
-    from cnnlab.sweep.runner import Sweep
+    from cnnlab.sweeps.runner import Sweep
 
     def interrupted(self):
         raise Interrupted(2)  # Ctrl-C between creating the parent run and starting the trials

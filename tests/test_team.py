@@ -88,7 +88,7 @@ def server(team, monkeypatch):
 def _study(team, name: str):
     import optuna
 
-    from cnnlab.sweep.strategies.optuna_search import storage
+    from cnnlab.sweeps.strategies.optuna_search import storage
 
     return optuna.load_study(study_name=name, storage=storage(team["env"]["CNNLAB_STORAGE"]))
 
@@ -180,11 +180,10 @@ def test_a_worker_killed_mid_trial_is_retried_elsewhere_and_nothing_is_lost_or_d
         if mine:
             break
         time.sleep(0.5)
-    joiner = _worker(team, tmp_path / "b", "--join", "crash")
-    time.sleep(2)
-    os.killpg(first.pid, signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)  # mid-trial: it has 5 epochs to go (a sleep here let it finish on a fast CPU)
     first.wait()
     shutil.rmtree(tmp_path / "a")  # as if on another machine: the joiner cannot resume from its checkpoint
+    joiner = _worker(team, tmp_path / "b", "--join", "crash")
     out = _finish(joiner, tmp_path / "b")
     assert joiner.returncode == 0, out
 

@@ -15,7 +15,7 @@ import torch
 from cnnlab.config import compose
 from cnnlab.recorder import new_run_dir
 from cnnlab.schema import runs_dir
-from cnnlab.train import train
+from cnnlab.training import train
 
 SMALL = ["data=synthetic", "data.n_train=600", "data.n_test=200", "batch_size=50"]
 

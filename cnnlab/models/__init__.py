@@ -11,7 +11,7 @@ source of what the architecture accepts and of its defaults:
 - `@register("resnet18", depth=18)` presets keywords: a preset is part of what the name means,
   so it is fixed (`arch=resnet18 depth=50` is refused and names resnet50 instead).
 
-Hooks a model may offer (train.py and engine.py use them when present):
+Hooks a model may offer (training.py and engine.py use them when present):
 
 - `prepare(images)`: layers set from data before training (airbench's patch whitening); called
   once with up to 5,000 normalised training images.

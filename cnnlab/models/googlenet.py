@@ -50,7 +50,7 @@ class AuxHead(nn.Module):
 
 
 class GoogLeNet(nn.Module):
-    aux_weight = 0.3  # train.py adds aux_weight x each auxiliary loss
+    aux_weight = 0.3  # training.py adds aux_weight x each auxiliary loss
 
     def __init__(self, *, num_classes, in_channels, width, bn, act, pool, dropout, aux_logits, aux_dropout):
         super().__init__()

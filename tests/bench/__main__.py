@@ -29,9 +29,15 @@ def main(argv=None) -> int:
         print("bench needs real CIFAR-10 in the cache: `cnnlab data import PATH` (or `make bench DATA=PATH`)",
               file=sys.stderr)
         return 2
+    from .gpu import Skipped
+
     for name in chosen:
         report = Report(f"{name}-accuracy" if args.accuracy else name)
-        sections.ALL[name](report, accuracy=args.accuracy)
+        try:
+            sections.ALL[name](report, accuracy=args.accuracy)
+        except Skipped as exc:
+            print(exc)
+            continue
         print(f"-> {report.write()}")
     return 0
 

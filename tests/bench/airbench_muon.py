@@ -29,7 +29,6 @@ or the per-epoch plain test.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +81,8 @@ class Loader:
     """Batches from normalised float images held in memory; `augment` as the original's train loader."""
 
     def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, batch: int, augment: bool):
-        mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(STD).view(1, 3, 1, 1)
+        mean = torch.tensor(MEAN, device=images_uint8.device).view(1, 3, 1, 1)
+        std = torch.tensor(STD, device=images_uint8.device).view(1, 3, 1, 1)
         self.images = ((images_uint8.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
         self.labels, self.batch, self.augment, self.epoch = labels, batch, augment, 0
         self.crops = None
@@ -95,7 +94,7 @@ class Loader:
     def _prepare(self) -> None:
         """First epoch: mirror a random half once, reflect-pad by 2, and view every 5x5 shift of every image."""
         x = self.images
-        x = torch.where(torch.rand(len(x)).view(-1, 1, 1, 1) < 0.5, x.flip(-1), x)
+        x = torch.where(torch.rand(len(x), device=x.device).view(-1, 1, 1, 1) < 0.5, x.flip(-1), x)
         padded = F.pad(x, (2, 2, 2, 2), mode="reflect").contiguous()
         n, c, h, w = padded.shape
         sn, sc, sh, sw = padded.stride()
@@ -105,11 +104,13 @@ class Loader:
         if self.augment and self.crops is None:
             self._prepare()
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order = torch.randperm(len(self.labels)) if self.augment else torch.arange(len(self.labels))
+        device = self.labels.device
+        order = torch.randperm(len(self.labels), device=device) if self.augment else \
+            torch.arange(len(self.labels), device=device)
         for i in range(len(self)):
             idx = order[i * self.batch:(i + 1) * self.batch]
             if self.augment:
-                dy, dx = torch.randint(0, 5, (2, len(idx)))
+                dy, dx = torch.randint(0, 5, (2, len(idx)), device=device)
                 x = self.crops[idx, dy, dx]
                 if epoch % 2 == 1:
                     x = x.flip(-1)
@@ -192,9 +193,9 @@ def tta_logits(model, x):
     return 0.5 * mirror(x) + 0.5 * shifted
 
 
-def accuracy(model, loader: Loader, tta: bool) -> float:
+def accuracy(model, loader: Loader, tta: bool, dev) -> float:
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+    with torch.no_grad(), dev.autocast():
         logits = torch.cat([tta_logits(model, x) if tta else model(x).float()
                             for x in loader.images.split(2000)])
     model.train()
@@ -204,16 +205,19 @@ def accuracy(model, loader: Loader, tta: bool) -> float:
 # ---------------------------------------------------------------- training
 
 
-def train(x_train, y_train, x_test, y_test, seed: int = 0, epochs: int = EPOCHS, on_epoch=None) -> dict:
+def train(x_train, y_train, x_test, y_test, seed: int = 0, epochs: int = EPOCHS, on_epoch=None,
+          device: str = "cpu") -> dict:
     """One run on uint8 tensors (N, 3, 32, 32): {tta_acc, train_s (timed as the record times itself), steps_s (the
-    training steps alone), epochs, curve [(epoch, seconds, plain acc)], params}."""
+    training steps alone), epochs, curve [(epoch, seconds, plain acc)], params}. device: cpu (bf16), or a GPU at
+    its native precision (bf16 from compute capability 8.0; the original's fp16 below it), timed once its queued
+    work is done."""
     from cnnlab.device import Device
 
-    Device.open("cpu", "bf16")
+    dev = Device.open(device, "bf16" if device == "cpu" else "auto")
     torch.manual_seed(seed)
-    train_loader = Loader(x_train, y_train, BATCH, augment=True)
-    test_loader = Loader(x_test, y_test, 2000, augment=False)
-    model = CifarNet().to(memory_format=torch.channels_last)
+    train_loader = Loader(x_train.to(dev.device), y_train.to(dev.device), BATCH, augment=True)
+    test_loader = Loader(x_test.to(dev.device), y_test.to(dev.device), 2000, augment=False)
+    model = CifarNet().to(dev.device, memory_format=torch.channels_last)
     total_steps = epochs * len(train_loader)
     whiten_bias_steps = WHITEN_BIAS_EPOCHS * len(train_loader)
 
@@ -226,14 +230,14 @@ def train(x_train, y_train, x_test, y_test, seed: int = 0, epochs: int = EPOCHS,
     initial = [[g["lr"] for g in opt.param_groups] for opt in (sgd, muon)]
 
     elapsed, steps_s, curve, step = 0.0, 0.0, [], 0
-    start = time.perf_counter()
+    start = dev.now()
     model.reset()
     model.init_whiten(train_loader.images[:5000])
-    elapsed += time.perf_counter() - start
+    elapsed += dev.now() - start
     for epoch in range(1, math.ceil(total_steps / len(train_loader)) + 1):
-        start = time.perf_counter()
+        start = dev.now()
         for x, y in train_loader:
-            with torch.autocast("cpu", torch.bfloat16):
+            with dev.autocast():
                 out = model(x, whiten_bias_grad=step < whiten_bias_steps)
                 loss = F.cross_entropy(out.float(), y, label_smoothing=0.2, reduction="sum")
             loss.backward()
@@ -246,14 +250,15 @@ def train(x_train, y_train, x_test, y_test, seed: int = 0, epochs: int = EPOCHS,
             step += 1
             if step >= total_steps:
                 break
-        steps_s += time.perf_counter() - start
-        elapsed += time.perf_counter() - start
-        curve.append((epoch, round(elapsed, 1), round(accuracy(model, test_loader, tta=False), 4)))
+        seconds = dev.now() - start
+        steps_s += seconds
+        elapsed += seconds
+        curve.append((epoch, round(elapsed, 1), round(accuracy(model, test_loader, tta=False, dev=dev), 4)))
         if on_epoch is not None:
             on_epoch(*curve[-1])
-    start = time.perf_counter()
-    tta = accuracy(model, test_loader, tta=True)
-    elapsed += time.perf_counter() - start
+    start = dev.now()
+    tta = accuracy(model, test_loader, tta=True, dev=dev)
+    elapsed += dev.now() - start
     return {"tta_acc": tta, "train_s": elapsed, "steps_s": steps_s, "epochs": epochs, "curve": curve,
             "params": sum(p.numel() for p in model.parameters())}
 

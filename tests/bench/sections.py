@@ -18,7 +18,7 @@ def _cli_train(overrides) -> str:
 
 def _train(overrides, dataset=None):
     from cnnlab.config import compose
-    from cnnlab.train import train
+    from cnnlab.training import train
 
     return train(compose(["experiment=bench", *overrides]), overrides, dataset=dataset, quiet=True)
 
@@ -230,7 +230,7 @@ def bench_budget(report, accuracy: bool = False) -> None:
 
 
 def _sweep(args, workers: int = 1, **options):
-    from cnnlab.sweep import Sweep, load_spec
+    from cnnlab.sweeps import Sweep, load_spec
 
     return Sweep(load_spec(["experiment=bench-sweep", *args], **options), workers=workers, quiet=True).run()
 
@@ -625,9 +625,11 @@ def bench_report(report, accuracy: bool = False) -> None:
                    f"the sweep took {setup:.0f} s)")
 
 
+from .gpu import bench_gpu  # noqa: E402
 from .team import bench_team  # noqa: E402
 
-SYNTHETIC = {"faults", "listings", "team"}  # sections that need no real CIFAR-10
+SYNTHETIC = {"faults", "listings", "team", "gpu"}  # sections that need no real CIFAR-10 (gpu uses it when cached)
 
 ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
-       "fast": bench_fast, "budget": bench_budget, "listings": bench_listings, "report": bench_report, "team": bench_team}
+       "fast": bench_fast, "budget": bench_budget, "listings": bench_listings, "report": bench_report, "team": bench_team,
+       "gpu": bench_gpu}

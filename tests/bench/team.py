@@ -138,7 +138,7 @@ def _count(env: dict, name: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from cnnlab.sweep.strategies.optuna_search import storage
+    from cnnlab.sweeps.strategies.optuna_search import storage
 
     with _client(env) as store:
         runs = store.runs(["bench-team"], sweep=name, parents=True)

@@ -18,7 +18,7 @@ from ..errors import CnnlabError
 @dataclass
 class Spec:
     name: Optional[str] = None  # stable sweep name; default: derived from the spec
-    strategy: str = "grid"  # a name in sweep/strategies/ (grid | random | optuna | list)
+    strategy: str = "grid"  # a name in sweeps/strategies/ (grid | random | optuna | list)
     trials: Optional[int] = None  # random/optuna: how many (default 10); grid/list: all of them
     repeats: int = 1  # seeds per configuration (seed, seed+1, ...)
     metric: str = "val_acc"  # the objective: val_acc or val_loss, at the best epoch; the test set never chooses

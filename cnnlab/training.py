@@ -23,6 +23,26 @@ from .errors import Diverged, Interrupted, Pruned
 from .recorder import Recorder, Result, resumable, signals_as_exceptions
 
 
+def from_overrides(overrides: Sequence[str], quiet: bool = False, announce: Callable = print) -> Result:
+    """`cnnlab train OVERRIDES` and `cnnlab.train(...)`: compose the config and train it, or, given resume=RUN alone,
+    continue that KILLED run. announce(text): what is being resumed."""
+    from .config import compose
+
+    overrides = list(overrides)
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return train(compose(overrides), overrides, quiet=quiet)
+    from .errors import CnnlabError
+    from .store import Store, Tag
+
+    if len(overrides) > 1:
+        raise CnnlabError(f"resume= continues a run with the config it was started with; give it alone "
+                          f"(got {' '.join(overrides)}).")
+    record = Store(create=False).find(resume[0][len("resume="):])
+    announce(f"resuming {record.experiment} {record.id} (run {record.run_id})")
+    return train(None, record.tags.get(Tag.OVERRIDES, "").split(), quiet=quiet, resume=record)
+
+
 def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optional[Callable] = None,
           parent_run_id: Optional[str] = None, tags: Optional[dict] = None, run_root: Optional[Path] = None,
           log_id: Optional[str] = None, quiet: bool = False, resume=None) -> Result:

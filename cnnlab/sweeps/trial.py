@@ -47,7 +47,7 @@ def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root
     """Train one trial as a child run (or continue the KILLED run `resume`, a run ID). Failures become an
     Outcome; a signal propagates as Interrupted."""
     from ..config import compose
-    from ..train import train
+    from ..training import train
     from .strategies import get_strategy
 
     start = time.perf_counter()
