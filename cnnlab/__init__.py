@@ -3,7 +3,7 @@
 From Python or a notebook: cnnlab.train(...), cnnlab.sweep(...), cnnlab.runs(), cnnlab.report(...) (cnnlab/api.py).
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
 
 API = ("train", "sweep", "runs", "report")
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from . import __version__, figures
+from . import figures
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
 from .schema import duration, project_root, runs_dir, safe_name
 from .store import Store, Tag
+from .version import __version__
 
 
 @dataclass
