@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Callable, Optional
+from typing import Callable
 
 from .errors import CnnlabError
 

@@ -8,7 +8,7 @@ targets=[...]` on a recorded run's best checkpoint. Accuracies are logged as met
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from . import corruptions
 from .errors import CnnlabError
