@@ -3,16 +3,15 @@
 `plan()` times a few training steps and evaluation passes of the run's own model on its own batches, then gives
 the run back exactly as it was (weights, batch stream, random state), and returns the config with `max_steps`
 and `epochs` set: the schedule (warm-up, decay, weight averaging) spans those steps, and the run's parameters
-record them. After each epoch, `Replan` solves the steps left again from the epochs' measured times, since a
-machine's speed drifts; the run's metric `budget_steps` records the steps it ended with. Until a re-plan
-changes the length, a budget run is the plain run of the steps it planned.
+record them. While it trains, `Steer` solves the steps left again every few seconds and after each epoch, from
+the measured speed, since a machine's speed changes; the run's metric `budget_steps` records the steps it ended
+with. Until a re-plan changes the length, a budget run is the plain run of the steps it planned.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 
 from .errors import CnnlabError
 from .schema import duration
@@ -100,36 +99,67 @@ def available(budget_s: float, elapsed_s: float, final_s: float) -> float:
     return (budget_s - elapsed_s) * (1 - MARGIN) - final_s
 
 
-def solve(available_s: float, step_s: float, eval_s: float, steps_per_epoch: int, last_eval_s: float) -> tuple:
+def solve(available_s: float, step_s: float, eval_s: float, steps_per_epoch: int, last_eval_s: float,
+          into: int = 0) -> tuple:
     """(steps, epochs): the most training steps that fit `available_s` seconds with an evaluation after each
-    epoch (`last_eval_s` after the last), the last epoch perhaps cut; (0, 0) when not even one step does."""
+    epoch (`last_eval_s` after the last), the last epoch perhaps cut; (0, 0) when not even one step does.
+    into: steps already taken in the epoch under way, whose evaluation is still to come ((0, 1): stop now, and
+    that epoch's evaluation fits)."""
     best = (0, 0)
     for epochs in range(1, 100_000):
-        steps = min(epochs * steps_per_epoch, int((available_s - (epochs - 1) * eval_s - last_eval_s) / step_s))
-        if steps <= (epochs - 1) * steps_per_epoch:
+        room = epochs * steps_per_epoch - into  # steps from here to the end of the epochs-th epoch
+        steps = min(room, int((available_s - (epochs - 1) * eval_s - last_eval_s) / step_s))
+        if steps < 0 or steps <= room - steps_per_epoch:
             break
         best = (steps, epochs)
     return best
 
 
-class Replan:
-    """The steps left, solved again after each epoch from that epoch's measured step and evaluation times.
+class Steer:
+    """budget= steered by its deadline: the steps left, solved again every `every_s` seconds of training (from the
+    speed of the steps since the last check) and after each epoch (from its measured evaluation time).
 
-    A machine's speed drifts over minutes by more than the margin: on one Zen 4 core, tf_cnn's 10 ms step took
-    0.0097-0.0141 s from one epoch to the next, in phases of a minute or more, so a plan from the first steps
-    alone ended 14% late. The schedule then goes on from where it stands over the new length
-    (Trainer.retarget), and the run ends at an epoch's end when the budget has no room for another step."""
+    A machine's speed changes inside an epoch (a browser, another training beside it): a plan revised only at
+    epoch ends saw a slowdown too late, and a one- or two-epoch run could not correct at all (runs ended 6-60%
+    early or 36% late under load). The evaluations still to come and the final test are timed once, then scaled
+    by how much slower or faster the steps now run than when they were timed. After each re-plan the schedule
+    goes on from where it stands over the new length (Trainer.retarget), so it completes its shape whatever the
+    speed; training stops when only the evaluations and the final test fit, and the final test always runs."""
 
-    def __init__(self, estimate: dict, started: float, clock=time.perf_counter):
-        self.estimate, self.started, self.clock = estimate, started, clock
+    def __init__(self, estimate: dict, started: float, dev, steps_per_epoch: int, every_s: float = 2.0):
+        """dev: the run's device.Device, whose clock (read after each step) and synchronised clock (read at each
+        re-plan) time the run; started: the run's start on that clock."""
+        self.budget_s, self.final_s, self.probe_step_s = estimate["budget_s"], estimate["final_s"], estimate["step_s"]
+        self.eval_s, self.last_eval_s, self.eval_step_s = estimate["eval_s"], estimate["last_eval_s"], estimate["step_s"]
+        self.started, self.dev, self.steps_per_epoch, self.every_s = started, dev, steps_per_epoch, every_s
+        self.mark = (started, 0)  # (time, steps) at the last check
+        self.recent_step_s = None  # the step time the last check measured in this epoch
 
-    def __call__(self, steps_done: int, epoch_steps: int, train_s: float, epoch_s: float,
-                 steps_per_epoch: int) -> int:
-        """The run's new total steps, after an epoch of `epoch_steps` steps that trained for `train_s` seconds and
-        took `epoch_s` in all (evaluation, checkpoints and records included)."""
-        budget = self.estimate
-        left = available(budget["budget_s"], self.clock() - self.started, budget["final_s"])
-        eval_s = epoch_s - train_s  # the last epoch's in the proportion the plan had
-        more, _ = solve(left, train_s / epoch_steps, eval_s, steps_per_epoch,
-                        eval_s * budget["last_eval_s"] / budget["eval_s"])
-        return steps_done + more
+    def epoch_started(self, trainer) -> None:
+        self.mark, self.recent_step_s = (self.dev.now(), trainer.steps), None
+
+    def after_step(self, trainer) -> None:
+        """Called after each training step: re-plans when `every_s` seconds have passed since the last check."""
+        then, steps = self.mark
+        if self.dev.clock() - then >= self.every_s and trainer.steps > steps:
+            now = self.dev.now()
+            self.recent_step_s = (now - then) / (trainer.steps - steps)
+            self._retarget(trainer, self.recent_step_s, now)
+            self.mark = (now, trainer.steps)
+
+    def epoch_ended(self, trainer, epoch_steps: int, train_s: float, epoch_s: float) -> None:
+        """After an epoch of `epoch_steps` steps that trained for `train_s` seconds and took `epoch_s` in all
+        (evaluation, checkpoints and records included): its evaluation time is the one to plan with now, at the
+        speed of its last steps (the epoch's mean hides a change inside it)."""
+        step_s = self.recent_step_s or train_s / max(1, epoch_steps)
+        self.last_eval_s *= (epoch_s - train_s) / max(1e-9, self.eval_s)  # in the proportion the plan had
+        self.eval_s, self.eval_step_s = epoch_s - train_s, step_s
+        self._retarget(trainer, step_s, self.dev.now())
+
+    def _retarget(self, trainer, step_s: float, now: float) -> None:
+        eval_scale = step_s / self.eval_step_s  # slower (or faster) than when the evaluations were timed
+        final_s = (self.final_s - END_SECONDS) * step_s / self.probe_step_s + END_SECONDS  # (the end: files, MLflow)
+        left = available(self.budget_s, now - self.started, final_s)
+        more, _ = solve(left, step_s, self.eval_s * eval_scale, self.steps_per_epoch, self.last_eval_s * eval_scale,
+                        into=trainer.steps % self.steps_per_epoch)
+        trainer.retarget(trainer.steps + more)

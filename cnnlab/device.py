@@ -101,8 +101,9 @@ class Device:
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     @classmethod
-    def open(cls, device: str = "auto", precision: str = "auto", threads: int = 0) -> "Device":
-        """The device a config names, with torch's fast settings for it."""
+    def open(cls, device: str = "auto", precision: str = "auto", threads: int = 0,
+             clock: Callable[[], float] = time.perf_counter) -> "Device":
+        """The device a config names, with torch's fast settings for it; `clock` times it (tests inject one)."""
         import torch
 
         tune_malloc()
@@ -115,7 +116,7 @@ class Device:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        return cls(dev, choose_precision(precision, dev.type, native_bf16(dev)))
+        return cls(dev, choose_precision(precision, dev.type, native_bf16(dev)), clock)
 
     @property
     def type(self) -> str:

@@ -302,9 +302,12 @@ class Trainer:
         self.step_model, self.eval_model = compiled, compiled_eval
         self.compile_time = self.dev.now() - start
 
-    def train_epoch(self, batches, last: bool, update: Callable = lambda *a: None) -> Dict[str, float]:
-        """One pass over `batches`: {train_loss, train_acc, img_per_s, train_time}; update(done, loss, acc, img/s)
-        is called four times a second. `last`: the final epoch, after which lookahead's average replaces the weights."""
+    def train_epoch(self, batches, last: Optional[bool] = None, update: Callable = lambda *a: None,
+                    after_step: Optional[Callable] = None) -> Dict[str, float]:
+        """One pass over `batches`, or fewer steps when the run's total ends inside it: {train_loss, train_acc,
+        img_per_s, train_time}; update(done, loss, acc, img/s) is called four times a second, after_step(trainer)
+        after each step (budget='s steering, which may change the total). `last`: whether this is the final epoch,
+        after which lookahead's average replaces the weights (None: when the run's steps are done)."""
         import torch
 
         self.model.train()
@@ -318,12 +321,14 @@ class Trainer:
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            if after_step is not None:
+                after_step(self)
             if self.steps >= self.total_steps:
                 break  # max_steps ends the run inside its last epoch
             if clock() - shown > 0.25:  # a live bar four times a second (.item() waits for the device)
                 update(step, loss_sum.item() / seen, correct.item() / seen, seen / (clock() - t0))
                 shown = clock()
-        if self.lookahead is not None and last:
+        if self.lookahead is not None and (self.steps >= self.total_steps if last is None else last):
             self.lookahead.finish()  # the last weights are the averaged ones
         train_time = self.dev.now() - t0  # once the device has done the epoch's queued work
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,

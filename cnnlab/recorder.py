@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from . import figures
 from .config import flatten, to_dict
@@ -142,11 +142,14 @@ class Recorder:
     def __init__(self, cfg, overrides: Sequence[str], *, summary: str, sizes: Dict[str, int], device: str,
                  precision: str, tags: Optional[dict] = None, parent_run_id: Optional[str] = None,
                  run_root: Optional[Path] = None, log_id: Optional[str] = None, quiet: bool = False,
-                 started: Optional[float] = None, resume=None, state: Optional[dict] = None):
-        """resume: the Record of a KILLED run to continue, with `state` its last checkpoint (run_resumable)."""
+                 started: Optional[float] = None, resume=None, state: Optional[dict] = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        """resume: the Record of a KILLED run to continue, with `state` its last checkpoint (run_resumable);
+        clock: what wall time is read from (started is on it)."""
         import torch
 
-        self.started = started or time.perf_counter()  # wall time counts from here
+        self.clock = clock
+        self.started = clock() if started is None else started  # wall time counts from here
         self.cfg, self.cfg_dict = cfg, to_dict(cfg)
         self.best_path = self.last_path = None
         if resume is not None:
@@ -217,7 +220,7 @@ class Recorder:
             save_checkpoint(self.best_path, state)
         save_checkpoint(self.last_path, {**state, "trainer": trainer.state_dict(), "batches": batches.state_dict(),
                                          "history": self.history, "best": self.best,
-                                         "wall_seconds": self.earlier + time.perf_counter() - self.started})
+                                         "wall_seconds": self.earlier + self.clock() - self.started})
         self.run.log_metrics(metrics, step=epoch)
         self.report.line(epoch_line(epoch, trainer.epochs, metrics))  # (after budget= re-plans)
 
@@ -232,7 +235,7 @@ class Recorder:
         """The run's final scores, per-class accuracy, confusion matrix and artifacts; ends it FINISHED."""
         per_class = (matrix.diag().float() / matrix.sum(1).clamp(min=1).float()).tolist()
         final = {**final, **{f"test_acc_{c}": a for c, a in zip(classes, per_class)},
-                 "wall_time": self.earlier + time.perf_counter() - self.started}
+                 "wall_time": self.earlier + self.clock() - self.started}
         if self.cfg.budget:  # how much of its time budget the run used (1.0: all of it)
             final["budget_used"] = final["wall_time"] / duration(self.cfg.budget)
         with open(self.dir / "per_class.csv", "w") as f:
@@ -279,7 +282,7 @@ class Recorder:
 
     def _result(self, status: str, metrics: Dict[str, float]) -> Result:
         return Result(self.run.run_id, self.id, self.dir, status, metrics, self.history,
-                      self.earlier + time.perf_counter() - self.started, self.run.seconds, self.cfg.experiment)
+                      self.earlier + self.clock() - self.started, self.run.seconds, self.cfg.experiment)
 
 
 def resumable(record) -> dict:

@@ -45,7 +45,8 @@ def from_overrides(overrides: Sequence[str], quiet: bool = False, announce: Call
 
 def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optional[Callable] = None,
           parent_run_id: Optional[str] = None, tags: Optional[dict] = None, run_root: Optional[Path] = None,
-          log_id: Optional[str] = None, quiet: bool = False, resume=None) -> Result:
+          log_id: Optional[str] = None, quiet: bool = False, resume=None,
+          clock: Callable[[], float] = time.perf_counter) -> Result:
     """Train `cfg` (as composed; resolved here) and record it.
 
     dataset: an already loaded data.Dataset (sweep workers load once and reuse it).
@@ -54,20 +55,21 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
     log_id: the ID a sweep gave this trial (default: the next T<n> of the experiment).
     resume: the Record of a KILLED run to continue from its last whole epoch, in the same MLflow run, with
     the config it was started with (`cfg` is then None): the result is the one an uninterrupted run gives.
+    clock: the seconds the run is timed by (wall time, budget=), injected by tests.
     """
     with signals_as_exceptions() as gate:  # from here on a signal ends the run KILLED, never half-recorded
         return _train(cfg, overrides, gate, dataset=dataset, on_epoch=on_epoch, parent_run_id=parent_run_id,
-                      tags=tags, run_root=run_root, log_id=log_id, quiet=quiet, resume=resume)
+                      tags=tags, run_root=run_root, log_id=log_id, quiet=quiet, resume=resume, clock=clock)
 
 
 def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_root, log_id, quiet,
-           resume) -> Result:
+           resume, clock) -> Result:
     import torch
 
     from . import store
     from .config import identity
 
-    started = time.perf_counter()
+    started = clock()
     store.preload()  # MLflow takes about a second to import: do it while the data loads
     state = None
     if resume is not None:
@@ -80,16 +82,16 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     cfg = resolve(cfg)
     trial_key, config_key = identity(cfg)  # every run knows its configuration: summaries group seeds by it
     tags = {store.Tag.TRIAL_KEY: trial_key, store.Tag.CONFIG_KEY: config_key, **(tags or {})}
-    dev = Device.open(cfg.device, cfg.precision.value, cfg.threads)
+    dev = Device.open(cfg.device, cfg.precision.value, cfg.threads, clock=clock)
     device = dev.device
     torch.manual_seed(cfg.seed)  # (the CPU's and every GPU's stream)
 
     ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
     loaders = data_mod.loaders(ds, cfg, device)
     num_classes, in_channels = len(ds.classes), ds.x_train.shape[1]
-    built = time.perf_counter()
+    built = clock()
     model = engine.build(cfg, num_classes, in_channels, device, prepare_batches=loaders.sample)
-    build_time = time.perf_counter() - built  # with layers fitted to data (airbench's whitening)
+    build_time = clock() - built  # with layers fitted to data (airbench's whitening)
     n_params = sum(p.numel() for p in model.parameters())
     flops = engine.count_flops(model, in_channels, cfg.image_size, device)
     from . import budget
@@ -110,7 +112,7 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     precision = dev.precision
     rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n",
                    sizes=loaders.sizes, device=str(device), precision=precision, tags=tags,
-                   parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started,
+                   parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started, clock=clock,
                    resume=resume, state=state)
     if state is None:
         rec.run.log_metrics({"params": n_params, "flops": flops})
@@ -127,8 +129,8 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     size = {"params": n_params, "flops": flops}
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED
-        fit(cfg, trainer, loaders, rec, on_epoch, replan=budget.Replan(estimate, started, dev.now) if estimate else None,
-            gate=gate)
+        steer = budget.Steer(estimate, started, dev, len(loaders.train)) if estimate else None
+        fit(cfg, trainer, loaders, rec, on_epoch, steer=steer, gate=gate)
         final, matrix = score(cfg, trainer, loaders, rec, ds, device)
         final["build_time"] = build_time
         if cfg.budget:  # the steps it ended with, after the re-plans (its parameters hold the first plan)
@@ -147,12 +149,11 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     return rec.finished(final, matrix, ds.classes, size)
 
 
-def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], replan: Optional[Callable] = None,
-        gate=None) -> None:
+def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], steer=None, gate=None) -> None:
     """The epochs (after those a resumed run had done), as many as the trainer's steps fill: train, validate (and
-    test, for the curve), record, stop early when asked. replan (budget=): after each epoch, the run's new total
-    steps from the epoch's times (budget.Replan). gate (recorder.SignalGate): holds a signal off while an epoch is
-    recorded, so that its checkpoints and metrics land together."""
+    test, for the curve), record, stop early when asked. steer (budget.Steer): re-plans the run's total steps as it
+    trains and after each epoch. gate (recorder.SignalGate): holds a signal off while an epoch is recorded, so that
+    its checkpoints and metrics land together."""
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
@@ -162,8 +163,12 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
         if cfg.early_stopping and epoch - 1 - rec.best["epoch"] >= cfg.early_stopping:
             break  # a resumed run that had already stopped early
         t0, steps_before = trainer.dev.now(), trainer.steps
+        if steer is not None:
+            steer.epoch_started(trainer)
         with report.epoch(epoch, epochs, per_epoch) as update:
-            metrics = trainer.train_epoch(loaders.train, last=epoch == epochs, update=update)
+            metrics = trainer.train_epoch(loaders.train, update=update,
+                                          after_step=steer.after_step if steer is not None else None)
+        epochs = trainer.epochs  # (steering may have ended the run inside this epoch)
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"the training loss became {metrics['train_loss']} in epoch {epoch}; "
                            f"try a lower lr (now {cfg.lr})")
@@ -189,9 +194,8 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], repl
         if cfg.early_stopping and epoch - rec.best["epoch"] >= cfg.early_stopping:
             rec.report.line(f"early stop: no better val_acc for {cfg.early_stopping} epochs")
             break
-        if replan is not None and trainer.steps < trainer.total_steps:
-            trainer.retarget(replan(trainer.steps, trainer.steps - steps_before, train_s, trainer.dev.now() - t0,
-                                    per_epoch))
+        if steer is not None and trainer.steps < trainer.total_steps:  # (an epoch that ended the run ends it)
+            steer.epoch_ended(trainer, trainer.steps - steps_before, train_s, trainer.dev.now() - t0)
 
 
 def score(cfg, trainer, loaders, rec: Recorder, ds, device):
