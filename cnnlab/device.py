@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, Optional
 
 from .errors import CnnlabError
 
@@ -99,6 +99,7 @@ class Device:
 
         self.device, self.precision, self.clock = device, precision, clock
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.tune_threads = False
 
     @classmethod
     def open(cls, device: str = "auto", precision: str = "auto", threads: int = 0,
@@ -116,7 +117,9 @@ class Device:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        return cls(dev, choose_precision(precision, dev.type, native_bf16(dev)), clock)
+        opened = cls(dev, choose_precision(precision, dev.type, native_bf16(dev)), clock)
+        opened.tune_threads = dev.type == "cpu" and not threads  # the thread count is cnnlab's to choose
+        return opened
 
     @property
     def type(self) -> str:
@@ -149,6 +152,14 @@ class Device:
         self.synchronize()
         return self.clock()
 
+    def thread_tuner(self) -> Optional[ThreadTuner]:
+        """A ThreadTuner for a CPU whose thread count cnnlab chooses (threads=0), else None."""
+        import torch
+
+        if not self.tune_threads or torch.get_num_threads() < 2:
+            return None
+        return ThreadTuner(torch.get_num_threads(), self.clock, torch.set_num_threads)
+
     def rng_state(self) -> dict:
         """The state of every random stream a run draws from: the CPU's and this GPU's."""
         import torch
@@ -167,6 +178,55 @@ class Device:
         torch.set_rng_state(state["cpu"])
         if "cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
+
+
+class ThreadTuner:
+    """On a CPU that other work shares, the thread count that trains fastest: tried as it trains, kept as it wins.
+
+    Every parallel operation waits for its slowest thread, and a thread whose core also runs another process (a
+    browser, another training) is slow: with one busy core out of two, two threads trained tf_cnn at 21% of its
+    quiet speed and one thread at 68%. The tuner times the steps in windows of `window_s`; when a window's speed
+    moved by a fifth from the last decision's, or `every_s` after it, it times one window at one thread fewer or more
+    (in turn) and keeps the faster count. On a quiet machine it returns to every core, on a busy one it leaves the
+    busy cores. `set_threads` and `clock` are torch's and the device's (tests inject both)."""
+
+    def __init__(self, most: int, clock: Callable[[], float], set_threads: Callable[[int], None],
+                 every_s: float = 10.0, window_s: float = 0.5):
+        self.most, self.clock, self.set_threads, self.every_s, self.window_s = most, clock, set_threads, every_s, window_s
+        self.threads, self.direction, self.trying = most, -1, most  # in use; the next trial's way; on trial
+        self.reference, self.decided = None, clock()  # the speed at the last decision, and when
+        self.since, self.steps = clock(), 0  # the window under way
+
+    def after_step(self, *args) -> None:
+        self.steps += 1
+        now = self.clock()
+        if now - self.since < self.window_s or self.steps < 3:
+            return
+        rate = self.steps / (now - self.since)
+        if self.trying != self.threads:  # a trial window ends
+            if rate > 1.05 * self.reference:  # clearly faster: keep it, and try on that way next time
+                self.threads, self.reference = self.trying, rate
+            else:
+                self.set_threads(self.threads)
+                self.trying, self.direction = self.threads, -self.direction
+            self.decided = now
+        elif self.reference is None:  # the first window (kernels warming up): only a speed to compare with
+            self.reference, self.decided = rate, now
+        elif abs(rate / self.reference - 1) > 0.2 or now - self.decided >= self.every_s:
+            self.reference = rate  # the speed now, to beat
+            self.trying = min(self.most, max(1, self.threads + self.direction))
+            if self.trying == self.threads:  # at a bound: the other way
+                self.direction = -self.direction
+                self.trying = self.threads + self.direction
+            self.set_threads(self.trying)
+        self._window()
+
+    def epoch_started(self, *args) -> None:
+        """The window under way restarts: the evaluation since its last step is not training."""
+        self._window()
+
+    def _window(self) -> None:
+        self.since, self.steps = self.clock(), 0
 
 
 def autocast(device, amp_dtype):

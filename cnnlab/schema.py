@@ -152,7 +152,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:<index> | mps
     precision: Precision = Precision.auto
-    threads: int = 0  # CPU threads for torch; 0: torch's default
+    threads: int = 0  # CPU threads for torch; 0: every core, fewer while other work keeps some busy (ThreadTuner)
     # the knobs the exercise varies
     batch_size: int = 128
     epochs: int = 10

@@ -157,17 +157,18 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], stee
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
+    watchers = [w for w in (steer, trainer.dev.thread_tuner()) if w is not None]  # each called after every step
+    after_step = (lambda t: [w.after_step(t) for w in watchers]) if watchers else None
     while epoch < trainer.epochs:
         epoch += 1
         epochs = trainer.epochs
         if cfg.early_stopping and epoch - 1 - rec.best["epoch"] >= cfg.early_stopping:
             break  # a resumed run that had already stopped early
         t0, steps_before = trainer.dev.now(), trainer.steps
-        if steer is not None:
-            steer.epoch_started(trainer)
+        for watcher in watchers:
+            watcher.epoch_started(trainer)
         with report.epoch(epoch, epochs, per_epoch) as update:
-            metrics = trainer.train_epoch(loaders.train, update=update,
-                                          after_step=steer.after_step if steer is not None else None)
+            metrics = trainer.train_epoch(loaders.train, update=update, after_step=after_step)
         epochs = trainer.epochs  # (steering may have ended the run inside this epoch)
         if not math.isfinite(metrics["train_loss"]):
             raise Diverged(f"the training loss became {metrics['train_loss']} in epoch {epoch}; "

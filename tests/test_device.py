@@ -184,3 +184,56 @@ def test_a_sweep_worker_takes_its_gpu_and_leaves_every_gpu_visible(monkeypatch):
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     claim_gpu(None)  # no GPU: nothing to take
     assert chosen == [1]
+
+
+# ---------------------------------------------------------------- threads on a shared CPU
+
+
+class SharedCpu:
+    """Two cores, steps/s by thread count, with another process on one core from `busy[0]` to `busy[1]` seconds:
+    two threads then wait for the one that shares its core (make bench ARGS="train --load" measured 21% and 68% of
+    tf_cnn's quiet two-thread speed for two and one threads)."""
+
+    QUIET, LOADED = {2: 100.0, 1: 68.0}, {2: 21.0, 1: 66.0}
+
+    def __init__(self, busy):
+        self.now, self.threads, self.busy = 0.0, 2, busy
+
+    def clock(self) -> float:
+        return self.now
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def step(self) -> None:
+        loaded = self.busy[0] <= self.now < self.busy[1]
+        self.now += 1 / (self.LOADED if loaded else self.QUIET)[self.threads]
+
+
+def test_the_thread_tuner_leaves_a_busy_core_and_comes_back_when_it_is_free():
+    from cnnlab.device import ThreadTuner
+
+    cpu = SharedCpu(busy=(20, 50))
+    tuner = ThreadTuner(2, cpu.clock, cpu.set_threads)
+    seen = []  # (time, threads in use)
+    while cpu.now < 80:
+        cpu.step()
+        tuner.after_step()
+        seen.append((cpu.now, cpu.threads))
+
+    def share(threads, start, end):
+        during = [n for t, n in seen if start <= t < end]
+        return sum(n == threads for n in during) / len(during)
+
+    assert share(2, 2, 20) > 0.9  # quiet: every core (trials of one thread cost a few percent)
+    assert share(1, 22, 50) > 0.9  # within 2 s of the other process starting, off its core
+    assert share(2, 62, 80) > 0.9  # within 12 s of it ending, back on both
+    assert tuner.threads == 2
+
+
+def test_a_thread_count_set_by_the_user_is_kept(monkeypatch):
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # (this process's threads stay as they are)
+    dev = Device.open("cpu", "fp32", threads=1)
+    assert dev.thread_tuner() is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert Device.open("cpu", "fp32").thread_tuner() is not None

@@ -18,7 +18,13 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", help=f"among: {', '.join(sections.ALL)} (default: all)")
     parser.add_argument("--accuracy", action="store_true", help="also the long accuracy runs on real data")
+    parser.add_argument("--load", action="store_true", help="train and budget: with a CPU-heavy process beside "
+                                                            "cnnlab (from the start, or from the middle of a run)")
     args = parser.parse_args(argv)
+    if args.load:
+        import os
+
+        os.environ["CNNLAB_BENCH_LOAD"] = "1"
     unknown = set(args.sections) - set(sections.ALL)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; valid: {', '.join(sections.ALL)}")
@@ -32,7 +38,7 @@ def main(argv=None) -> int:
     from .gpu import Skipped
 
     for name in chosen:
-        report = Report(f"{name}-accuracy" if args.accuracy else name)
+        report = Report(f"{name}-accuracy" if args.accuracy else f"{name}-load" if args.load else name)
         try:
             sections.ALL[name](report, accuracy=args.accuracy)
         except Skipped as exc:

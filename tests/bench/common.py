@@ -62,3 +62,46 @@ class Report:
         path.write_text(header + "\n".join(f"- {line}" for line in self.lines) + "\n")
         (REPORTS / f"bench-{self.name}.json").write_text(json.dumps(self.figures, indent=1))
         return path
+
+
+def load_wanted() -> bool:
+    """`make bench ARGS="... --load"`: measure with a CPU-heavy process beside cnnlab (a student's busy laptop)."""
+    import os
+
+    return os.environ.get("CNNLAB_BENCH_LOAD") == "1"
+
+
+class CpuHog:
+    """A CPU-heavy process beside a measurement (a busy core), started `after_s` seconds after entering (a load that
+    arrives in the middle of a run), stopped by its PID on leaving; the kernel stops it if the bench dies."""
+
+    CODE = "while True: pass"
+
+    def __init__(self, after_s: float = 0.0, processes: int = 1):
+        self.after_s, self.processes, self.procs, self.timer = after_s, processes, [], None
+
+    def _start(self) -> None:
+        import ctypes
+        import signal
+        import subprocess
+        import sys
+
+        def die_with_parent():
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+        self.procs += [subprocess.Popen([sys.executable, "-c", self.CODE], preexec_fn=die_with_parent)
+                       for _ in range(self.processes)]
+
+    def __enter__(self) -> "CpuHog":
+        import threading
+
+        self.timer = threading.Timer(self.after_s, self._start)
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+        self.timer.join()
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
