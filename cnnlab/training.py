@@ -152,7 +152,7 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
 def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], steer=None, gate=None) -> None:
     """The epochs (after those a resumed run had done), as many as the trainer's steps fill: train, validate (and
     test, for the curve), record, stop early when asked. steer (budget.Steer): re-plans the run's total steps as it
-    trains and after each epoch. gate (recorder.SignalGate): holds a signal off while an epoch is recorded, so that
+    trains and after each epoch; on a CPU the device's ThreadTuner follows the steps too. gate (recorder.SignalGate): holds a signal off while an epoch is recorded, so that
     its checkpoints and metrics land together."""
     report = rec.report
     per_epoch = len(loaders.train)

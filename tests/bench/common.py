@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
 
 
 def cpu_line() -> str:
-    """'AMD EPYC, 2 threads, precision=auto: fp32': figures from a CPU that trains in fp32 (no bf16 units) are not
+    """'AMD EPYC, 2 cores, precision=auto: fp32': figures from a CPU that trains in fp32 (no bf16 units) are not
     comparable with figures from one that trains in bf16."""
     import torch
 
@@ -41,7 +42,7 @@ def cpu_line() -> str:
     except (OSError, StopIteration):
         pass
     precision = cpu().precision
-    return f"{model}, {torch.get_num_threads()} threads, precision=auto: {precision}"
+    return f"{model}, {os.cpu_count()} cores, precision=auto: {precision}"
 
 
 class Report:
@@ -72,36 +73,27 @@ def load_wanted() -> bool:
 
 
 class CpuHog:
-    """A CPU-heavy process beside a measurement (a busy core), started `after_s` seconds after entering (a load that
-    arrives in the middle of a run), stopped by its PID on leaving; the kernel stops it if the bench dies."""
-
-    CODE = "while True: pass"
+    """CPU-heavy processes beside a measurement (busy cores), spinning from `after_s` seconds after entering (a load
+    that arrives in the middle of a run), stopped by their PIDs on leaving; the kernel stops them if the bench dies."""
 
     def __init__(self, after_s: float = 0.0, processes: int = 1):
-        self.after_s, self.processes, self.procs, self.timer = after_s, processes, [], None
+        self.after_s, self.processes, self.procs = after_s, processes, []
 
-    def _start(self) -> None:
+    def __enter__(self) -> "CpuHog":
         import ctypes
         import signal
         import subprocess
         import sys
 
-        def die_with_parent():
+        def die_with_parent():  # (tied to the thread that starts it: this one, the bench's main thread)
             ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
-        self.procs += [subprocess.Popen([sys.executable, "-c", self.CODE], preexec_fn=die_with_parent)
-                       for _ in range(self.processes)]
-
-    def __enter__(self) -> "CpuHog":
-        import threading
-
-        self.timer = threading.Timer(self.after_s, self._start)
-        self.timer.start()
+        code = f"import time\ntime.sleep({self.after_s})\nwhile True:\n    pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code], preexec_fn=die_with_parent)
+                      for _ in range(self.processes)]
         return self
 
     def __exit__(self, *exc) -> None:
-        self.timer.cancel()
-        self.timer.join()
         for proc in self.procs:
             proc.kill()
             proc.wait()

@@ -49,7 +49,7 @@ def bench_train(report, accuracy: bool = False) -> None:
 
     from .common import CpuHog, load_wanted
 
-    for arch, batches in (("tf_cnn", 80), ("vgg_small", 25)):
+    for arch, batches in (("tf_cnn", 80), ("vgg_small", 25), ("resnet20", 25)):
         tutorial, ours, run = pair(arch, batches)
         if load_wanted():  # the same pair with a CPU-heavy process beside it
             with CpuHog():
