@@ -122,7 +122,7 @@ class Steer:
     A machine's speed changes inside an epoch (a browser, another training beside it): a plan revised only at
     epoch ends saw a slowdown too late, and a one- or two-epoch run could not correct at all (runs ended 6-60%
     early or 36% late under load). The evaluations still to come and the final test are timed once, then scaled
-    by how much slower or faster the steps now run than when they were timed. After each re-plan the schedule
+    by how much slower the steps now run than when they were timed. After each re-plan the schedule
     goes on from where it stands over the new length (Trainer.retarget), so it completes its shape whatever the
     speed; training stops when only the evaluations and the final test fit, and the final test always runs."""
 
@@ -157,8 +157,12 @@ class Steer:
         self._retarget(trainer, step_s, self.dev.now())
 
     def _retarget(self, trainer, step_s: float, now: float) -> None:
-        eval_scale = step_s / self.eval_step_s  # slower (or faster) than when the evaluations were timed
-        final_s = (self.final_s - END_SECONDS) * step_s / self.probe_step_s + END_SECONDS  # (the end: files, MLflow)
+        # slower than when the evaluations were timed: they will be too. Faster steps are no sign of faster
+        # evaluations (fewer threads can speed up training steps and slow down the final test), so the times
+        # measured stand
+        eval_scale = max(1.0, step_s / self.eval_step_s)
+        final_scale = max(1.0, step_s / self.probe_step_s)
+        final_s = (self.final_s - END_SECONDS) * final_scale + END_SECONDS  # (the end: files, MLflow)
         left = available(self.budget_s, now - self.started, final_s)
         more, _ = solve(left, step_s, self.eval_s * eval_scale, self.steps_per_epoch, self.last_eval_s * eval_scale,
                         into=trainer.steps % self.steps_per_epoch)
