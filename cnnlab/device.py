@@ -180,53 +180,53 @@ class Device:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
 
+def runnable() -> int:
+    """Threads running or ready to run on the whole machine right now (Linux's /proc/stat procs_running; 0 where
+    there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("procs_running"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class ThreadTuner:
-    """On a CPU that other work shares, the thread count that trains fastest: tried as it trains, kept as it wins.
+    """On a CPU that other work shares, as many threads as there are cores the other work leaves free.
 
     Every parallel operation waits for its slowest thread, and a thread whose core also runs another process (a
     browser, another training) is slow: with one busy core out of two, two threads trained tf_cnn at 21% of its
-    quiet speed and one thread at 68%. The tuner times the steps in windows of `window_s`; when a window's speed
-    moved by a fifth from the last decision's, or `every_s` after it, it times one window at one thread fewer or more
-    (in turn) and keeps the faster count. On a quiet machine it returns to every core, on a busy one it leaves the
-    busy cores. `set_threads` and `clock` are torch's and the device's (tests inject both)."""
+    quiet speed and one thread at 68%. After each step the tuner counts the machine's runnable threads beyond its
+    own (the kernel's procs_running, a file read); every `every_s` seconds their mean is the other work, in cores,
+    and that many cores are left to it: taken from half a core's worth, given back below 0.3, so that the count does
+    not flap. Counting costs nothing, unlike timing steps at other thread counts (a step at half speed every few
+    seconds cost fast94 up to 15% of its training time), and the CPU time the other work gets is no measure: our
+    threads, spinning while they wait for each other, leave it little. `clock`, `set_threads` and `sample`
+    (runnable) are injected by tests."""
 
     def __init__(self, most: int, clock: Callable[[], float], set_threads: Callable[[int], None],
-                 every_s: float = 10.0, window_s: float = 0.5):
-        self.most, self.clock, self.set_threads, self.every_s, self.window_s = most, clock, set_threads, every_s, window_s
-        self.threads, self.direction, self.trying = most, -1, most  # in use; the next trial's way; on trial
-        self.reference, self.decided = None, clock()  # the speed at the last decision, and when
-        self.since, self.steps = clock(), 0  # the window under way
+                 sample: Callable[[], int] = runnable, every_s: float = 2.0):
+        self.most, self.clock, self.set_threads, self.sample, self.every_s = most, clock, set_threads, sample, every_s
+        self.threads, self.since, self.counts = most, clock(), []
 
     def after_step(self, *args) -> None:
-        self.steps += 1
+        self.counts.append(max(0, self.sample() - self.threads))
         now = self.clock()
-        if now - self.since < self.window_s or self.steps < 3:
+        if now - self.since < self.every_s:
             return
-        rate = self.steps / (now - self.since)
-        if self.trying != self.threads:  # a trial window ends
-            if rate > 1.05 * self.reference:  # clearly faster: keep it, and try on that way next time
-                self.threads, self.reference = self.trying, rate
-            else:
-                self.set_threads(self.threads)
-                self.trying, self.direction = self.threads, -self.direction
-            self.decided = now
-        elif self.reference is None:  # the first window (kernels warming up): only a speed to compare with
-            self.reference, self.decided = rate, now
-        elif abs(rate / self.reference - 1) > 0.2 or now - self.decided >= self.every_s:
-            self.reference = rate  # the speed now, to beat
-            self.trying = min(self.most, max(1, self.threads + self.direction))
-            if self.trying == self.threads:  # at a bound: the other way
-                self.direction = -self.direction
-                self.trying = self.threads + self.direction
-            self.set_threads(self.trying)
-        self._window()
+        others = sum(self.counts) / len(self.counts)  # cores' worth of other work
+        self.since, self.counts = now, []
+        taken, given_back = self.most - int(others + 0.5), self.most - int(others + 0.7)
+        wanted = taken if taken < self.threads else given_back if given_back > self.threads else self.threads
+        wanted = max(1, min(self.most, wanted))
+        if wanted != self.threads:
+            self.threads = wanted
+            self.set_threads(wanted)
 
     def epoch_started(self, *args) -> None:
-        """The window under way restarts: the evaluation since its last step is not training."""
-        self._window()
-
-    def _window(self) -> None:
-        self.since, self.steps = self.clock(), 0
+        pass
 
 
 def autocast(device, amp_dtype):
