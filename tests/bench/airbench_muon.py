@@ -124,8 +124,8 @@ class Loader:
 
 
 class BatchNorm(nn.BatchNorm2d):
-    def __init__(self, channels: int):
-        super().__init__(channels, momentum=0.4, eps=1e-12)
+    def __init__(self, channels: int, momentum: float = 0.4):
+        super().__init__(channels, momentum=momentum, eps=1e-12)
         self.weight.requires_grad_(False)
 
 
@@ -139,10 +139,10 @@ class Conv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, activation=nn.GELU, bn_momentum: float = 0.4):
         super().__init__()
-        self.conv1, self.pool, self.norm1 = Conv(cin, cout), nn.MaxPool2d(2), BatchNorm(cout)
-        self.conv2, self.norm2, self.activ = Conv(cout, cout), BatchNorm(cout), nn.GELU()
+        self.conv1, self.pool, self.norm1 = Conv(cin, cout), nn.MaxPool2d(2), BatchNorm(cout, bn_momentum)
+        self.conv2, self.norm2, self.activ = Conv(cout, cout), BatchNorm(cout, bn_momentum), activation()
 
     def forward(self, x):
         x = self.activ(self.norm1(self.pool(self.conv1(x))))
@@ -150,12 +150,13 @@ class ConvGroup(nn.Module):
 
 
 class CifarNet(nn.Module):
-    def __init__(self):
+    def __init__(self, activation=nn.GELU, bn_momentum: float = 0.4):
+        """activation, bn_momentum: the conv groups' (cifar10-speedrun's port changes both)."""
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
-        self.layers = nn.Sequential(nn.GELU(), ConvGroup(24, 64), ConvGroup(64, 256), ConvGroup(256, 256),
-                                    nn.MaxPool2d(3))
+        groups = [ConvGroup(cin, cout, activation, bn_momentum) for cin, cout in ((24, 64), (64, 256), (256, 256))]
+        self.layers = nn.Sequential(nn.GELU(), *groups, nn.MaxPool2d(3))
         self.head = nn.Linear(256, 10, bias=False)
 
     def reset(self) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .airbench_muon import MEAN, STD, Conv
+from . import airbench_muon
 
 BATCH, EPOCHS, WHITEN_BIAS_EPOCHS = 1536, 7.63, 0.19
 BIAS_LR, HEAD_LR, FILTER_LR, DECAY = 0.0573, 0.5415, 0.205, 1.0418e-6 * 1536
@@ -85,27 +85,12 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
 
 
-class Loader:
-    """Batches from normalised images; `augment`: the record's per-epoch shift, alternate mirroring and jitter."""
-
-    def __init__(self, images_uint8: torch.Tensor, labels: torch.Tensor, batch: int, augment: bool):
-        mean = torch.tensor(MEAN, device=images_uint8.device).view(1, 3, 1, 1)
-        std = torch.tensor(STD, device=images_uint8.device).view(1, 3, 1, 1)
-        self.images = ((images_uint8.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
-        self.labels, self.batch, self.augment, self.epoch, self.crops = labels, batch, augment, 0, None
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch if self.augment else math.ceil(n / self.batch)
+class Loader(airbench_muon.Loader):
+    """The airbench94_muon port's batches, with the record's colour jitter drawn per image every epoch."""
 
     def _epoch_images(self, epoch: int) -> torch.Tensor:
-        if self.crops is None:  # first epoch: mirror a random half once, reflect-pad, view every 5x5 shift
-            x = self.images
-            x = torch.where(torch.rand(len(x), device=x.device).view(-1, 1, 1, 1) < 0.5, x.flip(-1), x)
-            padded = F.pad(x, (2, 2, 2, 2), mode="reflect").contiguous()
-            n, c, h, w = padded.shape
-            sn, sc, sh, sw = padded.stride()
-            self.crops = padded.as_strided((n, 5, 5, c, h - 4, w - 4), (sn, sh, sw, sc, sh, sw))
+        if self.crops is None:
+            self._prepare()
         n, device = len(self.labels), self.labels.device
         dy, dx = torch.randint(0, 5, (2, n), device=device)
         x = self.crops[torch.arange(n, device=device), dy, dx]
@@ -125,52 +110,9 @@ class Loader:
             yield images[idx], self.labels[idx]
 
 
-class BatchNorm(nn.BatchNorm2d):
-    def __init__(self, channels: int):
-        super().__init__(channels, momentum=1 - 0.5566, eps=1e-12)
-        self.weight.requires_grad_(False)
-
-
-class ConvGroup(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv1, self.pool, self.norm1 = Conv(cin, cout), nn.MaxPool2d(2), BatchNorm(cout)
-        self.conv2, self.norm2, self.activ = Conv(cout, cout), BatchNorm(cout), nn.SiLU()
-
-    def forward(self, x):
-        x = self.activ(self.norm1(self.pool(self.conv1(x))))
-        return self.activ(self.norm2(self.conv2(x)))
-
-
-class CifarNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
-        self.whiten.weight.requires_grad_(False)
-        self.layers = nn.Sequential(nn.GELU(), ConvGroup(24, 64), ConvGroup(64, 256), ConvGroup(256, 256),
-                                    nn.MaxPool2d(3))
-        self.head = nn.Linear(256, 10, bias=False)
-
-    def reset(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
-                m.reset_parameters()
-        with torch.no_grad():
-            self.head.weight /= self.head.weight.std()
-
-    @torch.no_grad()
-    def init_whiten(self, images: torch.Tensor, eps: float = 5e-4) -> None:
-        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, 3, 2, 2)
-        flat = patches.reshape(len(patches), -1)
-        values, vectors = torch.linalg.eigh(flat.T @ flat / len(flat), UPLO="U")
-        scaled = vectors.T.reshape(-1, 3, 2, 2) / torch.sqrt(values.view(-1, 1, 1, 1) + eps)
-        self.whiten.weight.copy_(torch.cat((scaled, -scaled)))
-
-    def forward(self, x, whiten_bias_grad: bool = True):
-        bias = self.whiten.bias if whiten_bias_grad else self.whiten.bias.detach()
-        x = self.layers(F.conv2d(x, self.whiten.weight, bias))
-        x = x.view(len(x), -1)
-        return self.head(x) / x.size(-1)
+def CifarNet() -> nn.Module:
+    """The airbench94_muon port's net with the record's conv groups: SiLU, batch norm momentum 1 - 0.5566."""
+    return airbench_muon.CifarNet(activation=nn.SiLU, bn_momentum=1 - 0.5566)
 
 
 def tta_logits(model, images: torch.Tensor, dev) -> torch.Tensor:
