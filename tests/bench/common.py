@@ -31,8 +31,6 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
 def cpu_line() -> str:
     """'AMD EPYC, 2 cores, precision=auto: fp32': figures from a CPU that trains in fp32 (no bf16 units) are not
     comparable with figures from one that trains in bf16."""
-    import torch
-
     from cnnlab.device import cpu
 
     model = platform.processor() or platform.machine()
