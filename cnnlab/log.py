@@ -16,17 +16,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from . import columns as cols
 from . import summary
 from .errors import CnnlabError
+from .schema import BOOKKEEPING, KNOBS, TRAINING, keys_in
 from .store import Record, Store, ui_link
 
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc")
-# config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter) ...
-ARCH_KEYS = ("arch.name", "dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth")
-# ... and TRAINING CHANGES; the remaining keys have columns of their own (lr, batch size, epochs, image size, data)
-TRAINING_KEYS = ("optimizer", "momentum", "muon_lr", "muon_momentum", "nesterov", "weight_decay", "decoupled_wd",
-                 "norm_lr_scale", "scheduler", "budget", "max_steps", "lr_step_epochs", "lr_gamma", "label_smoothing",
-                 "augment", "translate", "flip", "ema", "lookahead", "early_stopping", "tta", "precision", "compile")
-# config keys that say nothing about what a run computes: a trial equal to its base in all else is the baseline
-BOOKKEEPING = ("seed", "run_name", "experiment", "threads", "device", "precision")
+# the config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter), those of TRAINING
+# CHANGES, and those that say nothing about what a run computes (a trial equal to its base in all else is the
+# baseline): each key's field in schema.Config says which; the rest have columns of their own
+ARCH_KEYS = ("arch.name", *KNOBS)
+TRAINING_KEYS = keys_in(TRAINING)
+BOOKKEEPING_KEYS = keys_in(BOOKKEEPING)
 
 
 def _num(v: Any) -> str:
@@ -215,7 +214,7 @@ def reference(store: Store, record: Record) -> Tuple[str, Optional[Dict[str, Any
 
 def differs(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
     """The config keys whose values differ between two runs' params, bookkeeping (seed, names, sizes) aside."""
-    keys = {k for k in set(a) | set(b) if not k.startswith(("split.", "tracking.")) and k not in BOOKKEEPING}
+    keys = {k for k in set(a) | set(b) if not k.startswith(("split.", "tracking.")) and k not in BOOKKEEPING_KEYS}
     return sorted(k for k in keys if a.get(k) != b.get(k))
 
 

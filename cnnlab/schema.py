@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -119,117 +119,180 @@ class Activation(str, Enum):
     sigmoid = "sigmoid"
 
 
+# Each config key says, once, in its field's metadata (`key()`): which column of the course's log a change to it
+# shows in, what values are valid, whether it is part of a config's identity, and what it means. The knob list, the
+# ranges, the identity exclusions, the log's change columns and the README's knob table are derived from that.
+ARCHITECTURE = "architecture"  # its change shows in ARCHITECTURE CHANGES
+TRAINING = "training"  # ... in TRAINING CHANGES
+COLUMN = "column"  # it has a column of its own (LR, BATCH SIZE, EPOCH, the data sets, the target columns)
+BOOKKEEPING = "bookkeeping"  # says nothing about what a run computes: runs that differ only here are repeats
+LOG_COLUMNS = (ARCHITECTURE, TRAINING, COLUMN, BOOKKEEPING)
+
+
+def key(default=None, *, log: str, doc: str, valid: Optional[tuple] = None, identity: bool = True, factory=None):
+    """A config field: its default (or default factory), the log column its changes belong to (LOG_COLUMNS), what it
+    means, (is a value valid?, what is valid) when not every value of its type is, and whether it is part of a
+    config's identity (False: it does not change what a run computes, e.g. the run's name)."""
+    meta = {"log": log, "doc": doc, "valid": valid, "identity": identity}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _at_least(low, text: str = "") -> tuple:
+    kind = "an integer" if isinstance(low, int) else "a number"
+    return (lambda v: v >= low, f"{kind} >= {low}{text}")
+
+
+_FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
+_POSITIVE = (lambda v: v > 0, "a number > 0")
+
+
 @dataclass
 class DataConfig:
-    name: str = "cifar10"  # cifar10 | synthetic
-    root: Optional[str] = None  # cache directory; null: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab
-    train_fraction: float = 1.0  # seeded, stratified fraction of the training split
-    download: bool = True  # fetch CIFAR-10 with torchvision when it is not in the cache
-    url: str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    md5: str = "c58f30108f718f92721af3b95e74349a"
-    n_train: Optional[int] = None  # synthetic only: training images (conf/data/synthetic.yaml)
-    n_test: Optional[int] = None  # synthetic only: test images
+    name: str = key("cifar10", log=COLUMN, doc="the data set: cifar10 | synthetic")
+    root: Optional[str] = key(log=BOOKKEEPING, doc="cache directory; null: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab")
+    train_fraction: float = key(1.0, log=COLUMN, doc="seeded, stratified fraction of the training split",
+                                valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    download: bool = key(True, log=BOOKKEEPING, doc="fetch CIFAR-10 with torchvision when it is not in the cache")
+    url: str = key("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", log=BOOKKEEPING,
+                   doc="where CIFAR-10 is downloaded from")
+    md5: str = key("c58f30108f718f92721af3b95e74349a", log=BOOKKEEPING, doc="the download's checksum")
+    n_train: Optional[int] = key(log=COLUMN, doc="synthetic only: training images (conf/data/synthetic.yaml)",
+                                 valid=_at_least(10))
+    n_test: Optional[int] = key(log=COLUMN, doc="synthetic only: test images", valid=_at_least(10))
 
 
 @dataclass
 class EvalConfig:
-    test_every_epoch: bool = True  # per-epoch test curve; the final test score is always taken
-    targets: List[str] = field(default_factory=list)  # shifted test sets, e.g. [gaussian_noise,blur,cifar10_1]
-    severity: int = 3  # corruption severity 1-5
+    test_every_epoch: bool = key(True, log=BOOKKEEPING,
+                                 doc="per-epoch test curve; the final test score is always taken")
+    targets: List[str] = key(log=COLUMN, factory=list,
+                             doc="shifted test sets (target columns), e.g. [gaussian_noise,blur,cifar10_1]")
+    severity: int = key(3, log=COLUMN, doc="corruption severity 1-5",
+                        valid=(lambda v: 1 <= v <= 5, "an integer from 1 to 5"))
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<runs>/mlflow.db
+    uri: Optional[str] = key(log=BOOKKEEPING, doc="null: $MLFLOW_TRACKING_URI, else sqlite:///<runs>/mlflow.db")
 
 
 @dataclass
 class Config:
-    arch: Dict[str, Any] = field(default_factory=dict)  # name + architecture parameters
-    data: DataConfig = field(default_factory=DataConfig)
-    experiment: str = "cifar10"  # MLflow experiment, and runs/<experiment>/
-    run_name: Optional[str] = None  # null: the run's log ID (T<n>)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:<index> | mps
-    precision: Precision = Precision.auto
-    threads: int = 0  # CPU threads for torch; 0: every core, fewer while other work keeps some busy (ThreadTuner)
+    arch: Dict[str, Any] = key(log=ARCHITECTURE, factory=dict, doc="name + architecture parameters (arch.<param>)")
+    data: DataConfig = key(log=COLUMN, factory=DataConfig, doc="the data set (data.*)")
+    experiment: str = key("cifar10", log=BOOKKEEPING, identity=False, doc="MLflow experiment, and runs/<experiment>/",
+                          valid=(lambda v: 0 < len(v.strip()) and len(v) <= 500,
+                                 "a name of 1 to 500 characters (MLflow's limit)"))
+    run_name: Optional[str] = key(log=BOOKKEEPING, identity=False, doc="null: the run's log ID (T<n>)")
+    seed: int = key(0, log=BOOKKEEPING, doc="the random seed (runs differing only in it are repeats)",
+                    valid=(lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2^32)"))
+    device: str = key("auto", log=BOOKKEEPING, doc="auto | cpu | cuda | cuda:<index> | mps",
+                      valid=(lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
+                             "auto, cpu, cuda, cuda:<GPU index> or mps"))
+    precision: Precision = key(Precision.auto, log=TRAINING,
+                               doc="auto (bf16 where native, else fp16 on CUDA, else fp32) | fp32 | bf16 | fp16")
+    threads: int = key(0, log=BOOKKEEPING, identity=False,
+                       doc="CPU threads for torch; 0: every core, fewer while other work keeps some busy",
+                       valid=_at_least(0, " (0: every core, tuned to the load)"))
     # the knobs the exercise varies
-    batch_size: int = 128
-    epochs: int = 10
-    max_steps: int = 0  # stop after this many training steps, the schedule spanning them; 0: all the epochs
-    budget: Optional[str] = None  # e.g. 90s, 5m, 1h30m: as many steps as end the whole run within it (cnnlab/budget.py)
-    lr: float = 1e-3  # peak learning rate
-    optimizer: Optimizer = Optimizer.adam
-    momentum: float = 0.9  # sgd, and muon's SGD part
-    muon_lr: float = 0.24  # optimizer=muon: Muon's rate for the weight matrices (airbench94_muon's)
-    muon_momentum: float = 0.6  # optimizer=muon: Muon's Nesterov momentum
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0
-    decoupled_wd: bool = False  # decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does
-    norm_lr_scale: float = 1.0  # learning-rate multiplier for BatchNorm parameters (weight decay divided by it)
-    ema: float = 0.0  # evaluate an exponential moving average of the weights with this decay per step; 0: off
-    lookahead: bool = False  # every 5 steps continue from a slow average of the weights (airbench's schedule)
-    compile: bool = False  # torch.compile the model; compile time is logged apart from training time
-    scheduler: Scheduler = Scheduler.constant
-    lr_step_epochs: int = 10  # scheduler=step only
-    lr_gamma: float = 0.1  # scheduler=step only
-    label_smoothing: float = 0.0
-    augment: bool = True  # random crop (translate px of padding) + horizontal flip
-    translate: int = 4  # augment: random translation by up to this many pixels (zero padding)
-    flip: Flip = Flip.random  # augment: horizontal flips
-    image_size: int = 32  # inputs are resized to image_size x image_size
-    val_split: float = 0.1  # share of train held out (stratified) to choose the best epoch
-    early_stopping: int = 0  # stop after this many epochs without a better val_acc; 0: off
-    tta: bool = False  # final test score averaged over mirrored and 1-pixel-shifted views (6 passes)
+    batch_size: int = key(128, log=COLUMN, doc="images per training step", valid=_at_least(1))
+    epochs: int = key(10, log=COLUMN, doc="passes over the training split", valid=_at_least(1))
+    max_steps: int = key(0, log=TRAINING, valid=_at_least(0, " (0: all the epochs)"),
+                         doc="stop after this many training steps, the schedule spanning them; 0: all the epochs")
+    budget: Optional[str] = key(log=TRAINING, doc="e.g. 90s, 5m, 1h30m: as many steps as end the whole run within it",
+                                valid=(lambda v: duration(v) is not None,
+                                       "a duration such as 90s, 5m, 1h30m or 300 (seconds), above 0"))
+    lr: float = key(1e-3, log=COLUMN, doc="peak learning rate", valid=_POSITIVE)
+    optimizer: Optimizer = key(Optimizer.adam, log=TRAINING, doc="sgd | adam | adamw | muon")
+    momentum: float = key(0.9, log=TRAINING, doc="sgd, and muon's SGD part", valid=_FRACTION)
+    muon_lr: float = key(0.24, log=TRAINING, doc="optimizer=muon: Muon's rate for the weight matrices",
+                         valid=_POSITIVE)
+    muon_momentum: float = key(0.6, log=TRAINING, doc="optimizer=muon: Muon's Nesterov momentum", valid=_FRACTION)
+    nesterov: bool = key(False, log=TRAINING, doc="sgd only: Nesterov momentum")
+    weight_decay: float = key(0.0, log=TRAINING, doc="L2 weight decay", valid=_at_least(0.0))
+    decoupled_wd: bool = key(False, log=TRAINING,
+                             doc="decay weights outside the gradient (p -= lr_t * wd * p), as AdamW does")
+    norm_lr_scale: float = key(1.0, log=TRAINING, valid=_POSITIVE,
+                               doc="learning-rate multiplier for BatchNorm parameters (weight decay divided by it)")
+    ema: float = key(0.0, log=TRAINING, valid=(lambda v: 0 <= v < 1, "a number in [0, 1) (0 turns it off)"),
+                     doc="evaluate an exponential moving average of the weights with this decay per step; 0: off")
+    lookahead: bool = key(False, log=TRAINING,
+                          doc="every 5 steps continue from a slow average of the weights (airbench's schedule)")
+    compile: bool = key(False, log=TRAINING, doc="torch.compile the model; compile time is logged apart")
+    scheduler: Scheduler = key(Scheduler.constant, log=TRAINING,
+                               doc="constant | step | cosine | onecycle | triangle | linear")
+    lr_step_epochs: int = key(10, log=TRAINING, doc="scheduler=step only", valid=_at_least(1))
+    lr_gamma: float = key(0.1, log=TRAINING, doc="scheduler=step only",
+                          valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    label_smoothing: float = key(0.0, log=TRAINING, doc="label smoothing of the loss", valid=_FRACTION)
+    augment: bool = key(True, log=TRAINING, doc="random crop (translate px of padding) + horizontal flip")
+    translate: int = key(4, log=TRAINING, doc="augment: random translation by up to this many pixels",
+                         valid=(lambda v: 0 <= v <= 16, "an integer in [0, 16]"))
+    flip: Flip = key(Flip.random, log=TRAINING, doc="augment: random | alternating | none")
+    image_size: int = key(32, log=COLUMN, doc="inputs are resized to image_size x image_size",
+                          valid=(lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"))
+    val_split: float = key(0.1, log=TRAINING, doc="share of train held out (stratified) to choose the best epoch",
+                           valid=_FRACTION)
+    early_stopping: int = key(0, log=TRAINING, doc="stop after this many epochs without a better val_acc; 0: off",
+                              valid=_at_least(0, " (0 turns it off)"))
+    tta: bool = key(False, log=TRAINING, doc="final test score averaged over mirrored and shifted views")
     # architecture knobs: null means the architecture's own default
-    dense_units: Optional[int] = None  # 0 removes the hidden dense layer
-    dropout: Optional[float] = None
-    batch_norm: Optional[bool] = None
-    pool: Optional[Pool] = None
-    activation: Optional[Activation] = None
-    width: Optional[float] = None  # channel multiplier
-    depth: Optional[int] = None
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    dense_units: Optional[int] = key(log=ARCHITECTURE, doc="hidden dense units; 0 removes the hidden dense layer",
+                                     valid=_at_least(0, " (0 removes the hidden dense layer)"))
+    dropout: Optional[float] = key(log=ARCHITECTURE, doc="dropout before the classifier", valid=_FRACTION)
+    batch_norm: Optional[bool] = key(log=ARCHITECTURE, doc="batch norm after each convolution")
+    pool: Optional[Pool] = key(log=ARCHITECTURE, doc="max | avg | min pooling")
+    activation: Optional[Activation] = key(log=ARCHITECTURE, doc="relu, gelu, silu, ... (the Activation enum)")
+    width: Optional[float] = key(log=ARCHITECTURE, doc="channel multiplier", valid=_POSITIVE)
+    depth: Optional[int] = key(log=ARCHITECTURE, doc="blocks or layers, as the architecture counts them",
+                               valid=_at_least(1))
+    eval: EvalConfig = key(log=COLUMN, factory=EvalConfig, doc="the final test and the target sets (eval.*)")
+    tracking: TrackingConfig = key(log=BOOKKEEPING, identity=False, factory=TrackingConfig,
+                                   doc="where the record is kept (tracking.*)")
+
+
+def keys(cls=Config, prefix: str = ""):
+    """(dotted name, field) of every config key: the leaves, `data.name` rather than `data`; `arch` is one."""
+    for f in fields(cls):
+        if is_dataclass(f.default_factory):
+            yield from keys(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def keys_in(log: str) -> tuple:
+    """The config keys whose changes show in the log's `log` column (LOG_COLUMNS)."""
+    return tuple(name for name, f in keys() if f.metadata.get("log") == log)
+
+
+def unclassified(cls=Config) -> list:
+    """The config keys that do not say which log column they belong to or what they mean (tests/test_schema.py)."""
+    return [name for name, f in keys(cls) if f.metadata.get("log") not in LOG_COLUMNS or not f.metadata.get("doc")]
 
 
 # the architecture knobs: top-level keys an architecture's builder may take (see models/__init__.py)
-KNOBS = ("dense_units", "dropout", "batch_norm", "pool", "activation", "width", "depth")
+KNOBS = tuple(name for name in keys_in(ARCHITECTURE) if name != "arch")
 
 # config keys that do not change what a run computes: left out of a trial's identity
-NOT_IN_KEY = ("experiment", "run_name", "threads", "tracking")
+NOT_IN_KEY = tuple(f.name for f in fields(Config) if not f.metadata.get("identity", True))
 
 # key -> (is the value valid?, what is valid)
-RANGES = {
-    "experiment": (lambda v: 0 < len(v.strip()) and len(v) <= 500, "a name of 1 to 500 characters (MLflow's limit)"),
-    "seed": (lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2^32)"),
-    "device": (lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-               "auto, cpu, cuda, cuda:<GPU index> or mps"),
-    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "max_steps": (lambda v: v >= 0, "an integer >= 0 (0: all the epochs)"),
-    "budget": (lambda v: duration(v) is not None, "a duration such as 90s, 5m, 1h30m or 300 (seconds), above 0"),
-    "lr": (lambda v: v > 0, "a number > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "muon_lr": (lambda v: v > 0, "a number > 0"),
-    "muon_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "lr_step_epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "image_size": (lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"),
-    "val_split": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "early_stopping": (lambda v: v >= 0, "an integer >= 0 (0 turns it off)"),
-    "threads": (lambda v: v >= 0, "an integer >= 0 (0 keeps torch's default)"),
-    "translate": (lambda v: 0 <= v <= 16, "an integer in [0, 16]"),
-    "ema": (lambda v: 0 <= v < 1, "a number in [0, 1) (0 turns it off)"),
-    "norm_lr_scale": (lambda v: v > 0, "a number > 0"),
-    "dense_units": (lambda v: v >= 0, "an integer >= 0 (0 removes the hidden dense layer)"),
-    "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "width": (lambda v: v > 0, "a number > 0"),
-    "depth": (lambda v: v >= 1, "an integer >= 1"),
-    "data.train_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "data.n_train": (lambda v: v >= 10, "an integer >= 10"),
-    "data.n_test": (lambda v: v >= 10, "an integer >= 10"),
-    "eval.severity": (lambda v: 1 <= v <= 5, "an integer from 1 to 5"),
-}
+RANGES = {name: f.metadata["valid"] for name, f in keys() if f.metadata.get("valid") is not None}
+
+
+def knob_table() -> str:
+    """The README's table of config keys, as markdown: key, default, log column, meaning."""
+    rows = ["| key | default | in the log | meaning |", "|---|---|---|---|"]
+    for name, f in keys():
+        default = f.default if f.default is not MISSING else f.default_factory()
+        default = default.value if isinstance(default, Enum) else default
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        doc = f.metadata["doc"].replace("|", "\\|")
+        rows.append(f"| `{name}` | `{shown}` | {f.metadata['log']} | {doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m cnnlab.schema: the README's knob table
+    print(knob_table())
