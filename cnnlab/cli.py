@@ -116,7 +116,7 @@ def sweep(
 
 def _print_estimate(runner, planned, workers: int) -> None:
     """How long the sweep would take: from the store's past runs like its trials, or timed steps here."""
-    from .store import Store
+    from .record import Store
     from .sweeps.estimate import estimate, human
     from .sweeps.spec import Trial
 
@@ -226,7 +226,7 @@ def evaluate(
 ) -> None:
     """Evaluate a recorded run's best checkpoint on target sets (shifted test sets) and log the scores to it."""
     from .corruptions import NAMES
-    from .store import Store
+    from .record import Store
     from .targets import evaluate_run
 
     targets, severity = list(NAMES[:-1]), 3
@@ -277,7 +277,7 @@ def compare(
 ) -> None:
     """Runs side by side: the config keys that differ, final scores, and curves (sparklines; --html: overlaid)."""
     from . import compare as comparing
-    from .store import Store
+    from .record import Store
 
     found = comparing.gather(Store(create=False), runs, experiment)
     if not html:

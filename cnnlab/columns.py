@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .record.vocabulary import Metric
+
 # format name -> (Excel number format, text format for .md and the terminal)
 FORMATS: Dict[str, tuple] = {
     "text": (None, "{}"),
@@ -69,7 +71,7 @@ COLUMNS: List[Any] = [
     Column("TRAINING CHANGES", "Experiment", lambda r: r.training_changes, short="training", width=30,
            when=lambda rows: any(r.training_changes for r in rows)),
     # the held-out accuracies the model is judged on (the course's Source Dataset group), then the mean over seeds
-    Column("ACC VAL", "Source Dataset", lambda r: r.metric("val_acc_best", "val_acc"), "acc", "val_acc", "val acc"),
+    Column("ACC VAL", "Source Dataset", lambda r: r.metric(Metric.VAL_ACC_BEST, Metric.VAL_ACC), "acc", "val_acc", "val acc"),
     Column("ACC TEST", "Source Dataset", lambda r: r.metric("no_tta_test_acc", "test_acc"), "acc", "test_acc",
            "test acc"),
     Column("ACC TEST TTA", "Source Dataset", lambda r: r.tta_acc, "acc", "tta_acc", "tta acc",

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .errors import CnnlabError
-from .store import Record, Store
+from .record import Metric, Record, Store
 
-METRICS = ("test_acc", "val_acc_best", "best_epoch", "epochs_run", "wall_time", "params", "flops")
-SPARK_KEYS = ("val_acc", "train_loss")
+METRICS = Metric.HEADLINE
+SPARK_KEYS = (Metric.VAL_ACC, Metric.TRAIN_LOSS)
 BARS = "▁▂▃▄▅▆▇█"
 
 
@@ -38,7 +38,7 @@ def gather(store: Store, refs: Sequence[str], experiments: Optional[List[str]] =
             raise CnnlabError(f"{ref!r} names run {r.id} a second time: give each run once.")
         seen.add(r.run_id)
     changed = sorted({k for r in records[1:] for k in differs(records[0].params, r.params)})
-    histories = store.histories([r.run_id for r in records], ["val_acc", "train_loss", "val_loss", "train_acc"])
+    histories = store.histories([r.run_id for r in records], [Metric.VAL_ACC, Metric.TRAIN_LOSS, Metric.VAL_LOSS, Metric.TRAIN_ACC])
     return Comparison(records, changed, histories)
 
 
@@ -109,7 +109,7 @@ def page(c: Comparison) -> str:
                       else pages.paragraph("The runs have the same config (seed and names aside).")),
         pages.section("Scores", pages.table(header, tables["metrics"], numeric=range(1, len(header)))),
         pages.section("Curves", pages.image(figures.embed(figures.overlaid_curves(
-            curves, ("val_acc", "val_loss", "train_loss", "train_acc"))), "overlaid curves")
+            curves, (Metric.VAL_ACC, Metric.VAL_LOSS, Metric.TRAIN_LOSS, Metric.TRAIN_ACC))), "overlaid curves")
             if any(h for h in c.histories.values()) else pages.missing("No run recorded an epoch.")),
     ]
     return pages.page(f"Compare {' · '.join(c.labels)}", f"{len(c.records)} runs", sections)

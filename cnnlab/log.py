@@ -17,9 +17,9 @@ from . import columns as cols
 from . import summary
 from .errors import CnnlabError
 from .schema import BOOKKEEPING, KNOBS, TRAINING, keys_in
-from .store import Record, Store, ui_link
+from .record import Metric, Record, Store, ui_link
 
-CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc")
+CURVE_KEYS = Metric.CURVES
 # the config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter), those of TRAINING
 # CHANGES, and those that say nothing about what a run computes (a trial equal to its base in all else is the
 # baseline): each key's field in schema.Config says which; the rest have columns of their own
@@ -195,7 +195,7 @@ def _sweep_objectives(store: Store, records: Sequence[Record]) -> Dict[str, tupl
     for parent_id in {r.parent_run_id for r in records if r.parent_run_id}:
         parent = store.get(parent_id)
         base = {k[5:]: v for k, v in parent.params.items() if k.startswith("base.")}
-        out[parent_id] = (parent.params.get("metric") or "val_acc", parent.params.get("direction") or "maximize",
+        out[parent_id] = (parent.params.get("metric") or Metric.VAL_ACC, parent.params.get("direction") or "maximize",
                           base)
     return out
 

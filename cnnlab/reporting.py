@@ -24,10 +24,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from . import figures, look, pages
 from .errors import CnnlabError
 from .pages import esc, image, missing, section, table
-from .store import Record, Store, Tag, parse_value
+from .record import Metric, Record, Store, Tag, parse_value
 
-CURVES = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_test_loss", "epoch_test_acc", "lr")
-HEADLINE = ("test_acc", "val_acc_best", "best_epoch", "epochs_run", "wall_time", "params", "flops")
+CURVES = (*Metric.CURVES, Metric.LR)
+HEADLINE = Metric.HEADLINE
 
 
 @dataclass
@@ -89,7 +89,7 @@ def state_line(record: Record) -> str:
 
 def run_page(store: Store, record: Record, ui_url: str) -> str:
     from .log import describe_changes, reference
-    from .store import ui_link
+    from .record import ui_link
 
     history = store.histories([record.run_id], CURVES)[record.run_id]
     m = record.metrics
@@ -254,10 +254,10 @@ def group_page(store: Store, target: Target, ui_url: str) -> str:
     if not records:
         raise CnnlabError(f"{target.kind.capitalize()} {target.name!r} has no runs yet: nothing to report.")
     if target.kind == "sweep":
-        metric = str(target.record.params.get("metric") or "val_acc")
+        metric = str(target.record.params.get("metric") or Metric.VAL_ACC)
         direction = str(target.record.params.get("direction") or "maximize")
     else:
-        metric, direction = "val_acc", "maximize"
+        metric, direction = Metric.VAL_ACC, "maximize"
     latest = summary.latest_attempts(records)
     states: Dict[str, int] = {}
     for r in latest:

@@ -15,12 +15,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .store import Record
+from .record import Metric, Record
 
-OBJECTIVES = ("val_acc", "val_loss")  # train() logs each one's best-epoch value as <metric>_best
+OBJECTIVES = (Metric.VAL_ACC, Metric.VAL_LOSS)  # train() logs each one's best-epoch value as <metric>_best
 
 
-def objective(record: Record, metric: str = "val_acc") -> Optional[float]:
+def objective(record: Record, metric: str = Metric.VAL_ACC) -> Optional[float]:
     """The value a run is chosen by: `metric` at its best epoch (the test set never chooses)."""
     value = record.metrics.get(f"{metric}_best", record.metrics.get(metric))
     return None if value is None or value != value else value
@@ -75,7 +75,7 @@ class Group:
         return max(self.values) if direction == "maximize" else min(self.values)
 
 
-def groups(records: Iterable[Record], metric: str = "val_acc", direction: str = "maximize") -> List[Group]:
+def groups(records: Iterable[Record], metric: str = Metric.VAL_ACC, direction: str = "maximize") -> List[Group]:
     """Per configuration: the objective and test_acc over its FINISHED seeds, best mean first."""
     found: Dict[tuple, Group] = {}
     for r in latest_attempts(records):

@@ -41,7 +41,7 @@ def cli(monkeypatch, capsys):
 @pytest.fixture
 def mlflow_client():
     """An MLflow client on the test's own store (tests read the record as MLflow holds it)."""
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     return Store().client
 

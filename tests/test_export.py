@@ -102,7 +102,7 @@ def test_exercise_workbook(exercise, tmp_path):
     assert set(table["DATA SETS"]) == {"synthetic (270 train)"}
     assert list(table["FILE"]) == [f"synthetic/exercise/T{i}" for i in range(8)]
     # values read back exactly as built
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     store = Store()
     built = run_log.build(store, store.runs(["synthetic"], sweep="exercise")).table
@@ -201,7 +201,7 @@ def test_standalone_runs_compare_with_the_previous_run_and_show_targets(exercise
 
 @pytest.mark.slow
 def test_evaluate_logs_target_scores_into_the_run(exercise):
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     client = Store().client
     exp = client.get_experiment_by_name("solo")
@@ -282,7 +282,7 @@ def test_never_clobbers_and_writes_atomically(cli, tmp_path, monkeypatch):
         Path(path).write_bytes(b"half a workbook")
         raise RuntimeError("disk full")
 
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     store = Store()
     with monkeypatch.context() as patched, pytest.raises(RuntimeError):

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from cnnlab.schema import runs_dir
-from cnnlab.store import Store, Tag
+from cnnlab.record import Store, Tag
+from cnnlab.record.writer import Writer
 
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
 LONG = ["data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=50", "batch_size=50"]
@@ -136,12 +137,15 @@ def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
     wait_for(lambda: log.exists() and "epoch 1/" in log.read_text(), what="the first epoch")
     proc.kill()
     proc.communicate(timeout=30)
-    listed = cnnlab("runs", "--status", "KILLED")
-    assert listed.returncode == 0, listed.stderr
-    assert "synthetic T0 was left RUNNING by process" in listed.stderr and "marked KILLED" in listed.stderr
+    listed = cnnlab("runs", "--status", "KILLED")  # a view shows it KILLED, and writes nothing
+    assert listed.returncode == 0 and "T0" in listed.stdout and not listed.stderr, listed.stderr
     record = Store().find("T0")
     assert record.state == "KILLED" and "ended without ending it" in record.reason
-    assert "note:" not in cnnlab("runs").stderr  # said once
+    assert Store().client.get_run(record.run_id).info.status == "RUNNING"
+    trained = cnnlab("train", *TINY, "-q")  # the next command that writes ends it KILLED, saying so once
+    assert "synthetic T0 was left RUNNING by process" in trained.stderr and "marked KILLED" in trained.stderr
+    assert Store().client.get_run(record.run_id).info.status == "KILLED"
+    assert "note:" not in cnnlab("train", *TINY, "-q").stderr
 
 
 @pytest.mark.slow
@@ -388,12 +392,12 @@ def _disk_full(*args, **kwargs):
 
 
 def test_a_full_disk_is_one_paragraph_and_reading_still_works(cli, monkeypatch):
-    """The run that hits a full disk ends in one paragraph; every command that reads goes on working, though the
-    store cannot mark that run KILLED yet."""
+    """The run that hits a full disk ends in one paragraph; every command that reads goes on working, and shows that
+    run KILLED (its process is gone) though the store cannot mark it so yet; the next command that writes does."""
     assert cli("train", *TINY, "-q")[0] == 0
     with monkeypatch.context() as full:
-        full.setattr(Store, "_log_metrics", _disk_full)
-        full.setattr(Store, "_end", _disk_full)
+        full.setattr(Writer, "log_metrics", _disk_full)
+        full.setattr(Writer, "end", _disk_full)
         code, out, err = cli("train", *TINY, "-q")
         assert code == 1 and "is full" in err and "Free some space" in err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -401,10 +405,14 @@ def test_a_full_disk_is_one_paragraph_and_reading_still_works(cli, monkeypatch):
         record = Store().find("T1")
         Store().client.set_tag(record.run_id, Tag.OWNER, f"{socket.gethostname()} 999999 1")
         code, out, err = cli("runs", "--format", "tsv")
-        assert code == 0, err
-        assert "is full: the store is read as it is" in err and "T0" in out and "T1\t" in out
-    code, out, err = cli("runs", "--format", "tsv")
-    assert "marked KILLED" in err and "KILLED" in out
+        assert code == 0 and not err, err  # a view writes nothing, so the full disk does not show
+        assert "T0" in out and "T1\t" in out and "KILLED" in out
+        assert Store().client.get_run(record.run_id).info.status == "RUNNING"  # shown so, not written
+        code, out, err = cli("train", *TINY, "-q")  # a command that writes tries to end it, and says it cannot
+        assert code == 1 and "is full: the store is read as it is" in err, err
+    code, out, err = cli("train", *TINY, "-q")
+    assert code == 0 and "marked KILLED" in err, err
+    assert Store().client.get_run(record.run_id).info.status == "KILLED"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnlab.config import compose
-from cnnlab.store import Store
+from cnnlab.record import Store
 from cnnlab.training import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(

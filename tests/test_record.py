@@ -16,7 +16,7 @@ import pytest
 from cnnlab import log as run_log
 from cnnlab.errors import CnnlabError
 from cnnlab.schema import runs_dir
-from cnnlab.store import Store, Tag
+from cnnlab.record import Store, Tag
 
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
 PACKAGE = Path(__file__).resolve().parent.parent / "cnnlab"
@@ -263,8 +263,8 @@ def test_the_sqlite_reader_reads_what_mlflows_client_reads(cli, three_runs):
     gone.end("FAILED", "for deletion")
     client.delete_run(gone.run_id)
     fast = Store(create=False)
-    slow = Store(create=False)
-    slow._sqlite = None  # as for a store of another kind: every read through MLflow's client
+    slow = Store(create=False, reader="client")  # as for a store of another kind: every read through MLflow's client
+    assert type(fast.reader).__name__ == "SqliteReader" and type(slow.reader).__name__ == "ClientReader"
     for kwargs in ({}, {"parents": True}, {"experiments": ["synthetic"], "sweep": "s"}, {"states": ["KILLED"]},
                    {"experiments": ["other"]}, {"since": fast.runs()[1].start_time}):
         a, b = fast.runs(**kwargs), slow.runs(**kwargs)
@@ -275,6 +275,10 @@ def test_the_sqlite_reader_reads_what_mlflows_client_reads(cli, three_runs):
     exp = fast.experiment_id("synthetic", create=False)
     assert repr(fast.first_single_run(exp)) == repr(slow.first_single_run(exp))
     assert fast.first_single_run(exp).id == "T0"
+    parent = fast.sweep_parent(exp, "s")
+    assert repr(parent) == repr(slow.sweep_parent(exp, "s")) and parent.is_sweep_parent
+    assert repr(fast.children(parent.run_id, exp)) == repr(slow.children(parent.run_id, exp))
+    assert [r.id for r in fast.children(parent.run_id, exp)] == ["s/T0", "s/T1"]
     assert fast.experiments() == slow.experiments()
     for ref in ("T1", "s/T1", nan_run.run_id[:8]):
         assert repr(fast.find(ref)) == repr(slow.find(ref)), ref

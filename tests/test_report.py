@@ -82,7 +82,7 @@ def store_env(tmp_path_factory):
                  ["sweep", *TINY, "lr=0.01,0.002", "--repeats", "2", "--name", "sw", "-q"]):
         proc = subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], capture_output=True, text=True, env=full)
         assert proc.returncode == 0, proc.stderr
-    code = ("from cnnlab.store import Store, Tag\n"
+    code = ("from cnnlab.record import Store, Tag\n"
             "s = Store(); parent = s.sweep_parent(s.experiment_id('synthetic'), 'sw')\n"
             "run = s.create_run('synthetic', {Tag.SWEEP: 'sw', Tag.TRIAL: 'T4', Tag.SWEPT: '{\"lr\": \"0.05\"}'},\n"
             "                   parent_run_id=parent.run_id, log_id='sw/T4')\n"
@@ -118,7 +118,7 @@ def test_a_runs_report(on_store, tmp_path):
     assert [r[0] for r in rows] == list(look.KERNELS) and all(0 <= int(r[1]) < 32 and abs(float(r[2])) <= 1
                                                                for r in rows)
     # the cost table sums to the parameters the run recorded
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     record = Store().find("T1")
     assert f"{int(record.metrics['params']):,} parameters" in page
@@ -153,7 +153,7 @@ def test_an_experiments_report_and_what_is_missing(on_store, tmp_path):
     page = (tmp_path / "e.html").read_text()
     assert re.search(r"<td>dropout</td>", page) and re.search(r"<td>lr</td>", page)  # what varies across runs
     # a KILLED run without a checkpoint, and a run still RUNNING: the page says what is missing, exit 0
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     store = Store()
     killed = store.create_run("synthetic", {})
@@ -229,7 +229,7 @@ def test_mistakes_are_drawn_from_every_class_of_a_test_set_stored_in_class_order
     not its first images, which would all be one class."""
     from cnnlab.config import compose
     from cnnlab.data import import_dataset
-    from cnnlab.store import Store
+    from cnnlab.record import Store
     from cnnlab.training import train
     from tests.test_data import make_folder
 
@@ -249,7 +249,7 @@ def test_mistakes_are_drawn_from_every_class_of_a_test_set_stored_in_class_order
 def _swept_runs(values, n_params: int):
     import json as _json
 
-    from cnnlab.store import Record, Tag
+    from cnnlab.record import Record, Tag
 
     runs = []
     for i, value in enumerate(values):

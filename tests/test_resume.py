@@ -8,7 +8,7 @@ import pytest
 
 from cnnlab.config import compose
 from cnnlab.errors import Interrupted
-from cnnlab.store import Store
+from cnnlab.record import Store
 from cnnlab.training import train
 
 SMALL = ["data=synthetic", "data.n_train=600", "data.n_test=200", "batch_size=50", "epochs=4"]
@@ -64,9 +64,9 @@ def test_a_signal_while_last_pt_is_written_still_records_the_epoch_whole(monkeyp
     KILLED after that epoch, and it resumes from there."""
     import os
 
-    from cnnlab import recorder
+    from cnnlab import checkpoint
 
-    real = recorder.save_checkpoint
+    real = checkpoint.save
 
     def interrupted_write(path, state):
         if path.name == "last.pt":
@@ -79,7 +79,7 @@ def test_a_signal_while_last_pt_is_written_still_records_the_epoch_whole(monkeyp
         else:
             real(path, state)
 
-    monkeypatch.setattr(recorder, "save_checkpoint", interrupted_write)
+    monkeypatch.setattr(checkpoint, "save", interrupted_write)
     with pytest.raises(Interrupted):
         train(compose(SMALL[:4] + ["epochs=2"]), quiet=True)
     killed = Store().find("T0")
@@ -88,7 +88,7 @@ def test_a_signal_while_last_pt_is_written_still_records_the_epoch_whole(monkeyp
     steps = [m.step for m in Store().client.get_metric_history(killed.run_id, "train_loss")]
     assert steps == [1]
     assert "resume it after epoch 1" in (killed.run_dir / "train.log").read_text()
-    monkeypatch.setattr(recorder, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoint, "save", real)
     resumed = train(None, resume=killed, quiet=True)
     assert resumed.status == "FINISHED" and len(resumed.history) == 2
 

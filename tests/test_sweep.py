@@ -148,7 +148,7 @@ def test_sigterm_kills_cleanly_and_rerun_completes_only_the_rest(mlflow_client):
 
 @pytest.mark.slow
 def test_two_workers_on_a_fresh_store(cli):
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     assert not (runs_dir() / "mlflow.db").exists()
     code, out, err = cli("sweep", "lr=0.003,0.001", "dropout=0,0.25,0.5", *TINY, "--workers", "2", "-q")
@@ -283,14 +283,50 @@ def test_an_optuna_sweep_prints_no_experimental_warnings(tmp_path):
 def test_a_note_about_another_workers_trial_says_how_it_stands_at_the_end():
     """A team worker found T3 running elsewhere when it started; by its end T3 had finished: the note says so,
     not a stale 'still running'."""
-    from cnnlab.store import Record, Tag
+    from cnnlab.record import Record, Tag
 
     def record(run_id, state):
         return Record(run_id, f"s/T{run_id}", f"s/T{run_id}", "e", "1", state, 0, {}, {},
                       tags={Tag.OWNER: "host 4242 1"})
 
-    sweep = Sweep.__new__(Sweep)
-    sweep.running_at_start = {"3": record("3", "RUNNING"), "4": record("4", "RUNNING")}
-    notes = sweep._running_notes([record("3", "FINISHED"), record("4", "RUNNING")])
+    from cnnlab.sweeps.parent import ParentRun
+
+    parent = ParentRun.__new__(ParentRun)
+    parent.running_at_start = {"3": record("3", "RUNNING"), "4": record("4", "RUNNING")}
+    notes = parent.running_notes([record("3", "FINISHED"), record("4", "RUNNING")])
     assert notes == ["s/T3 was running in another process, which ended it FINISHED",
                      "s/T4 is still running (process 4242): not started again"]
+
+
+def test_optunas_private_api_is_used_only_in_one_module_and_works_on_the_installed_release(tmp_path):
+    """cnnlab.sweeps.optuna_private was checked against the releases in CHECKED: another release fails here (check
+    each call again, then widen the range); each call is exercised on a real study with heartbeats."""
+    import re
+    from pathlib import Path
+
+    import optuna
+    from optuna.trial import TrialState
+    from packaging.version import Version
+
+    from cnnlab.sweeps import optuna_private as private
+
+    low, high = map(Version, private.CHECKED)
+    assert low <= Version(optuna.__version__) < high, (optuna.__version__, private.CHECKED)
+    package = Path(private.__file__).resolve().parents[1]
+    reaching = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                if p.name != "optuna_private.py" and re.search(r"\._storage\b|\._study_id\b|\._trial_id\b", p.read_text())]
+    assert reaching == []
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}", heartbeat_interval=60)
+    study = optuna.create_study(storage=storage, study_name="s")
+    assert private.has_heartbeats(study)
+    assert not private.has_heartbeats(optuna.create_study())  # in memory: no heartbeats
+    asked = [study.ask(), study.ask()]
+    private.mark(study, asked[0].number, "beating", asked[0].number)
+    private.beat(study, asked[0].number)
+    live = private.live_trial(study, asked[0].number)  # reports from "another process"
+    live.report(0.5, 1)
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert frozen[0].system_attrs["beating"] == 0 and frozen[0].intermediate_values == {1: 0.5}
+    private.fail(study, frozen[1])
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.FAIL]

@@ -80,7 +80,7 @@ def server(team, monkeypatch):
     """This test process as a client of the team's servers."""
     for key, value in team["env"].items():
         monkeypatch.setenv(key, value)
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     return Store(create=False)
 

@@ -124,7 +124,7 @@ def test_signal_ends_run_killed_and_keeps_last_checkpoint(tmp_path, mlflow_clien
 def test_mlflow_preload_thread_does_not_race_the_client(tmp_path):
     """train() imports MLflow in a thread while the data loads; a client made meanwhile must wait for it
     (two threads importing MLflow at once fail with a circular-import error)."""
-    code = "from cnnlab import store; store.preload(); store.Store(); print('ok')"
+    code = "from cnnlab import record; record.preload(); record.Store(); print('ok')"
     for _ in range(3):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env={**os.environ, "CNNLAB_RUNS_DIR": str(tmp_path)})
@@ -135,7 +135,7 @@ def test_mlflow_preload_thread_does_not_race_the_client(tmp_path):
 def test_synthetic_runs_keep_to_their_own_experiment_and_do_not_saturate(cli):
     """data=synthetic lands in experiment `synthetic` (not cifar10's log, best and Pareto front) unless one is
     named, and is hard enough that a few epochs do not reach 100% (a sweep on it ranks something)."""
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     code, out, err = cli("train", "data=synthetic", "epochs=2", "-q")
     assert code == 0, err

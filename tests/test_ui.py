@@ -25,7 +25,7 @@ def free_port() -> int:
 def ui(cli):
     """A trained run, then `cnnlab ui` in a subprocess: yields (url, run name, process)."""
     assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "-q")[0] == 0
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     client = Store().client
     run = client.search_runs([client.get_experiment_by_name("synthetic").experiment_id])[0]
@@ -183,7 +183,7 @@ def test_without_experiment_the_latest_one_opens(cli):
     for experiment in ("older", "newer"):
         assert cli("train", "data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1",
                    f"experiment={experiment}", "-q")[0] == 0
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     assert Store().latest_experiment() == "newer"
     code, out, err = cli("runs", "--format", "tsv")  # every command's default: the latest experiment

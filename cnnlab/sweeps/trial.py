@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import Interrupted, Pruned
-from ..store import Tag
+from ..record import Tag
 from .spec import Outcome, Spec, Trial
 
 _WORKER: Dict[str, Any] = {}
@@ -70,7 +70,7 @@ def run_trial(trial: Trial, spec: Spec, sweep: str, parent_run_id: str, run_root
     try:
         cfg = compose(trial.overrides)
         if resume is not None:
-            from ..store import Store
+            from ..record import Store
 
             record = Store(cfg.tracking.uri).get(resume)
             result = train(None, trial.overrides, dataset=_dataset(cfg), on_epoch=on_epoch, quiet=True,

@@ -77,7 +77,7 @@ def _inspect(env, runs: Path, expected_finished: int, tally: Counter) -> None:
     if listed.returncode != 0 and not empty:
         tally["stores left unusable"] += 1
         return
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     os.environ["CNNLAB_RUNS_DIR"] = str(runs)
     try:

@@ -71,7 +71,7 @@ def _ratio_table(report, ds, overrides, device: str, seeds) -> None:
 
 
 def _throughput(report, overrides, device: str) -> None:
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     from .sections import _cli_train
 

@@ -84,7 +84,7 @@ def _client(env: dict):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        from cnnlab.store import Store
+        from cnnlab.record import Store
 
         yield Store(create=False)
     finally:
