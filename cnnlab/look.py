@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .errors import CnnlabError
 
@@ -61,17 +61,6 @@ class Predictions:
     mistakes: List[Tuple[int, int, int, float]] = field(default_factory=list)  # (index, true, predicted, confidence)
 
 
-def checkpoint_of(record, store=None) -> Optional[Path]:
-    """The run's best checkpoint: in its run directory, else (a store on a server) downloaded from its
-    artifacts. None when there is none."""
-    path = (record.run_dir or Path("/nonexistent")) / "best.pt"
-    if path.exists():
-        return path
-    if store is not None and record.state == "FINISHED":  # a finished run logged it as an artifact
-        return store.download(record.run_id, "checkpoint/best.pt")
-    return None
-
-
 def load(record, store=None) -> Loaded:
     """The run's model with its best weights; CnnlabError (saying what is missing) when there are none."""
     import torch
@@ -79,17 +68,16 @@ def load(record, store=None) -> Loaded:
 
     from . import data, engine
 
-    path = checkpoint_of(record, store)
+    from . import checkpoint
+
+    path = checkpoint.best_of(record, store)
     if path is None:
         where = f"in {record.run_dir}" if record.run_dir else "(it has no run directory)"
         raise CnnlabError(f"no checkpoint {where}: the run ended before its first epoch did, or the file was "
                           "moved; what needs the model (mistakes, filters, feature maps) is left out")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = OmegaConf.create(state["config"])
-        epoch = int(state.get("epoch", 0))
-    except Exception as exc:  # truncated, garbage, or not a checkpoint of ours: torch raises many types
-        raise CnnlabError(f"the checkpoint {path} is damaged ({type(exc).__name__})") from None
+    state = checkpoint.read(path, "the checkpoint")
+    cfg = OmegaConf.create(state["config"])
+    epoch = int(state.get("epoch", 0))
     missing = ""
     try:
         ds = data.load(cfg.data, seed=cfg.seed)
@@ -99,12 +87,7 @@ def load(record, store=None) -> Loaded:
         classes = tuple(k[len("test_acc_"):] for k in record.metrics if k.startswith("test_acc_")) or \
             tuple(str(i) for i in range(_num_classes(state["model"])))
     num_classes = len(classes)
-    model = engine.build(cfg, num_classes, in_channels, torch.device("cpu"))
-    try:
-        engine.plain(model).load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CnnlabError(f"the checkpoint {path} does not fit the model its config describes "
-                          f"({str(exc).splitlines()[0][:200]})") from None
+    model = checkpoint.model_of(state, num_classes, in_channels, torch.device("cpu"), f"the checkpoint {path}")
     model.eval()
     if ds is None:
         return Loaded(model, cfg, epoch, path, classes, missing_data=missing)

@@ -8,7 +8,6 @@ kept), PRUNED (a sweep's pruner stopped it) or FAILED (an error, with the reason
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
@@ -18,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import figures
+from . import checkpoint, figures
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
 from .schema import duration, project_root, runs_dir, safe_name
-from .store import Store, Tag
+from .record import Store, Tag
 from .version import __version__
 
 
@@ -114,16 +113,6 @@ def git_commit() -> Optional[str]:
         return None
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """A checkpoint of state_dicts and plain values (never a pickled module); load with
-    torch.load(path, weights_only=True). Written aside and moved into place: never half a file."""
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def epoch_line(epoch: int, epochs: int, m: Dict[str, float]) -> str:
     """'epoch 3/10  train 0.912/0.680  val 0.874/0.694  test 0.881/0.690  lr 0.001  9.8 s 5,510 img/s'
     (loss/accuracy pairs)."""
@@ -163,8 +152,10 @@ class Recorder:
         commit = git_commit()
         if commit:
             run_tags["mlflow.source.git.commit"] = commit
-        self.run = Store(cfg.tracking.uri).create_run(cfg.experiment, run_tags, run_name=cfg.run_name,
-                                                      parent_run_id=parent_run_id, log_id=log_id)
+        store = Store(cfg.tracking.uri)
+        store.upkeep()  # a command that writes: runs whose process is gone are ended KILLED first
+        self.run = store.create_run(cfg.experiment, run_tags, run_name=cfg.run_name, parent_run_id=parent_run_id,
+                                    log_id=log_id)
         self.id = self.run.id
         self.run.keep_alive()
         name = cfg.run_name or self.id.rsplit("/", 1)[-1]
@@ -176,7 +167,7 @@ class Recorder:
         (self.dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
         (self.dir / "model.txt").write_text(summary)
         self.report = Reporter(self.dir / "train.log", quiet=quiet)
-        root = self.run.store.root  # inside the store's directory the tag is relative: the store can move
+        root = self.run.root  # inside the store's directory the tag is relative: the store can move
         inside = root is not None and self.dir.is_relative_to(root)
         self.run.set_tags({Tag.RUN_DIR: self.dir.relative_to(root).as_posix() if inside else str(self.dir)})
         self.run.log_params({**flatten(self.cfg_dict), **sizes})
@@ -186,7 +177,9 @@ class Recorder:
         self.earlier = 0.0  # wall time of earlier sessions of this run
 
     def _reopen(self, record, state: dict, quiet: bool) -> None:
-        self.run = Store(self.cfg.tracking.uri).reopen(record)
+        store = Store(self.cfg.tracking.uri)
+        store.upkeep()
+        self.run = store.reopen(record)
         self.run.keep_alive()
         self.id, self.dir = record.id, record.run_dir
         self.report = Reporter(self.dir / "train.log", quiet=quiet)
@@ -217,8 +210,8 @@ class Recorder:
                  "metrics": metrics}
         if self.becomes_best(epoch, metrics):
             self.best = {"val_acc": self._score(epoch, metrics), "epoch": epoch}
-            save_checkpoint(self.best_path, state)
-        save_checkpoint(self.last_path, {**state, "trainer": trainer.state_dict(), "batches": batches.state_dict(),
+            checkpoint.save(self.best_path, state)
+        checkpoint.save(self.last_path, {**state, "trainer": trainer.state_dict(), "batches": batches.state_dict(),
                                          "history": self.history, "best": self.best,
                                          "wall_seconds": self.earlier + self.clock() - self.started})
         self.run.log_metrics(metrics, step=epoch)
@@ -287,8 +280,6 @@ class Recorder:
 
 def resumable(record) -> dict:
     """The last checkpoint of a run to continue: refuses a run that cannot be, saying why."""
-    import torch
-
     from .errors import CnnlabError
 
     if record.state in ("FINISHED", "PRUNED"):
@@ -299,11 +290,7 @@ def resumable(record) -> dict:
     if not path.exists():
         raise CnnlabError(f"Run {record.id} has no last checkpoint at {path}: it ended before its first epoch did. "
                           "Train it again.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CnnlabError(f"Run {record.id}'s last checkpoint {path} is damaged ({type(exc).__name__}); it cannot "
-                          "be resumed.") from None
+    state = checkpoint.read(path, f"Run {record.id}'s last checkpoint")
     if "trainer" not in state:
         raise CnnlabError(f"Run {record.id}'s last checkpoint {path} was written by an older cnnlab without the "
                           "state to continue from; it cannot be resumed.")

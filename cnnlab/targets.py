@@ -48,34 +48,22 @@ def evaluate_targets(model, names: List[str], ds, root: Path, *, batch_size: int
 
 def evaluate_run(record, names: List[str], severity: int = 3, store=None) -> Dict[str, float]:
     """Evaluate a recorded run's best checkpoint on target sets and log the scores into that run."""
-    import torch
     from omegaconf import OmegaConf
 
-    from . import data, engine
+    from . import checkpoint, data
     from .device import Device
-    from .look import checkpoint_of
 
     corruptions.check(names)
-    checkpoint = checkpoint_of(record, store)  # its run directory here, else its artifact on the server
-    if checkpoint is None:
+    path = checkpoint.best_of(record, store)  # its run directory here, else its artifact on the server
+    if path is None:
         raise CnnlabError(f"Run {record.id} has no checkpoint, neither in {record.run_dir or 'a run directory'} nor "
                           "among its artifacts (it did not finish, or its run directory moved).")
-    damaged = f"Run {record.id}'s checkpoint {checkpoint} is damaged"
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        cfg = OmegaConf.create(state["config"])
-        precision = str(cfg.precision)
-    except Exception as exc:  # truncated, garbage, or not a checkpoint of ours: torch raises many types
-        raise CnnlabError(f"{damaged} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it cannot be "
-                          "evaluated. Train the run again to get a new one.") from None
-    dev = Device.open("auto", precision)
+    what = f"Run {record.id}'s checkpoint"
+    state = checkpoint.read(path, what)
+    cfg = OmegaConf.create(state["config"])
+    dev = Device.open("auto", str(cfg.precision))
     ds = data.load(cfg.data, seed=cfg.seed)
-    model = engine.build(cfg, len(ds.classes), ds.x_test.shape[1], dev.device)
-    try:
-        engine.plain(model).load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CnnlabError(f"{damaged}: its weights do not fit the model its config describes "
-                          f"({str(exc).splitlines()[0][:200]}).") from None
+    model = checkpoint.model_of(state, len(ds.classes), ds.x_test.shape[1], dev.device, f"{what} {path}")
     scores = evaluate_targets(model, names, ds, data.data_root(cfg.data.root), batch_size=500, dev=dev,
                               channels_last=dev.type != "mps", image_size=cfg.image_size,
                               severity=severity, seed=cfg.seed)
