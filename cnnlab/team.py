@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .errors import CnnlabError, Interrupted
+from . import signals
+from .errors import CnnlabError
 from .schema import runs_dir
 from .ui import LOCAL_HOSTS, _check_port, stop_group
 
@@ -302,10 +303,37 @@ class Server:
 # ---------------------------------------------------------------- the commands
 
 
+def _announce(team, host: str, port: int, pg_port: int) -> None:
+    """Record that the team is up (and whose process holds it), and print how workers reach it."""
+    from .record import owner
+
+    team.state_path.write_text(json.dumps({"owner": owner(), "host": host, "port": port, "pg_port": pg_port,
+                                           "tracking_uri": team.tracking_uri, "storage": team.storage,
+                                           "started": time.time()}, indent=1) + "\n")
+    print(f"team up in {team.dir}\n  MLflow server  {team.tracking_uri}  (user {ADMIN})\n"
+          f"  Optuna storage {team.storage}\n"
+          f"  credentials    {team.secrets_path}  (mode 600)\n"
+          f"On each worker: set -a; . {team.secrets_path}; set +a\n"
+          "  cnnlab sweep sweep=exercise --strategy optuna --name lab1     # the first\n"
+          "  cnnlab sweep --join lab1 --workers 2                          # any number more\n"
+          "(Ctrl-C or `cnnlab team down` stops both servers)", flush=True)
+
+
+def _keep_running(servers) -> None:
+    """Until a signal: a server that stopped comes back on its port."""
+    while True:
+        for server in servers:
+            if server.stopped():
+                print(f"{server.name} stopped (exit code {server.proc.returncode}): starting it again",
+                      file=sys.stderr, flush=True)
+                server.start()
+        time.sleep(1)
+
+
 def up(directory: Optional[Path] = None, host: str = "127.0.0.1", port: int = MLFLOW_PORT, pg_port: int = PG_PORT,
        ready=None) -> int:
     """Start both servers, print how workers reach them, keep them running until stopped. Returns an exit code."""
-    from .store import owner, owner_alive
+    from .record import owner, owner_alive
 
     _driver()
     team = Team(team_dir(directory).absolute(), host, port, pg_port)
@@ -328,45 +356,24 @@ def up(directory: Optional[Path] = None, host: str = "127.0.0.1", port: int = ML
                Server("The MLflow server", team.mlflow_cmd(), team.dir / "mlflow.log", team.mlflow_ready,
                       team.mlflow_env())]
 
-    def on_signal(signum, frame):
-        raise Interrupted(signum)
+    def run() -> int:
+        try:
+            servers[0].start()
+            team.create_databases()
+            (team.dir / "artifacts").mkdir(mode=0o700, exist_ok=True)  # read through the server, whose auth applies
+            os.chmod(team.dir / "artifacts", 0o700)
+            servers[1].start()
+            _announce(team, host, port, pg_port)
+            if ready is not None:
+                ready(team)
+            _keep_running(servers)
+        finally:
+            for server in reversed(servers):
+                server.stop()
+            if team.state_path.exists() and (_state(team) or {}).get("owner") == owner():
+                team.state_path.unlink()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
-    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        servers[0].start()
-        team.create_databases()
-        (team.dir / "artifacts").mkdir(mode=0o700, exist_ok=True)  # read through the server, whose auth applies
-        os.chmod(team.dir / "artifacts", 0o700)
-        servers[1].start()
-        team.state_path.write_text(json.dumps({"owner": owner(), "host": host, "port": port, "pg_port": pg_port,
-                                               "tracking_uri": team.tracking_uri, "storage": team.storage,
-                                               "started": time.time()}, indent=1) + "\n")
-        print(f"team up in {team.dir}\n  MLflow server  {team.tracking_uri}  (user {ADMIN})\n"
-              f"  Optuna storage {team.storage}\n"
-              f"  credentials    {team.secrets_path}  (mode 600)\n"
-              f"On each worker: set -a; . {team.secrets_path}; set +a\n"
-              "  cnnlab sweep sweep=exercise --strategy optuna --name lab1     # the first\n"
-              "  cnnlab sweep --join lab1 --workers 2                          # any number more\n"
-              "(Ctrl-C or `cnnlab team down` stops both servers)", flush=True)
-        if ready is not None:
-            ready(team)
-        while True:  # keep them running: one that stopped comes back on its port
-            for server in servers:
-                if server.stopped():
-                    print(f"{server.name} stopped (exit code {server.proc.returncode}): starting it again",
-                          file=sys.stderr, flush=True)
-                    server.start()
-            time.sleep(1)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        return getattr(exc, "exit_code", 130)
-    finally:
-        for server in reversed(servers):
-            server.stop()
-        if team.state_path.exists() and (_state(team) or {}).get("owner") == owner():
-            team.state_path.unlink()
-        for s, h in old.items():
-            signal.signal(s, h)
+    return signals.foreground(run)
 
 
 def _state(team: Team) -> Optional[dict]:
@@ -378,7 +385,7 @@ def _state(team: Team) -> Optional[dict]:
 
 def _running(directory: Optional[Path]) -> tuple:
     """(Team, its state) when `team up` runs for `directory`; CnnlabError saying so when it does not."""
-    from .store import owner_alive
+    from .record import owner_alive
 
     team = Team(team_dir(directory).absolute())
     state = _state(team)

@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import CnnlabError, Interrupted
+from . import signals
+from .errors import CnnlabError
 from .schema import runs_dir
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -101,7 +102,7 @@ def last_url() -> str:
 
 def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] = None, ready=None) -> int:
     """Run the UI until Ctrl-C/SIGTERM/SIGHUP; `ready(url)` is called once it answers. Returns the exit code."""
-    from .store import Store, ui_link
+    from .record import Store, ui_link
 
     store = Store(create=False)
     known = store.experiments()
@@ -132,29 +133,20 @@ def serve(port: int = 5000, host: str = "127.0.0.1", experiment: Optional[str] =
                                 stdout=log, stderr=log, env=env)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
-    def on_signal(signum, frame):
-        raise Interrupted(signum)
+    def run() -> int:
+        try:
+            _wait_until_up(base, proc, log_path)
+            url = ui_link(base, known[experiment]) if experiment else base
+            _url_file().write_text(base + "\n")
+            print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
+            if ready is not None:
+                ready(url)
+            proc.wait()
+            return proc.returncode or 0
+        finally:
+            stop_group(proc, grace=10)  # the guard: it stops the server's group (up to 6 s) and exits
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
-    # Ctrl-C must stop it even when started with SIGINT ignored (`cnnlab ui &` from a script, or a parent
-    # process that ignores it): Python then leaves SIGINT ignored and the UI could not be stopped that way
-    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _wait_until_up(base, proc, log_path)
-        url = ui_link(base, known[experiment]) if experiment else base
-        _url_file().write_text(base + "\n")
-        print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
-        if ready is not None:
-            ready(url)
-        proc.wait()
-        return proc.returncode or 0
-    except (KeyboardInterrupt, Interrupted) as exc:
-        return getattr(exc, "exit_code", 130)
-    finally:
-        stop_group(proc, grace=10)  # the guard: it stops the server's group (up to 6 s) and exits
-        for s, h in old.items():
-            signal.signal(s, h)
-
+    return signals.foreground(run)
 
 if __name__ == "__main__":
     sys.exit(guard(int(sys.argv[1]), sys.argv[2:]))
