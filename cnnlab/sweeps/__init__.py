@@ -2,7 +2,8 @@
 
 - spec.py: what a sweep is (Spec, Trial, Outcome) and how `cnnlab sweep ARGS` reads into one;
 - strategies/: how trials are chosen (grid, random, list, optuna; a new one is one class in one file);
-- runner.py: the parent run, resume, the worker pool and signals, the summary;
+- runner.py: the trial pool (this process or N workers) and signals;
+- parent.py: the parent run, what a resume finds in its children, the summary written onto it;
 - trial.py: one trial's training, in this process or a worker;
 - display.py: the live table, the dry-run list and the final summary on the terminal.
 """

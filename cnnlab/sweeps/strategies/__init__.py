@@ -1,10 +1,13 @@
 """Sweep strategies: how a sweep chooses its trials.
 
-A new strategy is one subclass of `Strategy` in one module of this package, decorated with
-`@register("name")`; `--strategy name` and `strategy: name` in a sweep file then find it. A
-strategy either lists its configurations ahead (`points()`: grid, random, list) or chooses as it
-goes (`trials()` and `tell()`: Optuna). Everything else (the parent run, resume, workers, the
-summary) is the runner's and the same for all.
+A new strategy is one class in one module of this package, decorated with `@register("name")`;
+`--strategy name` and `strategy: name` in a sweep file then find it. Two kinds:
+
+- `PlanAhead` lists its configurations ahead: it writes `points()` only (grid, random, list).
+- `Adaptive` chooses as it goes: `ask()` and `tell()` (Optuna), with optional state shared by
+  workers on other machines (`Shared`: Optuna's study) and optional pruning (`judge()`).
+
+Everything else (the parent run, resume, workers, the summary) is the runner's and the same for all.
 """
 
 from __future__ import annotations
@@ -62,10 +65,34 @@ class Context:
 WAIT = Trial("(wait)", [], {})  # yielded by trials(): nothing to start now, ask again in a moment
 
 
+class Shared:
+    """What an adaptive strategy keeps where every worker of a sweep sees it (Optuna's study, in a file or a
+    database): opened before the sweep records anything, and the sweep's parent run named there."""
+
+    def prepare(self, name: str, storage: str, join: bool) -> None:
+        """Open (or create) the shared state of sweep `name` in `storage`; join: another process started it."""
+        raise NotImplementedError
+
+    def parent(self) -> Optional[str]:
+        """The sweep's parent run as the shared state names it, or None: the runner then looks in the record."""
+        raise NotImplementedError
+
+    def set_parent(self, run_id: str) -> None:
+        """Name the parent run where other workers will look."""
+        raise NotImplementedError
+
+    def running_elsewhere(self) -> int:
+        """Trials other processes (workers that joined) are running now."""
+        raise NotImplementedError
+
+
 class Strategy:
+    """What the runner asks of every strategy; subclass PlanAhead or Adaptive."""
+
     name = ""
     prunes = False  # takes --pruner
     takes_repeats = True  # takes --repeats
+    shared: Optional[Shared] = None  # state that workers on other machines see (an adaptive strategy's)
 
     def __init__(self, spec: Spec):
         self.spec = spec
@@ -77,6 +104,40 @@ class Strategy:
                               "(lr=0.1,0.01 or dropout=interval(0,0.5)) or sweep=NAME (see conf/sweep/).")
         if self.spec.repeats > 1 and not self.takes_repeats:
             raise CnnlabError(f"--repeats applies to grid, random and list sweeps; a {self.name} trial is one run.")
+
+    def check_objective(self, cfg, label: str) -> None:
+        """Refuse a trial whose objective cannot be computed: a validation metric needs a validation split."""
+        if self.spec.metric.startswith("val_") and not cfg.val_split:
+            raise CnnlabError(f"{label} has val_split=0 (recipe=fast94 sets it so): it holds out no validation "
+                              f"images, so the sweep's objective {self.spec.metric} cannot be computed and would "
+                              "rank its trials on nothing. Add val_split=0.1 to the sweep's overrides.")
+
+    def plan(self) -> List[Trial]:
+        """The trials known ahead of time, each config checked (a bad one raises CnnlabError naming it)."""
+        raise NotImplementedError
+
+    def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
+        """The trials to run now, one at a time (WAIT: nothing to start now, ask again in a moment)."""
+        raise NotImplementedError
+
+    def tell(self, trial: Trial, outcome: Outcome) -> None:
+        """A trial ended."""
+
+    def judge(self, trial: Trial, ctx_name: str, storage: str) -> Optional[Callable[[int, float], bool]]:
+        """In the process that trains `trial`: a function of (epoch, objective) that says whether to stop it
+        early, or None when this strategy never prunes."""
+        return None
+
+    def describe(self) -> str:
+        """A line for --dry-run about what is not in the trial list."""
+        return ""
+
+    def nothing_to_run(self, skipped: int) -> str:
+        return f"nothing to run, {skipped} trial(s) already FINISHED (--force runs them again)"
+
+
+class PlanAhead(Strategy):
+    """A strategy that lists its configurations ahead: `points()` is all it writes."""
 
     def points(self) -> List[Dict[str, str]]:
         """The configurations to run, as swept key -> value (an empty value: a bare override)."""
@@ -110,46 +171,32 @@ class Strategy:
             trial.key, trial.group = identity(cfg)
         return trials
 
-    def check_objective(self, cfg, label: str) -> None:
-        """Refuse a trial whose objective cannot be computed: a validation metric needs a validation split."""
-        if self.spec.metric.startswith("val_") and not cfg.val_split:
-            raise CnnlabError(f"{label} has val_split=0 (recipe=fast94 sets it so): it holds out no validation "
-                              f"images, so the sweep's objective {self.spec.metric} cannot be computed and would "
-                              "rank its trials on nothing. Add val_split=0.1 to the sweep's overrides.")
-
-    def prepare(self, name: str, storage: str, join: bool) -> None:
-        """Open what the strategy keeps of its own (Optuna's study) before the sweep records anything."""
-
-    def shared_parent(self) -> Optional[str]:
-        """The sweep's parent run as the strategy's own shared state names it (Optuna's study, which workers on
-        other machines see), or None: the runner then looks for it in the record."""
-        return None
-
-    def share_parent(self, run_id: str) -> None:
-        """Remember the parent run where other workers will look (shared_parent)."""
-
-    def running_elsewhere(self) -> int:
-        """Trials other processes (workers that joined) are running now."""
-        return 0
-
     def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
-        """The trials to run now: the planned ones not done yet."""
+        """The planned trials not done yet."""
         return (t for t in planned if t.key not in ctx.done)
 
+
+class Adaptive(Strategy):
+    """A strategy that chooses each trial from the results so far: `ask()` the next one, `tell()` it how one ended.
+    Its `plan()` checks the search space and lists nothing."""
+
+    def start(self, ctx: Context) -> None:
+        """Before the first ask (e.g. fail what a crash of this sweep left running)."""
+
+    def ask(self, ctx: Context) -> Optional[Trial]:
+        """The next trial to run, WAIT (nothing to start now, ask again in a moment) or None (the sweep is done)."""
+        raise NotImplementedError
+
     def tell(self, trial: Trial, outcome: Outcome) -> None:
-        """A trial ended (strategies that choose as they go learn from it)."""
+        raise NotImplementedError
 
-    def judge(self, trial: Trial, ctx_name: str, storage: str) -> Optional[Callable[[int, float], bool]]:
-        """In the process that trains `trial`: a function of (epoch, objective) that says whether to stop it
-        early, or None when this strategy never prunes."""
-        return None
-
-    def describe(self) -> str:
-        """A line for --dry-run about what is not in the trial list."""
-        return ""
-
-    def nothing_to_run(self, skipped: int) -> str:
-        return f"nothing to run, {skipped} trial(s) already FINISHED (--force runs them again)"
+    def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
+        self.start(ctx)
+        while not ctx.stopping():
+            trial = self.ask(ctx)
+            if trial is None:
+                return
+            yield trial
 
 
 def check(spec: Spec) -> None:

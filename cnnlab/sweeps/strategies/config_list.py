@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Dict, List
 
 from ...errors import CnnlabError
-from . import Strategy, register
+from . import PlanAhead, register
 
 
 @register("list")
-class ConfigList(Strategy):
+class ConfigList(PlanAhead):
     def check(self) -> None:
         if self.spec.space:
             raise CnnlabError(f"strategy=list runs the listed configs; it takes no search space "

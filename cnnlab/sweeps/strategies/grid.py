@@ -7,11 +7,11 @@ from typing import Dict, List
 
 from ...errors import CnnlabError
 from ..spec import parse
-from . import Strategy, register
+from . import PlanAhead, register
 
 
 @register("grid")
-class Grid(Strategy):
+class Grid(PlanAhead):
     def check(self) -> None:
         if not self.spec.space and self.spec.repeats > 1:
             return  # one configuration, several seeds: the most common reason for repeats

@@ -10,12 +10,13 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ...errors import CnnlabError
 from ...config import identity
 from ..spec import Outcome, Spec, Trial, format_value, merged, parse, resolved, short
-from . import WAIT, Context, Strategy, register
+from .. import optuna_private as private
+from . import WAIT, Adaptive, Context, Shared, register
 
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "gp": "GPSampler",
             "qmc": "QMCSampler"}
@@ -46,7 +47,7 @@ def storage(url: str):
     # is what we need. Every process that reads a study opens its storage here, so this is said once for all
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if "://" in url:
-        from ...store import redact_url
+        from ...record import redact_url
 
         _check_sqlite_dir(url)
 
@@ -173,7 +174,7 @@ def load_joined_spec(name: str, storage_url: str) -> Spec:
     is waited for a few seconds."""
     import optuna
 
-    from ...store import redact_url
+    from ...record import redact_url
 
     db = storage(storage_url)
     for _ in range(10):
@@ -199,14 +200,12 @@ def fail_orphans(study, running: List[Any]) -> None:
     from datetime import datetime, timedelta
 
     import optuna
-    from optuna.trial import TrialState
 
     cutoff = datetime.now() - timedelta(seconds=3 * HEARTBEAT)
     for t in running:
         if t.system_attrs.get(BEATING) != t.number and t.datetime_start is not None and t.datetime_start < cutoff:
             try:
-                retrying(lambda: study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL),
-                         "failing a trial no worker took")
+                retrying(lambda: private.fail(study, t), "failing a trial no worker took")
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker failed it first
 
@@ -216,17 +215,16 @@ class Heartbeat:
     heartbeat thread only runs inside study.optimize, and stops for good at the first database error)."""
 
     def __init__(self, study, number: int):
-        self.storage = study._storage
-        self.trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        self.study, self.number = study, number
         self.stop = threading.Event()
         # says "a worker has this trial" (Optuna keeps no public record of who beats): see fail_orphans
-        retrying(lambda: self.storage.set_trial_system_attr(self.trial_id, BEATING, number), "marking a trial")
+        retrying(lambda: private.mark(study, number, BEATING, number), "marking a trial")
         self.beat()
         threading.Thread(target=self.run, daemon=True, name=f"heartbeat-T{number}").start()
 
     def beat(self) -> None:
         try:
-            self.storage.record_heartbeat(self.trial_id)
+            private.beat(self.study, self.number)
         except Exception as exc:  # the database is restarting: the next beat tries again
             if not _unreachable(exc):
                 raise
@@ -238,10 +236,81 @@ class Heartbeat:
             self.beat()
 
 
+class Study(Shared):
+    """The sweep's Optuna study: created by the first start (or loaded, for --join or a resume), the trials every
+    worker asks from and tells, and the parent run's ID as a study attribute."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.beating: Dict[int, Heartbeat] = {}  # trial number -> its heartbeat, for the trials this process runs
+
+    def prepare(self, name: str, storage_url: str, join: bool) -> None:
+        """Create the study (or load it, for --join or a resume) before the sweep records anything. Of two first
+        starts at once, exactly one creates it (the database refuses the second), and only that one makes the
+        sweep's parent run; the other waits for it (`parent`)."""
+        import optuna
+        import warnings
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # ask/tell with heartbeats is what this module does on purpose (Optuna expects study.optimize)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        sampler_class = getattr(optuna.samplers, SAMPLERS[self.spec.sampler])
+        kwargs = dict(study_name=name, storage=storage(storage_url), sampler=sampler_class(seed=self.spec.seed),
+                      pruner=pruner(self.spec))
+        self.created = False
+        if join:
+            study = retrying(lambda: optuna.load_study(**kwargs), "loading the study")
+        else:
+            try:
+                study = retrying(lambda: optuna.create_study(**kwargs, direction=self.spec.direction),
+                                 "creating the study")
+                study.set_user_attr("cnnlab_spec", {**asdict(self.spec), "name": name})
+                self.created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                study = retrying(lambda: optuna.load_study(**kwargs), "loading the study")
+        if study.trials:  # resuming: a sampler seeded as before would propose the same first points again
+            study.sampler = sampler_class(seed=self.spec.seed + len(study.trials))
+        self.study = study
+        self.beating: Dict[int, Heartbeat] = {}
+
+    def parent(self) -> Optional[str]:
+        """The parent run's ID as the study holds it; a study another process has just created is given half
+        a minute to get one (its creator makes the parent run right after the study)."""
+        deadline = time.time() + (0 if self.created else 30)
+        while True:
+            attrs = retrying(lambda: self.study.user_attrs, "reading the study")
+            if attrs.get("cnnlab_parent") or time.time() > deadline:
+                return attrs.get("cnnlab_parent")
+            time.sleep(0.5)
+
+    def set_parent(self, run_id: str) -> None:
+        retrying(lambda: self.study.set_user_attr("cnnlab_parent", run_id), "writing the study")
+
+    def running_elsewhere(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.states(TrialState.RUNNING)) - len(self.beating)
+
+    def states(self, *states) -> List[Any]:
+        return retrying(lambda: self.study.get_trials(deepcopy=False, states=states), "reading the study")
+
+
 @register("optuna")
-class Optuna(Strategy):
+class Optuna(Adaptive):
     prunes = True
     takes_repeats = False
+
+    def __init__(self, spec: Spec):
+        super().__init__(spec)
+        self.shared = Study(spec)
+
+    @property
+    def study(self):
+        return self.shared.study
+
+    @property
+    def beating(self) -> Dict[int, Heartbeat]:
+        return self.shared.beating
 
     def check(self) -> None:
         super().check()
@@ -268,99 +337,28 @@ class Optuna(Strategy):
                 self.check_objective(cfg, f"Search space {key}={format_value(value)}")
         return []
 
-    def prepare(self, name: str, storage_url: str, join: bool) -> None:
-        """Create the study (or load it, for --join or a resume) before the sweep records anything. Of two first
-        starts at once, exactly one creates it (the database refuses the second), and only that one makes the
-        sweep's parent run; the other waits for it (`shared_parent`)."""
-        import optuna
-        import warnings
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # ask/tell with heartbeats is what this module does on purpose (Optuna expects study.optimize)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        sampler_class = getattr(optuna.samplers, SAMPLERS[self.spec.sampler])
-        kwargs = dict(study_name=name, storage=storage(storage_url), sampler=sampler_class(seed=self.spec.seed),
-                      pruner=pruner(self.spec))
-        self.created = False
-        if join:
-            study = retrying(lambda: optuna.load_study(**kwargs), "loading the study")
-        else:
-            try:
-                study = retrying(lambda: optuna.create_study(**kwargs, direction=self.spec.direction),
-                                 "creating the study")
-                study.set_user_attr("cnnlab_spec", {**asdict(self.spec), "name": name})
-                self.created = True
-            except optuna.exceptions.DuplicatedStudyError:
-                study = retrying(lambda: optuna.load_study(**kwargs), "loading the study")
-        if study.trials:  # resuming: a sampler seeded as before would propose the same first points again
-            study.sampler = sampler_class(seed=self.spec.seed + len(study.trials))
-        self.study = study
-        self.beating: Dict[int, Heartbeat] = {}
-
-    def shared_parent(self) -> Optional[str]:
-        """The parent run's ID as the study holds it; a study another process has just created is given half
-        a minute to get one (its creator makes the parent run right after the study)."""
-        deadline = time.time() + (0 if self.created else 30)
-        while True:
-            attrs = retrying(lambda: self.study.user_attrs, "reading the study")
-            if attrs.get("cnnlab_parent") or time.time() > deadline:
-                return attrs.get("cnnlab_parent")
-            time.sleep(0.5)
-
-    def share_parent(self, run_id: str) -> None:
-        retrying(lambda: self.study.set_user_attr("cnnlab_parent", run_id), "writing the study")
-
-    def running_elsewhere(self) -> int:
+    def start(self, ctx: Context) -> None:
+        """A journal keeps no heartbeats: trials a crash of this sweep left RUNNING would never report; fail them."""
         from optuna.trial import TrialState
 
-        return len(self._states(TrialState.RUNNING)) - len(self.beating)
+        self.heartbeats = private.has_heartbeats(self.study)
+        if not ctx.join and not self.heartbeats:
+            for t in self.shared.states(TrialState.RUNNING):
+                private.fail(self.study, t)
 
-    def _states(self, *states) -> List[Any]:
-        return retrying(lambda: self.study.get_trials(deepcopy=False, states=states), "reading the study")
-
-    def trials(self, ctx: Context, planned: List[Trial]) -> Iterator[Trial]:
+    def ask(self, ctx: Context) -> Optional[Trial]:
         """Trials asked one at a time while the budget lasts (counted over the whole study, every worker's).
-        While the study's running trials fill the budget this yields WAIT: a worker that died mid-trial stops
-        its heartbeat, and its trial comes back (failed, then queued again with its values) for one of those
-        still here to run."""
-        import optuna
+        While the study's running trials fill the budget this says WAIT: a worker that died mid-trial stops its
+        heartbeat, and its trial comes back (failed, then queued again with its values) for one of those still
+        here to run. A config that already ran is told its result and not trained again."""
         from optuna.trial import TrialState
 
-        study = self.study
-        heartbeats = bool(getattr(study._storage, "get_heartbeat_interval", lambda: None)())
-        if not ctx.join and not heartbeats:  # a journal: trials left RUNNING by a crash of ours never report
-            for t in self._states(TrialState.RUNNING):
-                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        dists = distributions(self.spec)
         while True:
-            if ctx.stopping():
-                return
-            if heartbeats:
-                retrying(lambda: optuna.storages.fail_stale_trials(study), "failing trials of dead workers")
-                fail_orphans(study, self._states(TrialState.RUNNING))
-            states = [t.state for t in self._states(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
-                                                    TrialState.WAITING)]  # one read of the study per ask
-            ended = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
-            running, waiting = states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
-            if ended >= self.budget:
-                return
-            if ended + running >= self.budget and not waiting:
-                if not heartbeats or running <= len(self.beating):
-                    return  # the rest runs here: this process reports it
-                yield WAIT  # others' trials may yet fail: wait for them to end, or come back
-                continue
-            asked = retrying(lambda: study.ask(dists), "asking for a trial")
-            frozen = self._states(TrialState.RUNNING)
-            frozen = next((t for t in frozen if t.number == asked.number), None)
-            retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) \
-                if frozen is not None else None
-            if heartbeats:
-                self.beating[asked.number] = Heartbeat(study, asked.number)
-            values = {k: format_value(v) for k, v in asked.params.items()}
-            trial = Trial(f"T{asked.number}", merged([*self.spec.overrides, *(f"{k}={v}" for k, v in values.items()),
-                                                      *self.spec.cli_overrides]),
-                          {k: short(v) for k, v in values.items()}, number=asked.number)
-            trial.key, trial.group = identity(resolved(trial.overrides))
+            state = self._budget_left()
+            if state is not True:
+                return state
+            asked, retry_of = self._ask()
+            trial = self._trial(asked)
             if retry_of is not None:  # its worker died: its MLflow run must not stay RUNNING
                 ctx.abandoned(f"T{retry_of}")
             elif trial.key in ctx.done:  # this config already ran: reuse its result, train nothing
@@ -371,7 +369,50 @@ class Optuna(Strategy):
                 else:
                     self._tell(asked.number, state=TrialState.PRUNED)
                 continue
-            yield trial
+            return trial
+
+    def _budget_left(self):
+        """True while a trial may be asked; else None (the study has its trials) or WAIT (others' may yet fail)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        study = self.study
+        if self.heartbeats:
+            retrying(lambda: optuna.storages.fail_stale_trials(study), "failing trials of dead workers")
+            fail_orphans(study, self.shared.states(TrialState.RUNNING))
+        states = [t.state for t in self.shared.states(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING,
+                                                      TrialState.WAITING)]  # one read of the study per ask
+        ended = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+        running, waiting = states.count(TrialState.RUNNING), states.count(TrialState.WAITING)
+        if ended >= self.budget:
+            return None
+        if ended + running >= self.budget and not waiting:
+            if not self.heartbeats or running <= len(self.beating):
+                return None  # the rest runs here: this process reports it
+            return WAIT
+        return True
+
+    def _ask(self):
+        """(a new trial of the study, the number of the trial it retries (its worker died) or None)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        study = self.study
+        asked = retrying(lambda: study.ask(distributions(self.spec)), "asking for a trial")
+        frozen = next((t for t in self.shared.states(TrialState.RUNNING) if t.number == asked.number), None)
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) \
+            if frozen is not None else None
+        if self.heartbeats:
+            self.beating[asked.number] = Heartbeat(study, asked.number)
+        return asked, retry_of
+
+    def _trial(self, asked) -> Trial:
+        values = {k: format_value(v) for k, v in asked.params.items()}
+        trial = Trial(f"T{asked.number}", merged([*self.spec.overrides, *(f"{k}={v}" for k, v in values.items()),
+                                                  *self.spec.cli_overrides]),
+                      {k: short(v) for k, v in values.items()}, number=asked.number)
+        trial.key, trial.group = identity(resolved(trial.overrides))
+        return trial
 
     def _tell(self, number: int, value: Optional[float] = None, state=None) -> None:
         beat = self.beating.pop(number, None)
@@ -400,8 +441,7 @@ class Optuna(Strategy):
         study = retrying(lambda: optuna.load_study(study_name=name, storage=storage(storage_url),
                                                    pruner=pruner(self.spec)), "loading the study")
         # (Trial() reads the trial from the database too: the whole of it is retried, not only the id lookup)
-        reported = retrying(lambda: optuna.trial.Trial(study, study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, trial.number)), "loading the study")
+        reported = retrying(lambda: private.live_trial(study, trial.number), "loading the study")
 
         def should_stop(epoch: int, value: float) -> bool:
             retrying(lambda: reported.report(value, epoch), f"reporting epoch {epoch} of {trial.id}")

@@ -8,11 +8,11 @@ import random
 from typing import Dict, List
 
 from ..spec import format_value, parse
-from . import Strategy, register
+from . import PlanAhead, register
 
 
 @register("random")
-class Random(Strategy):
+class Random(PlanAhead):
     def points(self) -> List[Dict[str, str]]:
         rng = random.Random(self.spec.seed)
         points = []
