@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
+from . import render
 from .columns import FORMATS, GROUPS
 from .errors import CnnlabError
 from .files import umask_mode
@@ -58,14 +59,6 @@ def write(log: Log, path: Path, force: bool = False) -> Path:
     return path
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's CSV-injection rule
-
-
-def neutralised(value):
-    """A text cell a spreadsheet would run as a formula, made text: a leading apostrophe."""
-    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
-
-
 def _write_csv(log: Log, path: Path) -> None:
     """The log table as CSV: numbers plainly (no thousands separators), counts as integers (N is 3, not 3.0)."""
     import pandas as pd
@@ -74,19 +67,12 @@ def _write_csv(log: Log, path: Path) -> None:
     for column in log.columns:
         if column.fmt in ("int", "count") and column.header in table:
             table[column.header] = pd.to_numeric(table[column.header], errors="coerce").round().astype("Int64")
-    table.map(neutralised).to_csv(path, index=False)
-
-
-def markdown(log: Log) -> str:
-    """The log table in Markdown, each cell in its column's format."""
-    lines = ["| " + " | ".join(c.header for c in log.columns) + " |", "|" + "---|" * len(log.columns)]
-    for values in log.table.itertuples(index=False):
-        lines.append("| " + " | ".join(c.text(v).replace("|", "\\|") for c, v in zip(log.columns, values)) + " |")
-    return "\n".join(lines) + "\n"
+    table.map(render.neutralised).to_csv(path, index=False)
 
 
 def _write_md(log: Log, path: Path) -> None:
-    path.write_text("# Training log\n\n" + markdown(log))
+    rows = [list(values) for values in log.table.itertuples(index=False)]
+    path.write_text("# Training log\n\n" + render.lines("md", log.columns, rows, headers=True) + "\n")
 
 
 def _write_xlsx(log: Log, path: Path) -> None:

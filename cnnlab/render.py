@@ -67,9 +67,18 @@ def table(columns: Sequence, rows: List[List[str]], *, title: str, best, width: 
     return out
 
 
-def lines(fmt: str, columns: Sequence, values: List[list]) -> str:
-    """`values` (one list per row, a value per column) as tsv, csv or md text."""
-    header = [c.short for c in columns]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's CSV-injection rule
+
+
+def neutralised(value):
+    """A text cell a spreadsheet would run as a formula, made text: a leading apostrophe."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+def lines(fmt: str, columns: Sequence, values: List[list], headers: bool = False) -> str:
+    """`values` (one list per row, a value per column) as tsv, csv or md text; headers: the columns' full headers
+    (the workbook's) rather than their short names (the terminal's)."""
+    header = [c.header if headers else c.short for c in columns]
     if fmt == "md":
         rows = [[c.text(v) for c, v in zip(columns, row)] for row in values]
         body = ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in rows]
@@ -78,8 +87,6 @@ def lines(fmt: str, columns: Sequence, values: List[list]) -> str:
     if fmt == "tsv":
         return "\n".join("\t".join(cell.replace("\t", " ").replace("\n", " ") for cell in cells)
                          for cells in [header, *rows])
-    from .export import neutralised
-
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([header, *[[neutralised(cell) for cell in cells] for cells in rows]])
     return out.getvalue().rstrip("\n")
