@@ -20,34 +20,30 @@ MARGIN = 0.015  # of the time left, kept for what the estimate cannot see (a slo
 END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
 
 
-def plan(cfg, model, loaders, dev, num_classes: int, started: float):
-    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s}). dev: the run's
-    device.Device, whose clock waits for the device's queued work before each reading."""
-    import io
-
-    import torch
-    from omegaconf import OmegaConf, open_dict
-
-    from . import engine
-
-    budget_s = duration(cfg.budget)
-    saved = copy.deepcopy(model.state_dict())
-    batches_state, rng = copy.deepcopy(loaders.train.state_dict()), dev.rng_state()
-    probe_cfg = OmegaConf.merge(cfg, {"compile": False})  # (a compiled run is faster: it ends early)
-    trainer = engine.Trainer(probe_cfg, model, loaders.train, dev, num_classes)
-    # training steps, timed in the real training loop (batches, bookkeeping and all): warm up (the first steps set
-    # up kernels and memory) until two short runs agree within 10%, then time one run of at least 3 steps, or of 1%
-    # of the budget (at most an epoch)
+def _time_steps(trainer, loaders, budget_s: float) -> float:
+    """Seconds per training step, timed in the real training loop (batches, bookkeeping and all): warm up (the first
+    steps set up kernels and memory) until two short runs agree within 10%, then time one run of at least 3 steps,
+    or of 1% of the budget (at most an epoch)."""
     def seconds_per_step(n: int) -> float:
         return loaders.train.batch_size / trainer.probe(loaders.train, n)["img_per_s"]
 
     warm = [seconds_per_step(3)]
     while len(warm) < 3 or abs(warm[-1] - warm[-2]) > 0.1 * warm[-2] and len(warm) < 8:
         warm.append(seconds_per_step(2))
-    step_s = seconds_per_step(max(3, min(len(loaders.train), math.ceil(0.01 * budget_s / warm[-1]))))
-    # evaluation: seconds per image of the forward pass (and of TTA's six, same shapes) after a warm-up pass, on as
-    # much of a test batch as costs about 2% of the budget (a forward pass is about a third of a step): a big model's
-    # whole 500-image batch would cost minutes of a 10-minute budget on one core
+    return seconds_per_step(max(3, min(len(loaders.train), math.ceil(0.01 * budget_s / warm[-1]))))
+
+
+def _time_evaluation(cfg, model, trainer, loaders, dev, step_s: float, budget_s: float) -> tuple:
+    """({"plain", "tta"}: seconds per image of a forward pass (and of TTA's six, same shapes), seconds to save a
+    checkpoint). Timed after a warm-up pass, on as much of a test batch as costs about 2% of the budget (a forward
+    pass is about a third of a step): a big model's whole 500-image batch would cost minutes of a 10-minute budget on
+    one core."""
+    import io
+
+    import torch
+
+    from . import engine
+
     forward_s = step_s / loaders.train.batch_size / 3
     x = next(iter(loaders.test))[0]
     x = x[:max(32, int(0.02 * budget_s / (8 * forward_s)))]
@@ -63,7 +59,24 @@ def plan(cfg, model, loaders, dev, num_classes: int, started: float):
     buffer = io.BytesIO()
     t0 = dev.now()
     torch.save(trainer.state_dict(), buffer)
-    save_s = dev.now() - t0
+    return per_image, dev.now() - t0
+
+
+def plan(cfg, model, loaders, dev, num_classes: int, started: float):
+    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s}). dev: the run's
+    device.Device, whose clock waits for the device's queued work before each reading. The model, the batches and
+    the random streams are given back as they were."""
+    from omegaconf import OmegaConf, open_dict
+
+    from . import engine
+
+    budget_s = duration(cfg.budget)
+    saved = copy.deepcopy(model.state_dict())
+    batches_state, rng = copy.deepcopy(loaders.train.state_dict()), dev.rng_state()
+    probe_cfg = OmegaConf.merge(cfg, {"compile": False})  # (a compiled run is faster: it ends early)
+    trainer = engine.Trainer(probe_cfg, model, loaders.train, dev, num_classes)
+    step_s = _time_steps(trainer, loaders, budget_s)
+    per_image, save_s = _time_evaluation(cfg, model, trainer, loaders, dev, step_s, budget_s)
     model.load_state_dict(saved)  # the run starts from where it stood
     loaders.train.load_state_dict(batches_state)
     dev.set_rng_state(rng)
@@ -132,11 +145,13 @@ class Steer:
         self.budget_s, self.final_s, self.probe_step_s = estimate["budget_s"], estimate["final_s"], estimate["step_s"]
         self.eval_s, self.last_eval_s, self.eval_step_s = estimate["eval_s"], estimate["last_eval_s"], estimate["step_s"]
         self.started, self.dev, self.steps_per_epoch, self.every_s = started, dev, steps_per_epoch, every_s
-        self.mark = (started, 0)  # (time, steps) at the last check
+        self.tuner = None  # the device's ThreadTuner, when it has one (training.fit sets it)
+        self._mark(started, 0)  # (time, steps) at the last check, and the thread count then
         self.recent_step_s = None  # the step time the last check measured in this epoch
 
     def epoch_started(self, trainer) -> None:
-        self.mark, self.recent_step_s = (self.dev.now(), trainer.steps), None
+        self._mark(self.dev.now(), trainer.steps)
+        self.recent_step_s = None
 
     def after_step(self, trainer) -> None:
         """Called after each training step: re-plans when `every_s` seconds have passed since the last check."""
@@ -144,8 +159,22 @@ class Steer:
         if self.dev.clock() - then >= self.every_s and trainer.steps > steps:
             now = self.dev.now()
             self.recent_step_s = (now - then) / (trainer.steps - steps)
-            self._retarget(trainer, self.recent_step_s, now)
-            self.mark = (now, trainer.steps)
+            more = self._retarget(trainer, self.recent_step_s, now)
+            if more == 0 and self._threads_changing():
+                # a stop is for good, and these steps ran with a thread count that is changing (another process has
+                # just started: until the tuner leaves it its core, the steps run up to 5x slower, and the final test
+                # scaled by that did not fit; a 1-minute run stopped on it ended 10% early). The next check, at the
+                # new count, decides.
+                trainer.retarget(trainer.steps + math.ceil(self.every_s / self.recent_step_s))
+            self._mark(now, trainer.steps)
+
+    def _mark(self, now: float, steps: int) -> None:
+        self.mark = (now, steps)
+        self.mark_threads = self.tuner.threads if self.tuner is not None else None
+
+    def _threads_changing(self) -> bool:
+        """Did the thread tuner change the count since the last check, or will it at its next?"""
+        return self.tuner is not None and (self.tuner.threads != self.mark_threads or self.tuner.pending())
 
     def epoch_ended(self, trainer, epoch_steps: int, train_s: float, epoch_s: float) -> None:
         """After an epoch of `epoch_steps` steps that trained for `train_s` seconds and took `epoch_s` in all
@@ -156,7 +185,8 @@ class Steer:
         self.eval_s, self.eval_step_s = epoch_s - train_s, step_s
         self._retarget(trainer, step_s, self.dev.now())
 
-    def _retarget(self, trainer, step_s: float, now: float) -> None:
+    def _retarget(self, trainer, step_s: float, now: float) -> int:
+        """Solve the steps left from steps of `step_s` seconds from `now` on, and end training after them: how many."""
         # slower than when the evaluations were timed: they will be too. Faster steps are no sign of faster
         # evaluations (fewer threads can speed up training steps and slow down the final test), so the times
         # measured stand
@@ -167,3 +197,4 @@ class Steer:
         more, _ = solve(left, step_s, self.eval_s * eval_scale, self.steps_per_epoch, self.last_eval_s * eval_scale,
                         into=trainer.steps % self.steps_per_epoch)
         trainer.retarget(trainer.steps + more)
+        return more

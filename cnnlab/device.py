@@ -216,14 +216,22 @@ class ThreadTuner:
         now = self.clock()
         if now - self.since < self.every_s:
             return
-        others = sum(self.counts) / len(self.counts)  # cores' worth of other work
+        wanted = self._wanted()
         self.since, self.counts = now, []
-        taken, given_back = self.most - int(others + 0.5), self.most - int(others + 0.7)
-        wanted = taken if taken < self.threads else given_back if given_back > self.threads else self.threads
-        wanted = max(1, min(self.most, wanted))
         if wanted != self.threads:
             self.threads = wanted
             self.set_threads(wanted)
+
+    def _wanted(self) -> int:
+        others = sum(self.counts) / len(self.counts)  # cores' worth of other work
+        taken, given_back = self.most - int(others + 0.5), self.most - int(others + 0.7)
+        wanted = taken if taken < self.threads else given_back if given_back > self.threads else self.threads
+        return max(1, min(self.most, wanted))
+
+    def pending(self) -> bool:
+        """Will the next check change the thread count, as the counts since the last one stand? (The steps until then
+        run at a speed that is about to end: budget='s steering does not stop a run on it.)"""
+        return bool(self.counts) and self._wanted() != self.threads
 
     def epoch_started(self, *args) -> None:
         pass

@@ -33,7 +33,7 @@ def from_overrides(overrides: Sequence[str], quiet: bool = False, announce: Call
     if not resume:
         return train(compose(overrides), overrides, quiet=quiet)
     from .errors import CnnlabError
-    from .store import Store, Tag
+    from .record import Store, Tag
 
     if len(overrides) > 1:
         raise CnnlabError(f"resume= continues a run with the config it was started with; give it alone "
@@ -62,26 +62,65 @@ def train(cfg, overrides: Sequence[str] = (), *, dataset=None, on_epoch: Optiona
                       tags=tags, run_root=run_root, log_id=log_id, quiet=quiet, resume=resume, clock=clock)
 
 
+def _resumed(cfg, resume):
+    """(the config, the checkpoint's state): a resumed run's own config and where it stood; (cfg, None) otherwise."""
+    if resume is None:
+        return cfg, None
+    from omegaconf import OmegaConf
+
+    from .schema import Config
+
+    state = resumable(resume)
+    return OmegaConf.merge(OmegaConf.structured(Config), state["config"]), state
+
+
+def _say_replanned(rec, cfg, steps: int) -> None:
+    if steps != cfg.max_steps:
+        rec.report.line(f"budget {cfg.budget}: re-planned from {cfg.max_steps:,} to {steps:,} steps as the machine's "
+                        "speed changed")
+
+
+def _length(cfg, model, loaders, dev, num_classes: int, started: float, resumed: bool):
+    """(cfg with the run's length settled, budget='s estimate or None): a budget's plan (a resumed run keeps the
+    steps it planned and re-planned), or the epochs max_steps reaches (what is recorded is what runs)."""
+    from . import budget
+
+    if cfg.budget and not resumed:
+        return budget.plan(cfg, model, loaders, dev, num_classes, started)
+    if cfg.max_steps:
+        cfg = cfg.copy()
+        cfg.epochs = math.ceil(engine.total_steps(cfg, len(loaders.train)) / len(loaders.train))
+    return cfg, None
+
+
+def _announce(rec, cfg, size: dict, sizes: dict, where: str, estimate: Optional[dict], resumed: bool) -> None:
+    """The run's first lines in its log (and its size, once), and budget='s plan."""
+    if not resumed:
+        rec.run.log_metrics(size)
+        rec.report.line(f"run {rec.id} ({rec.run.run_id}): {cfg.arch.name}, {size['params']:,} params, "
+                        f"{size['flops'] / 1e6:.1f} MFLOPs/img, {sizes['split.train']:,} train / "
+                        f"{sizes['split.val']:,} val / {sizes['split.test']:,} test, {where}")
+    if estimate is not None:
+        rec.run.log_metrics({"budget_s": estimate["budget_s"], "budget_step_s": estimate["step_s"]})
+        rec.report.line(f"budget {cfg.budget}: {cfg.max_steps:,} steps in {cfg.epochs} epoch(s) at "
+                        f"{estimate['step_s']:.3f} s/step; evaluation {estimate['eval_s']:.1f} s/epoch "
+                        f"({estimate['last_eval_s']:.1f} s after the last), final test "
+                        f"{estimate['final_s']:.1f} s, set-up {estimate['setup_s']:.1f} s")
+
+
 def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_root, log_id, quiet,
            resume, clock) -> Result:
     import torch
 
-    from . import store
+    from . import record
     from .config import identity
 
     started = clock()
-    store.preload()  # MLflow takes about a second to import: do it while the data loads
-    state = None
-    if resume is not None:
-        from omegaconf import OmegaConf
-
-        from .schema import Config
-
-        state = resumable(resume)
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    record.preload()  # MLflow takes about a second to import: do it while the data loads
+    cfg, state = _resumed(cfg, resume)
     cfg = resolve(cfg)
     trial_key, config_key = identity(cfg)  # every run knows its configuration: summaries group seeds by it
-    tags = {store.Tag.TRIAL_KEY: trial_key, store.Tag.CONFIG_KEY: config_key, **(tags or {})}
+    tags = {record.Tag.TRIAL_KEY: trial_key, record.Tag.CONFIG_KEY: config_key, **(tags or {})}
     dev = Device.open(cfg.device, cfg.precision.value, cfg.threads, clock=clock)
     device = dev.device
     torch.manual_seed(cfg.seed)  # (the CPU's and every GPU's stream)
@@ -94,14 +133,7 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     build_time = clock() - built  # with layers fitted to data (airbench's whitening)
     n_params = sum(p.numel() for p in model.parameters())
     flops = engine.count_flops(model, in_channels, cfg.image_size, device)
-    from . import budget
-
-    estimate = None
-    if cfg.budget and state is None:  # a resumed run keeps the steps it planned (and re-planned)
-        cfg, estimate = budget.plan(cfg, model, loaders, dev, num_classes, started)
-    elif cfg.max_steps:  # the epochs the steps reach: what is recorded is what runs
-        cfg = cfg.copy()
-        cfg.epochs = math.ceil(engine.total_steps(cfg, len(loaders.train)) / len(loaders.train))
+    cfg, estimate = _length(cfg, model, loaders, dev, num_classes, started, resumed=state is not None)
     trainer = engine.Trainer(cfg, model, loaders.train, dev, num_classes)
     if state is not None:  # where the killed run stood after its last whole epoch
         trainer.load_state_dict(state["trainer"])
@@ -109,35 +141,23 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
 
     if gate.fired is not None:  # stopped during set-up: nothing was recorded, nothing is
         raise Interrupted(gate.fired)
-    precision = dev.precision
+    size = {"params": n_params, "flops": flops}
     rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n",
-                   sizes=loaders.sizes, device=str(device), precision=precision, tags=tags,
+                   sizes=loaders.sizes, device=str(device), precision=dev.precision, tags=tags,
                    parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started, clock=clock,
                    resume=resume, state=state)
-    if state is None:
-        rec.run.log_metrics({"params": n_params, "flops": flops})
-        sizes = loaders.sizes
-        rec.report.line(f"run {rec.id} ({rec.run.run_id}): {cfg.arch.name}, {n_params:,} params, "
-                        f"{flops / 1e6:.1f} MFLOPs/img, {sizes['split.train']:,} train / {sizes['split.val']:,} val / "
-                        f"{sizes['split.test']:,} test, {device} {precision}")
-    if estimate is not None:
-        rec.run.log_metrics({"budget_s": estimate["budget_s"], "budget_step_s": estimate["step_s"]})
-        rec.report.line(f"budget {cfg.budget}: {cfg.max_steps:,} steps in {cfg.epochs} epoch(s) at "
-                        f"{estimate['step_s']:.3f} s/step; evaluation {estimate['eval_s']:.1f} s/epoch "
-                        f"({estimate['last_eval_s']:.1f} s after the last), final test "
-                        f"{estimate['final_s']:.1f} s, set-up {estimate['setup_s']:.1f} s")
-    size = {"params": n_params, "flops": flops}
+    _announce(rec, cfg, size, loaders.sizes, f"{device} {dev.precision}", estimate, resumed=state is not None)
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED
-        steer = budget.Steer(estimate, started, dev, len(loaders.train)) if estimate else None
+        from .budget import Steer
+
+        steer = Steer(estimate, started, dev, len(loaders.train)) if estimate else None
         fit(cfg, trainer, loaders, rec, on_epoch, steer=steer, gate=gate)
         final, matrix = score(cfg, trainer, loaders, rec, ds, device)
         final["build_time"] = build_time
         if cfg.budget:  # the steps it ended with, after the re-plans (its parameters hold the first plan)
             final["budget_steps"] = trainer.steps
-            if trainer.steps != cfg.max_steps:
-                rec.report.line(f"budget {cfg.budget}: re-planned from {cfg.max_steps:,} to {trainer.steps:,} steps "
-                                "as the machine's speed changed")
+            _say_replanned(rec, cfg, trainer.steps)
     except Pruned as exc:
         return rec.pruned(exc, size)
     except Interrupted as exc:
@@ -157,7 +177,10 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], stee
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
-    watchers = [w for w in (steer, trainer.dev.thread_tuner()) if w is not None]  # each called after every step
+    tuner = trainer.dev.thread_tuner()
+    if steer is not None:
+        steer.tuner = tuner
+    watchers = [w for w in (tuner, steer) if w is not None]  # each called after every step: the thread count first
     after_step = (lambda t: [w.after_step(t) for w in watchers]) if watchers else None
     while epoch < trainer.epochs:
         epoch += 1
@@ -201,9 +224,9 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], stee
 
 def score(cfg, trainer, loaders, rec: Recorder, ds, device):
     """The best checkpoint's final scores on the test set (and the target sets): (metrics, confusion matrix)."""
-    import torch
+    from . import checkpoint
 
-    state = torch.load(rec.best_path, map_location=device, weights_only=True)
+    state = checkpoint.read(rec.best_path, "The best checkpoint", device)
     trainer.checkpoint_module.load_state_dict(state["model"])
     label = f"final test of epoch {state['epoch']}'s weights" + (" (TTA: 6 views)" if cfg.tta else "")
     tested = trainer.dev.now()

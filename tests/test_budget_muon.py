@@ -159,13 +159,19 @@ class Machine:
     def load(self, training: bool = True) -> float:
         return [factor for since, factor in (self.loads if training else self.eval_loads) if since <= self.now][-1]
 
+    def tuner(self):
+        """The run's ThreadTuner (None: a machine whose threads nothing else wants)."""
+        return None
+
     def forward(self, module, inputs, output) -> None:
         self.now += self.per_image * len(inputs[0]) * (3 if module.training else 1) * self.load(module.training)
 
     def install(self, monkeypatch) -> None:
-        """Every model train() builds runs on this machine."""
+        """Every model train() builds runs on this machine, whose thread count is this machine's (`tuner()`), not
+        the test machine's: how loaded that is changes nothing here."""
         from cnnlab import engine
 
+        monkeypatch.setattr(Device, "thread_tuner", lambda dev: self.tuner())
         build = engine.build
 
         def built(*args, **kwargs):
@@ -299,3 +305,41 @@ def test_muon_reads_a_gradient_in_its_filters_order_whatever_its_layout():
         opt.step()
         results.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+class Shared(Machine):
+    """A 2-core machine where another CPU-heavy process starts at `start` s: while the run keeps two threads, one of
+    them shares its core and every step waits for it (5x slower); with one thread the run is 1.5x slower. The run's
+    ThreadTuner sees the other process in the runnable count and leaves it a core, as on the real machine."""
+
+    def __init__(self, per_image: float, start: float):
+        super().__init__(per_image)
+        self.start, self.threads = start, 2
+
+    def others(self) -> int:
+        return int(self.now >= self.start)
+
+    def load(self, training: bool = True) -> float:
+        return 1.0 if not self.others() else 5.0 if self.threads == 2 else 1.5
+
+    def tuner(self):
+        from cnnlab.device import ThreadTuner
+
+        def set_threads(n: int) -> None:
+            self.threads = n
+
+        return ThreadTuner(2, self, set_threads, sample=lambda: self.threads + self.others())
+
+
+@pytest.mark.parametrize("start", [52.0, 53.0, 54.0])
+def test_a_stop_is_not_decided_on_steps_timed_while_the_thread_count_changes(monkeypatch, mlflow_client, start):
+    """A process starts late in a 60 s run: the steps until the thread tuner leaves it a core run 5x slower, and
+    the final test scaled by that seems not to fit. Stopping on that window ended runs 10% early; the stop waits
+    for a window timed at the new thread count, and the run still ends within its budget."""
+    machine = Shared(per_image=0.009, start=start)
+    machine.install(monkeypatch)
+    overrides = [*STEERED, "budget=60s"]
+    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    used = mlflow_client.get_run(result.run_id).data.metrics["budget_used"]
+    assert machine.threads == 1  # the tuner left the other process its core
+    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60 and "test_acc" in result.metrics, used
