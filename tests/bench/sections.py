@@ -28,7 +28,7 @@ def bench_train(report, accuracy: bool = False) -> None:
     from types import SimpleNamespace
 
     from cnnlab import data
-    from cnnlab.store import Store
+    from cnnlab.record import Store
     from cnnlab.models import get_arch
 
     from .common import matmul_peak
@@ -154,7 +154,7 @@ def _budget_run(overrides) -> dict:
     """`cnnlab train OVERRIDES` as a user runs it, with the process's own wall time: the run's budget figures."""
     import time
 
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     start = time.perf_counter()
     run_id = _cli_train(overrides)
@@ -171,7 +171,7 @@ def _budget_run(overrides) -> dict:
 def zoo_accuracy(report, rows: dict) -> None:
     """Issue 18: every registered architecture, its default recipe under budget=10m on real CIFAR-10. The table is
     kept in reports/zoo-accuracy.json after each architecture (a rerun skips those done; CNNLAB_BENCH_ARCHS picks
-    some) and written into the README between its zoo-table marks. CNNLAB_BENCH_ZOO_PARALLEL=2 trains two at
+    some) and written into reports/zoo.md between its zoo-table marks. CNNLAB_BENCH_ZOO_PARALLEL=2 trains two at
     once, one thread each (twice the architectures per hour, each on one core)."""
     import json
     import subprocess
@@ -223,7 +223,7 @@ def _write_zoo_table(done: dict) -> None:
             continue
         lines.append(f"| {arch} | {r['params'] / 1e6:.2f}M | {r['mflops']:,.1f} | {r['img_s']:,.0f} | {r['epochs']} | "
                      f"{r['test_acc']:.4f} | {'1, beside another run' if r.get('threads') == 1 else 'all'} |")
-    readme = SOURCE_ROOT / "README.md"
+    readme = SOURCE_ROOT / "reports" / "zoo.md"
     text = readme.read_text()
     head, mark, rest = text.partition("<!-- zoo-table -->")
     _, end, tail = rest.partition("<!-- /zoo-table -->")
@@ -427,7 +427,7 @@ def _fill_store(tmp: str, n: int = 1000) -> float:
     from mlflow.entities import Metric, Param, RunTag
 
     from cnnlab.config import compose, flatten, resolve, to_dict
-    from cnnlab.store import Store, Tag
+    from cnnlab.record import Store, Tag
 
     store = Store()
     client = store.client
@@ -460,7 +460,7 @@ def bench_export(report, accuracy: bool = False) -> None:
 
     from cnnlab import export
     from cnnlab import log as run_log
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["CNNLAB_RUNS_DIR"] = tmp
@@ -523,7 +523,7 @@ def _cnnlab_fast(recipe: str, seed: int, run_id: str = None) -> dict:
     """`cnnlab train recipe=RECIPE seed=SEED` ("RECIPE" may carry overrides: "fast94_muon epochs=7") in a fresh
     process, timed as the peer is: the data-fitted layers (whitening), the training steps and the final TTA pass;
     not data loading or the per-epoch test."""
-    from cnnlab.store import Store
+    from cnnlab.record import Store
 
     client = Store().client
     name, *extra = recipe.split()
