@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 
 def lr_trace(cfg, model, steps_per_epoch: int, steps: int) -> list:
     """Each param group's lr before each of `steps` optimizer steps under cfg's optimizer and schedule, then after
@@ -16,3 +18,11 @@ def lr_trace(cfg, model, steps_per_epoch: int, steps: int) -> list:
         optimizer.step()
         scheduler.step()
     return trace + [[g["lr"] for g in optimizer.param_groups]]
+
+
+def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+    """Poll `condition()` until it holds (an event: a file, a process state), failing after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)

@@ -20,6 +20,7 @@ import pytest
 
 from cnnlab.schema import runs_dir
 from cnnlab.record import Store, Tag
+from tests.helpers import wait_for
 from cnnlab.record.writer import Writer
 
 TINY = ["data=synthetic", "data.n_train=300", "data.n_test=100", "epochs=1", "batch_size=50"]
@@ -35,13 +36,6 @@ def as_from_a_terminal() -> None:
     """In a child before exec: SIGINT at its default, as for a command typed in a terminal (a test run started
     in the background of a script inherits it ignored)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def wait_for(condition, timeout: float = 120, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def children_of(pid: int) -> list:

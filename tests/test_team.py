@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.team import running_team
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.team, pytest.mark.slow]
 
@@ -123,10 +124,15 @@ def test_two_first_starts_at_once_make_one_sweep_that_both_work_on(team, server,
     args = ["--strategy", "optuna", "--trials", "6", SPACE, *TINY, "epochs=2", "--name", "pair"]
     a = _worker(team, tmp_path / "a", *args)
     b = _worker(team, tmp_path / "b", *args)
-    time.sleep(8)  # both are starting or training: no password on any command line (`ps`)
-    listed = _cmdlines()
+    listed = []  # every process's command line, read over and over until both workers train (or are done)
+
+    def both_started() -> bool:
+        listed.append(_cmdlines())
+        return all(p.poll() is not None or any((tmp_path / w).rglob("train.log")) for p, w in ((a, "a"), (b, "b")))
+
+    wait_for(both_started, timeout=300, what="both workers to start training")
     secrets = [team["env"]["PGPASSWORD"], team["env"]["MLFLOW_TRACKING_PASSWORD"]]
-    assert not any(s in listed for s in secrets)
+    assert not any(s in text for text in listed for s in secrets)  # no password on any command line (`ps`)
     out_a, out_b = _finish(a, tmp_path / "a"), _finish(b, tmp_path / "b")
     assert a.returncode == 0 and b.returncode == 0, out_a + out_b
     assert "Traceback" not in out_a + out_b
