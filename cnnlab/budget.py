@@ -154,27 +154,28 @@ class Steer:
         self.recent_step_s = None
 
     def after_step(self, trainer) -> None:
-        """Called after each training step: re-plans when `every_s` seconds have passed since the last check."""
+        """Called after each training step: re-plans when `every_s` seconds have passed since the last check.
+
+        Steps timed across a change of the thread count say nothing of the speed from now on, so the window starts
+        again when the tuner changes it, and no plan is made from steps timed at a count the tuner is about to change
+        (another process has just started, and until the tuner leaves it its core the steps run up to 5x slower: a
+        1-minute run that stopped on such a window ended 10% early, a stop being for good): the plan stands until
+        a window at the new count."""
         then, steps = self.mark
-        if self.dev.clock() - then >= self.every_s and trainer.steps > steps:
-            now = self.dev.now()
+        if self.tuner is not None and self.tuner.threads != self.mark_threads:
+            self._mark(self.dev.now(), trainer.steps)
+            return
+        if self.dev.clock() - then < self.every_s or trainer.steps <= steps:
+            return
+        now = self.dev.now()
+        if self.tuner is None or not self.tuner.pending():
             self.recent_step_s = (now - then) / (trainer.steps - steps)
-            more = self._retarget(trainer, self.recent_step_s, now)
-            if more == 0 and self._threads_changing():
-                # a stop is for good, and these steps ran with a thread count that is changing (another process has
-                # just started: until the tuner leaves it its core, the steps run up to 5x slower, and the final test
-                # scaled by that did not fit; a 1-minute run stopped on it ended 10% early). The next check, at the
-                # new count, decides.
-                trainer.retarget(trainer.steps + math.ceil(self.every_s / self.recent_step_s))
-            self._mark(now, trainer.steps)
+            trainer.retarget(trainer.steps + self._solve(trainer, self.recent_step_s, now))
+        self._mark(now, trainer.steps)
 
     def _mark(self, now: float, steps: int) -> None:
         self.mark = (now, steps)
         self.mark_threads = self.tuner.threads if self.tuner is not None else None
-
-    def _threads_changing(self) -> bool:
-        """Did the thread tuner change the count since the last check, or will it at its next?"""
-        return self.tuner is not None and (self.tuner.threads != self.mark_threads or self.tuner.pending())
 
     def epoch_ended(self, trainer, epoch_steps: int, train_s: float, epoch_s: float) -> None:
         """After an epoch of `epoch_steps` steps that trained for `train_s` seconds and took `epoch_s` in all
@@ -183,10 +184,10 @@ class Steer:
         step_s = self.recent_step_s or train_s / max(1, epoch_steps)
         self.last_eval_s *= (epoch_s - train_s) / max(1e-9, self.eval_s)  # in the proportion the plan had
         self.eval_s, self.eval_step_s = epoch_s - train_s, step_s
-        self._retarget(trainer, step_s, self.dev.now())
+        trainer.retarget(trainer.steps + self._solve(trainer, step_s, self.dev.now()))
 
-    def _retarget(self, trainer, step_s: float, now: float) -> int:
-        """Solve the steps left from steps of `step_s` seconds from `now` on, and end training after them: how many."""
+    def _solve(self, trainer, step_s: float, now: float) -> int:
+        """The training steps left, from steps of `step_s` seconds from `now` on."""
         # slower than when the evaluations were timed: they will be too. Faster steps are no sign of faster
         # evaluations (fewer threads can speed up training steps and slow down the final test), so the times
         # measured stand
@@ -196,5 +197,4 @@ class Steer:
         left = available(self.budget_s, now - self.started, final_s)
         more, _ = solve(left, step_s, self.eval_s * eval_scale, self.steps_per_epoch, self.last_eval_s * eval_scale,
                         into=trainer.steps % self.steps_per_epoch)
-        trainer.retarget(trainer.steps + more)
         return more
