@@ -257,12 +257,12 @@ def test_a_sqlite_storage_in_a_missing_directory_is_one_paragraph_at_once(cli, t
 
 def test_ctrl_c_right_after_the_parent_run_is_made_ends_it_killed(cli, mlflow_client, monkeypatch):
     from cnnlab.errors import Interrupted
-    from cnnlab.sweeps.runner import Sweep
+    from cnnlab.sweeps.parent import ParentRun
 
-    def interrupted(self):
+    def interrupted(self, force):
         raise Interrupted(2)  # Ctrl-C between creating the parent run and starting the trials
 
-    monkeypatch.setattr(Sweep, "_resume", interrupted)
+    monkeypatch.setattr(ParentRun, "resume", interrupted)
     code, _, _ = cli("sweep", "lr=0.003,0.001", *TINY, "-q")
     assert code == 130
     parents, kids = children(mlflow_client)

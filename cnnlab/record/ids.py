@@ -6,14 +6,12 @@ from __future__ import annotations
 import random
 import time
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, List
+from typing import List
 
 from ..errors import CnnlabError
 from .location import file_lock, sqlite_path
 from .vocabulary import Record, Tag
 
-if TYPE_CHECKING:
-    from .writer import Writer
 
 
 def turns(uri: str):
@@ -23,7 +21,7 @@ def turns(uri: str):
     return file_lock(path.parent / f".{path.name}.ids.lock") if path else nullcontext()
 
 
-def claim(writer: "Writer", exp_id: str, run_id: str) -> str:
+def claim(writer, exp_id: str, run_id: str) -> str:
     """T<next n>, written on the run and kept only if no other run claims the same ID. On a local store the claims
     take turns under a lock, so numbers run without gaps; on a server, two runs that claim one at once both see each
     other and both move on: a number may be skipped there, never given twice."""
@@ -43,7 +41,7 @@ def claim(writer: "Writer", exp_id: str, run_id: str) -> str:
                       "once. Try again.")
 
 
-def give(writer: "Writer", records: List[Record]) -> List[Record]:
+def give(writer, records: List[Record]) -> List[Record]:
     """Runs recorded before log IDs existed get theirs now, once, in start order: a sweep's parent its sweep's name,
     a trial <sweep>/<its run name>, any other run the next T<n> of its experiment."""
     for r in records:

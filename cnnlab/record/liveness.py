@@ -9,12 +9,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 from .vocabulary import Record, Tag
 
-if TYPE_CHECKING:
-    from .store import Store
 
 HEARTBEAT_SECONDS = 60  # how often a running run's owner says it is alive
 STALE_SECONDS = 600  # a run on another host whose owner was silent this long is taken as gone
@@ -59,8 +57,8 @@ def orphaned(state: str, tags: dict) -> bool:
     return state == "RUNNING" and Tag.OWNER in tags and not owner_alive(tags[Tag.OWNER], tags.get(Tag.HEARTBEAT))
 
 
-def reap(store: "Store") -> List[Record]:
-    """End KILLED the runs left RUNNING by a process that is gone, saying so once."""
+def reap(store) -> List[Record]:
+    """End KILLED the runs of `store` (a Store) left RUNNING by a process that is gone, saying so once."""
     reaped = []
     for record in store.reader.running(list(store.experiments().values())):
         if not record.orphaned:
