@@ -64,8 +64,7 @@ def reap(store) -> List[Record]:
         if not record.orphaned:
             continue
         host, pid = record.tags[Tag.OWNER].split()[:2]
-        store.writer.end(record.run_id, "KILLED", f"its process ({pid} on {host}) ended without ending it "
-                                                  "(killed or crashed)")
+        store.writer.end(record.run_id, "KILLED", record.reason)  # the reason the record reads with (Store._make)
         print(f"note: {record.experiment} {record.id} was left RUNNING by process {pid} on {host}, which is gone: "
               "marked KILLED", file=sys.stderr)
         reaped.append(record)

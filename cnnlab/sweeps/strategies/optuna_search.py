@@ -271,7 +271,6 @@ class Study(Shared):
         if study.trials:  # resuming: a sampler seeded as before would propose the same first points again
             study.sampler = sampler_class(seed=self.spec.seed + len(study.trials))
         self.study = study
-        self.beating: Dict[int, Heartbeat] = {}
 
     def parent(self) -> Optional[str]:
         """The parent run's ID as the study holds it; a study another process has just created is given half
