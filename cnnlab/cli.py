@@ -268,18 +268,25 @@ def report(
 
 @app.command()
 def compare(
-    runs: List[str] = typer.Argument(..., help="Two runs or more: log IDs (T0 T3 exercise/T7), run names or "
-                                               "run-ID prefixes."),
+    runs: List[str] = typer.Argument(..., help="Two runs or configurations or more: log IDs (T0 T3 exercise/T7), "
+                                               "run names, run-ID prefixes, or a configuration's values in quotes "
+                                               "('dropout=0.5 lr=0.01')."),
     html: bool = typer.Option(False, "--html", help="Write a page with the curves overlaid instead."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="With --html: the file (default: "
                                                                 "reports/compare-<ids>.html)."),
     experiment: Experiments = None,
+    sweep: SweepName = None,
+    confidence: float = typer.Option(0.95, help="Of the verdict's interval; a difference is shown when p < 1 - this."),
 ) -> None:
-    """Runs side by side: the config keys that differ, final scores, and curves (sparklines; --html: overlaid)."""
+    """Runs or configurations side by side: what differs, scores, curves (sparklines; --html: overlaid), and
+    whether the difference in test accuracy is real (over each configuration's seeds: Welch's t-test, paired by
+    seed when both ran the same seeds)."""
     from . import compare as comparing
     from .record import Store
 
-    found = comparing.gather(Store(create=False), runs, experiment)
+    if not 0.5 <= confidence < 1:
+        raise CnnlabError(f"--confidence {confidence}: give a level between 0.5 and 1 (0.95: 95%).")
+    found = comparing.gather(Store(create=False), runs, experiment, sweep, confidence)
     if not html:
         comparing.print_terminal(found)
         return

@@ -180,13 +180,17 @@ def test_compare_shows_what_differs(on_store, tmp_path):
     assert code == 0, err
     assert re.search(r"dropout\s+│\s+0\s+│\s+0.3\s+│\s+0\s", out)
     assert re.search(r"lr\s+│\s+0.003\s+│\s+0.003\s+│\s+0.01\s", out)
-    assert "batch_size" not in out and "seed" not in out  # the same in all, or bookkeeping
+    assert "batch_size" not in out and not re.search(r"│ seed\s", out)  # the same in all, or bookkeeping
+    # sw/T0 has a second seed: one seed against two says no interval can be computed
+    assert re.search(r"seeds\s+│\s+1\s+│\s+1\s+│\s+2\s", out)
+    assert "no difference can be shown with 1 and 2 seeds" in " ".join(out.split())
     assert re.search(r"val_acc \([\d.]+\.\.[\d.]+\)\s+│\s+[▁-█]{2}\s", out)
     code, out, err = on_store("compare", "T0", "T1", "--html", "-o", str(tmp_path / "c.html"))
     assert code == 0, err
     page = (tmp_path / "c.html").read_text()
-    assert h2(page) == ["What differs", "Scores", "Curves"] and len(decoded(page)) == 1
-    for args, message in ((["T0"], "two runs or more"), (["T0", "T0"], "a second time"), (["T0", "T99"], "No run")):
+    assert h2(page) == ["What differs", "Scores", "Curves", "Over seeds"] and len(decoded(page)) == 1
+    assert "Verdict (test accuracy): no difference can be shown with 1 seed each" in page
+    for args, message in ((["T0"], "two runs or configurations or more"), (["T0", "T0"], "a second time"), (["T0", "T99"], "No run")):
         code, _, err = on_store("compare", *args)
         assert code == 2 and message in err and "Traceback" not in err
 
