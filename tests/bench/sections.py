@@ -655,6 +655,28 @@ def bench_report(report, accuracy: bool = False) -> None:
                    f"the sweep took {setup:.0f} s)")
 
 
+def bench_evidence(report, accuracy: bool = False) -> None:
+    """Issue 30: is dropout really better? tf_cnn (its recipe: 10 epochs) with dropout 0 and 0.5, 5 seeds each on
+    the real data, and the verdict `cnnlab compare 'dropout=0' 'dropout=0.5'` gives (paired by seed)."""
+    import time
+
+    from cnnlab import compare
+    from cnnlab.record import Store
+
+    name = f"evidence-{time.strftime('%m%d-%H%M%S')}"
+    start = time.perf_counter()
+    result = _sweep(["arch=tf_cnn", "dropout=0,0.5"], repeats=5, name=name)
+    seconds = time.perf_counter() - start
+    found = compare.gather(Store(create=False), ["dropout=0", "dropout=0.5"], ["bench-sweep"], sweep=name)
+    v = found.verdicts[0]
+    for side in found.sides:
+        tests = " ".join(f"{t:.4f}" for t in side.tests)
+        report.add(f"evidence_{side.label}", side.tests, f"tf_cnn {side.label}: test_acc of seeds 0-4: {tests}")
+    report.add("evidence_verdict", {"diff": v.diff, "low": v.low, "high": v.high, "p": v.p, "paired": v.paired},
+               f"verdict: {v.words()} (sweep {name}: {result.ran} runs in {seconds / 60:.0f} min; "
+               f"`cnnlab compare 'dropout=0' 'dropout=0.5' --experiment bench-sweep --sweep {name}`)")
+
+
 from .gpu import bench_gpu  # noqa: E402
 from .team import bench_team  # noqa: E402
 
@@ -662,4 +684,4 @@ SYNTHETIC = {"faults", "listings", "team", "gpu"}  # sections that need no real 
 
 ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
        "fast": bench_fast, "budget": bench_budget, "listings": bench_listings, "report": bench_report, "team": bench_team,
-       "gpu": bench_gpu}
+       "gpu": bench_gpu, "evidence": bench_evidence}
