@@ -71,7 +71,13 @@ def sweep(
              "'lr=tag(log,interval(1e-4,1e-1))' depth='range(1,4)'); sweep=NAME loads conf/sweep/NAME.yaml."),
     strategy: Optional[str] = typer.Option(None, help="grid | random | optuna | list (default: grid)"),
     trials: Optional[int] = typer.Option(None, help="random/optuna: number of trials (default: 10)"),
-    repeats: Optional[int] = typer.Option(None, help="Seeds per configuration (seed, seed+1, ...)."),
+    repeats: Optional[str] = typer.Option(None, help="Seeds per configuration (seed, seed+1, ...), or auto: 2 to "
+                                                     "start, then more for the leading configurations until the "
+                                                     "best is separated from the runner-up (or --max-repeats)."),
+    max_repeats: Optional[int] = typer.Option(None, help="With --repeats auto: the most seeds a configuration "
+                                                         "gets (default: 10)."),
+    confidence: Optional[float] = typer.Option(None, help="Of the verdicts: --repeats auto's, and which "
+                                                          "configurations the summary marks tied (default: 0.95)."),
     workers: int = typer.Option(1, help="Trials run at once, each in its own process (CPU threads are split)."),
     sampler: Optional[str] = typer.Option(None, help="optuna: tpe | random | cmaes | gp | qmc (default: tpe)"),
     pruner: Optional[str] = typer.Option(None, help="optuna: median | hyperband | none (default: none)"),
@@ -100,8 +106,10 @@ def sweep(
                               "started with.")
         spec = load_joined_spec(join, storage)
     else:
-        spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=repeats, sampler=sampler,
-                         pruner=pruner, metric=metric, direction=direction, seed=sampler_seed, name=name)
+        seeds, max_repeats = _repeats(repeats, max_repeats)
+        spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=seeds, max_repeats=max_repeats,
+                         confidence=confidence, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
+                         seed=sampler_seed, name=name)
     runner = Sweep(spec, workers=workers, storage=storage, force=force, join=bool(join), quiet=quiet)
     if dry_run:
         planned = runner.plan()
@@ -112,6 +120,22 @@ def sweep(
     print_summary(spec, result)
     if result.outcomes and all(o.state == "FAILED" for o in result.outcomes):
         raise typer.Exit(1)
+
+
+def _repeats(repeats: Optional[str], max_repeats: Optional[int]):
+    """--repeats N | auto, --max-repeats M -> (seeds to start with, the cap: None unless auto)."""
+    from .sweeps.repeats import AUTO_START
+
+    if repeats == "auto":
+        return AUTO_START, max_repeats or 10
+    if max_repeats is not None:
+        raise CnnlabError(f"--max-repeats {max_repeats} goes with --repeats auto (it caps the seeds auto adds).")
+    if repeats is None:
+        return None, None
+    try:
+        return int(repeats), None
+    except ValueError:
+        raise CnnlabError(f"--repeats {repeats}: give a number of seeds (3) or auto.") from None
 
 
 def _print_estimate(runner, planned, workers: int) -> None:

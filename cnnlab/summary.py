@@ -121,10 +121,17 @@ def _stand(ranked: List[Group], direction: str, confidence: float) -> None:
         top = best[scope]
         if top.n < 2 or g.n < 2:
             continue
-        v = verdict(top.values, g.values, top.seeds, g.seeds, confidence, "the best", g.params or "(base)",
-                    higher_is_better=direction == "maximize")
+        v = verdict(top.values, g.values, top.seeds, g.seeds, confidence, top.params or "(base)",
+                    g.params or "(base)", higher_is_better=direction == "maximize", points="acc" in g.metric)
         g.against_best, g.standing = v, "tied" if not v.shown else "below"
         top.standing = "best"
+
+
+def standing(g: Group) -> str:
+    """A group's standing as a table shows it: 'best', 'tied (p=0.31)', 'below (p=0.002)', or ''."""
+    if g.against_best is None:
+        return g.standing
+    return f"{g.standing} ({g.against_best.p_text() if g.against_best.p is not None else 'identical'})"
 
 
 def tied_with_best(ranked: List[Group]) -> List[Group]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
 
 import pytest
@@ -165,3 +167,89 @@ def test_compare_refuses_what_it_cannot_tell_apart(made_up, cli):
         assert code == 2 and message in " ".join(err.split()) and "Traceback" not in err, (args, err)
     code, _, err = cli("compare", "dropout=0.5", "dropout=0", "--confidence", "95", "--experiment", "e")
     assert code == 2 and "--confidence 95" in err
+
+
+# ---------------------------------------------------------------- --repeats auto
+
+
+def _rounds(spec, planned, value_of):
+    """Run AutoRepeats' rounds on made-up trials: each trial FINISHED with value_of(trial params, seed)."""
+    from cnnlab.record import Record, Tag
+    from cnnlab.sweeps.repeats import AutoRepeats
+
+    def finished(t, i):
+        seed = int(t.params["seed"])
+        acc = value_of(t.params, seed)
+        tags = {Tag.SWEEP: "s", Tag.TRIAL: t.id, Tag.TRIAL_KEY: t.key, Tag.CONFIG_KEY: t.group,
+                Tag.SWEPT: json.dumps(t.params)}
+        return Record(f"r{i}", f"s/{t.id}", t.id, "synthetic", "1", "FINISHED", i, {"seed": seed},
+                      {"val_acc_best": acc, "test_acc": acc}, tags)
+
+    children = [finished(t, i) for i, t in enumerate(planned)]
+    auto, rounds = AutoRepeats(spec, planned), []
+    while True:
+        more = auto.next_round(children)
+        if not more:
+            return auto, children, rounds
+        rounds.append(more)
+        children += [finished(t, len(children)) for t in more]
+
+
+def _spec(space, max_repeats):
+    from cnnlab.sweeps import expand, load_spec
+
+    spec = load_spec(["data=synthetic", *space], repeats=2, max_repeats=max_repeats)
+    return spec, expand(spec)
+
+
+def _noise(seed, config):
+    return random.Random(f"{seed}-{config}").gauss(0, 0.006)
+
+
+def test_repeats_auto_stops_once_a_planted_difference_is_separated():
+    """lr=0.003 is 2 points better than lr=0.001 (seed noise 0.6 points): more seeds until that is shown (p 0.45 at
+    2 seeds, 0.17 at 3, 0.05 at 4, 0.026 at 5)."""
+    spec, planned = _spec(["lr=0.001,0.003"], max_repeats=8)
+    assert [t.params["seed"] for t in planned] == ["0", "1", "0", "1"]
+    auto, children, rounds = _rounds(spec, planned, lambda p, s: 0.70 + (0.02 if p["lr"] == "0.003" else 0)
+                                     + _noise(s, p["lr"]))
+    assert rounds, "two seeds do not show a 1.5-point difference under this noise"
+    for more in rounds:  # each round: one more seed for each configuration still in the running, a new ID each
+        assert sorted(t.params["lr"] for t in more) == ["0.001", "0.003"]
+    ids = [r.trial for r in children]
+    assert len(set(ids)) == len(ids) and ids[:4] == ["T0", "T1", "T2", "T3"] and ids[4] == "T4"
+    assert "separated from the runner-up at 95%" in auto.outcome and "lr=0.001 is worse than lr=0.003" in auto.outcome
+    seeds = sorted(int(r.params["seed"]) for r in children if json.loads(r.tags["cnnlab.swept"])["lr"] == "0.003")
+    assert seeds == [0, 1, 2, 3, 4] and len(rounds) == 3
+
+
+def test_repeats_auto_with_no_difference_stops_at_the_cap_and_says_so():
+    spec, planned = _spec(["lr=0.001,0.003"], max_repeats=5)
+    auto, children, rounds = _rounds(spec, planned, lambda p, s: 0.70 + _noise(s, p["lr"]))
+    assert len(rounds) == 3 and len(children) == 10  # 2 seeds each, then 3 rounds to 5 each
+    assert "stopped at the cap of 5 seeds" in auto.outcome and "no difference shown" in auto.outcome
+
+
+def test_repeats_auto_leaves_a_clearly_worse_configuration_behind():
+    """Three configurations: one far below is not given more seeds; the two close ones are."""
+    spec, planned = _spec(["lr=0.001,0.002,0.003"], max_repeats=4)
+    value = {"0.001": 0.50, "0.002": 0.70, "0.003": 0.701}
+    auto, children, rounds = _rounds(spec, planned, lambda p, s: value[p["lr"]] + _noise(s, p["lr"]))
+    assert rounds and all(sorted(t.params["lr"] for t in more) == ["0.002", "0.003"] for more in rounds)
+
+
+def test_repeats_auto_on_the_command_line(cli):
+    """A real sweep on tiny synthetic data: a learning rate that learns against one that cannot; the summary marks
+    the standings and says how auto ended."""
+    code, out, err = cli("sweep", "data=synthetic", "data.n_train=600", "data.n_test=200", "batch_size=50",
+                         "epochs=4", "lr=0.003,1e-7", "--repeats", "auto", "--max-repeats", "3", "-q")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "repeats auto: the best is separated from the runner-up at 95%" in text, text
+    assert re.search(r"│ lr=1e-07 │ [23] │ .* │ below \(p", text) and re.search(r"│ lr=0.003 │ [23] │ .* │ best │", text)
+    for args, message in ((["--repeats", "auto", "--max-repeats", "1"], "--max-repeats 1"),
+                          (["--max-repeats", "4"], "goes with --repeats auto"),
+                          (["--repeats", "many"], "--repeats many"),
+                          (["--repeats", "auto", "--strategy", "optuna"], "--repeats applies to grid")):
+        code, _, err = cli("sweep", "data=synthetic", "lr=0.003,1e-7", *args, "--dry-run")
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..summary import mean_std
+from ..summary import mean_std, standing
 from .spec import Outcome, Spec, Trial
 
 
@@ -117,13 +117,18 @@ def print_summary(spec: Spec, result) -> None:
                       markup=False)
     repeats = any(g.n > 1 for g in result.groups)
     title = f"{result.name}: per configuration" + (", mean ± std over seeds" if repeats else "")
+    judged = any(g.standing for g in result.groups)
     table = Table(title=f"{title} ({spec.metric} chooses)")
-    for col in ("#", "params", "seeds", spec.metric, "test_acc", "trials"):
+    for col in ("#", "params", "seeds", spec.metric, "test_acc", *(["vs best"] if judged else []), "trials"):
         table.add_column(col)
     for i, g in enumerate(result.groups, 1):
         table.add_row(str(i), g.params or "(base)", str(g.n), mean_std(g.mean, g.std),
-                      mean_std(g.test_mean, g.test_std), " ".join(g.ids))
+                      mean_std(g.test_mean, g.test_std), *([standing(g)] if judged else []), " ".join(g.ids))
     console.print(table)
+    if judged:
+        tied = [g.params or "(base)" for g in result.groups if g.standing == "tied"]
+        console.print(f"tied with the best at {spec.confidence:.0%} (not separated by {spec.metric} over their "
+                      f"seeds): {', '.join(tied) if tied else 'none'}", markup=False)
     pruned = sum(r.state == "PRUNED" for r in result.records)
     if pruned:
         console.print(f"{pruned} trial(s) pruned")

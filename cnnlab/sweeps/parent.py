@@ -43,8 +43,8 @@ class ParentRun:
         shared = state.parent() if state is not None else None
         parent = self.store.get(shared) if shared else self.store.sweep_parent(self.exp_id, self.name)
         spec = asdict(self.spec)
-        params = {k: spec[k] for k in ("strategy", "metric", "direction", "trials", "repeats", "sampler",
-                                       "pruner", "seed")}
+        params = {k: spec[k] for k in ("strategy", "metric", "direction", "trials", "repeats", "max_repeats",
+                                       "confidence", "sampler", "pruner", "seed")}
         params.update(space=" ".join(spec["space"]), overrides=" ".join(spec["overrides"]),
                       configs=json.dumps(spec["configs"])[:6000], cli_overrides=" ".join(spec["cli_overrides"]))
         if parent is not None:
@@ -116,7 +116,7 @@ class ParentRun:
         children = self.children()
         notes += self.running_notes(children)
         latest = summary.latest_attempts(children)
-        groups = summary.groups(children, self.spec.metric, self.spec.direction)
+        groups = summary.groups(children, self.spec.metric, self.spec.direction, self.spec.confidence)
         path = self.root / "summary.csv"
         keys = ["trial", "state", "run_id", "config_key", "params", self.spec.metric, "test_acc", "wall_time", "reason"]
         with open(path, "w", newline="") as f:

@@ -29,8 +29,6 @@ from .strategies import WAIT, Context, get_strategy
 from .trial import Inline, init_worker, run_trial, work
 
 
-
-
 @dataclass
 class SweepResult:
     name: str
@@ -121,6 +119,8 @@ class Sweep:
         try:
             self.display.start()
             self._loop(executor, queue, self.strategy.trials(ctx, planned), outcomes)
+            if self.spec.max_repeats:
+                self._repeat_until_clear(executor, queue, planned, outcomes)
         except Interrupted as exc:  # --workers 1: the signal reached train() in this process
             self.stop_signal = exc.exit_code - 128
         finally:
@@ -135,6 +135,19 @@ class Sweep:
         if self.stop_signal is not None:
             raise Interrupted(self.stop_signal)
         return result
+
+    def _repeat_until_clear(self, executor, queue, planned: List[Trial], outcomes: List[Outcome]) -> None:
+        """--repeats auto: rounds of one more seed for the configurations still in the running (repeats.py)."""
+        from .repeats import AutoRepeats
+
+        auto = AutoRepeats(self.spec, planned)
+        while self.stop_signal is None:
+            more = auto.next_round(self.parent.children())
+            if not more:
+                break
+            self._loop(executor, queue, iter(more), outcomes)
+        if auto.outcome:
+            self.notes.append(auto.outcome)
 
     def _abandon(self, trial_id: str) -> None:
         """A trial's worker died (killed, or its machine went down) and the study runs it again: its run ends."""

@@ -21,6 +21,8 @@ class Spec:
     strategy: str = "grid"  # a name in sweeps/strategies/ (grid | random | optuna | list)
     trials: Optional[int] = None  # random/optuna: how many (default 10); grid/list: all of them
     repeats: int = 1  # seeds per configuration (seed, seed+1, ...)
+    max_repeats: Optional[int] = None  # set: --repeats auto, more seeds while the best is not clear, up to this
+    confidence: float = 0.95  # of the verdicts (--repeats auto's, and the standings the summary shows)
     metric: str = "val_acc"  # the objective: val_acc or val_loss, at the best epoch; the test set never chooses
     direction: Optional[str] = None  # maximize | minimize; default: maximize val_acc, minimize val_loss
     sampler: str = "tpe"  # optuna: tpe | random | cmaes | gp | qmc
@@ -114,7 +116,9 @@ def read_spec(args: List[str], **options: Any) -> Spec:
 def sweep_name(spec: Spec) -> str:
     if spec.name:
         return spec.name
-    text = json.dumps({k: v for k, v in asdict(spec).items() if k != "name"}, sort_keys=True)
+    defaults = {"max_repeats": None, "confidence": 0.95}  # added later: at their defaults, names stay as they were
+    text = json.dumps({k: v for k, v in asdict(spec).items() if k != "name" and (k not in defaults or
+                                                                               v != defaults[k])}, sort_keys=True)
     return f"{spec.strategy}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 

@@ -102,7 +102,7 @@ class Strategy:
         if not self.spec.space:
             raise CnnlabError("Nothing to sweep: give at least one override with sweep syntax "
                               "(lr=0.1,0.01 or dropout=interval(0,0.5)) or sweep=NAME (see conf/sweep/).")
-        if self.spec.repeats > 1 and not self.takes_repeats:
+        if (self.spec.repeats > 1 or self.spec.max_repeats) and not self.takes_repeats:
             raise CnnlabError(f"--repeats applies to grid, random and list sweeps; a {self.name} trial is one run.")
 
     def check_objective(self, cfg, label: str) -> None:
@@ -211,6 +211,11 @@ def check(spec: Spec) -> None:
                           "the test set is never used to choose.")
     if spec.repeats < 1 or (spec.trials is not None and spec.trials < 1):
         raise CnnlabError("--repeats and --trials must be >= 1.")
+    if spec.max_repeats is not None and (spec.repeats < 2 or spec.max_repeats < spec.repeats):
+        raise CnnlabError(f"--max-repeats {spec.max_repeats} with {spec.repeats} seeds to start: repeats auto starts "
+                          "with 2 seeds or more and adds up to --max-repeats (>= the start).")
+    if not 0.5 <= spec.confidence < 1:
+        raise CnnlabError(f"--confidence {spec.confidence}: give a level between 0.5 and 1 (0.95: 95%).")
     if spec.pruner != "none" and not strategy.prunes:
         raise CnnlabError(f"--pruner {spec.pruner} needs --strategy optuna (pruning is Optuna's).")
     fixed = {o.get_key_element() for o in parse(spec.fixed)}
