@@ -58,6 +58,12 @@ def _repeats(rows) -> bool:
     return any(r.group is not None and r.group.n > 1 for r in rows)
 
 
+def _standing(group) -> Optional[str]:
+    from .summary import standing
+
+    return standing(group) if group is not None and group.standing else None
+
+
 COLUMNS: List[Any] = [
     Column("ID", "Experiment", lambda r: r.record.id, sort="id", short="id"),
     Column("BATCH SIZE", "Experiment", lambda r: r.param("batch_size"), "int", "batch_size", "batch"),
@@ -79,6 +85,12 @@ COLUMNS: List[Any] = [
     Column("ACC AVG", "Source Dataset", lambda r: r.group and r.group.test_mean, "acc", "acc_avg", "mean test"),
     Column("ACC STD", "Source Dataset", lambda r: r.group and r.group.test_std, "acc", short="± std", when=_repeats),
     Column("N", "Source Dataset", lambda r: r.group and r.group.n, "int", short="seeds", when=_repeats),
+    # whether its configuration is tied with the best of its sweep (by the objective), and better or worse than
+    # the baseline's (by test accuracy): summary.verdict over their seeds, where both have two or more
+    Column("VS BEST", "Source Dataset", lambda r: _standing(r.group), short="vs best", width=16,
+           when=lambda rows: any(r.group is not None and r.group.standing for r in rows)),
+    Column("VERDICT", "Source Dataset", lambda r: r.verdict, short="vs baseline", width=30,
+           when=lambda rows: any(r.verdict and r.verdict != "baseline" for r in rows)),
     TARGETS,
     Column("TARGET ACC AVG", "Target Dataset", lambda r: r.target_avg, "acc", short="target acc"),
     Column("ACC TRAIN", "Details", lambda r: r.metric("train_acc_final", "train_acc"), "acc", "train_acc",

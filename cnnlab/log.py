@@ -97,6 +97,7 @@ class Row:
     group: Optional[summary.Group]  # its configuration over seeds (None: not FINISHED)
     link: str
     runs_root: Path
+    verdict: str = ""  # its configuration against the baseline's, over their seeds (test accuracy); "baseline"
 
     def param(self, key: str) -> Any:
         return self.record.params.get(key)
@@ -249,7 +250,8 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
             ref, is_base = (first.params if first else None), first is None or first.run_id == r.run_id
         arch = "baseline" if is_base else (describe_changes(ref, r.params) or "no architecture change")
         training = "" if is_base else describe_changes(ref, r.params, TRAINING_KEYS)
-        rows.append(Row(r, arch, training, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root))
+        rows.append(Row(r, arch, training, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root,
+                        _verdict(group_of.get(r.id), _base_group(r, ref, is_base, records, group_of), is_base)))
 
     targets = sorted({t for row in rows for t in row.targets})
     columns = cols.expand(targets, rows)
@@ -277,7 +279,31 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
     return Log(rows, columns, table, curves, per_class, sweep_frame(sweep_groups), best, groups)
 
 
-SWEEP_COLUMNS = ["SWEEP", "CONFIG", "OBJECTIVE", "SEEDS", "MEAN", "STD", "BEST", "TEST MEAN", "TEST STD", "TRIALS"]
+def _base_group(record: Record, ref: Optional[Dict[str, Any]], is_base: bool, records: Sequence[Record],
+                group_of: Dict[str, summary.Group]) -> Optional[summary.Group]:
+    """The group of the baseline `record` is compared with: a run of the records with the baseline's config, in the
+    same scope (its sweep, or the experiment's single runs)."""
+    if ref is None:
+        return None
+    for other in records:
+        if other.experiment_id == record.experiment_id and other.sweep == record.sweep and \
+                other.id in group_of and _same(ref, other.params):
+            return group_of[other.id]
+    return None
+
+
+def _verdict(group: Optional[summary.Group], base: Optional[summary.Group], is_base: bool) -> str:
+    """VERDICT: this configuration against the baseline's on test accuracy, where both have two seeds or more."""
+    if group is not None and group.n > 1 and (is_base or group is base):  # a seed of the baseline's configuration
+        return "baseline"
+    if group is None or base is None or min(len(group.tests), len(base.tests)) < 2:
+        return ""
+    seeds = (base.seeds, group.seeds) if len(base.tests) == base.n and len(group.tests) == group.n else (None, None)
+    return summary.verdict(base.tests, group.tests, *seeds).short()
+
+
+SWEEP_COLUMNS = ["SWEEP", "CONFIG", "OBJECTIVE", "SEEDS", "MEAN", "STD", "BEST", "VS BEST", "TEST MEAN", "TEST STD",
+                 "TRIALS"]
 
 
 def sweep_frame(groups: List[summary.Group]):
@@ -287,6 +313,7 @@ def sweep_frame(groups: List[summary.Group]):
     return pd.DataFrame([{
         "SWEEP": g.sweep, "CONFIG": g.params or "(base)", "OBJECTIVE": g.metric, "SEEDS": g.n, "MEAN": g.mean,
         "STD": g.std, "BEST": g.best("minimize" if g.metric.endswith("loss") else "maximize"),
+        "VS BEST": summary.standing(g),
         "TEST MEAN": g.test_mean, "TEST STD": g.test_std, "TRIALS": " ".join(g.ids),
     } for g in groups], columns=SWEEP_COLUMNS)
 

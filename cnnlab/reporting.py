@@ -294,11 +294,26 @@ def group_page(store: Store, target: Target, ui_url: str) -> str:
         image(figures.embed(figures.config_bars(bars, metric)), "per configuration") if bars
         else missing("No configuration has a finished run yet."),
         "" if any(g.n > 1 for g in groups) else pages.paragraph("Each configuration ran with one seed: no error "
-                                                                 "bars (repeat with --repeats N for them).")))
+                                                                 "bars (repeat with --repeats N for them)."),
+        _standings(groups, metric)))
     sections.append(_pareto_section(scored))
     sections.append(section("Training log", _log_table(log)))
     title = f"{'Sweep' if target.kind == 'sweep' else 'Experiment'} {target.name}"
     return pages.page(title, f"{len(latest)} runs · objective {metric} ({direction})", sections)
+
+
+def _standings(groups, metric: str) -> str:
+    """Which configurations are tied with the best (summary's standings), where seeds allow a verdict."""
+    from .summary import mean_std, standing
+
+    if not any(g.standing for g in groups):
+        return ""
+    rows = [[g.params or "(base)", g.n, mean_std(g.mean, g.std), mean_std(g.test_mean, g.test_std), standing(g)]
+            for g in groups]
+    tied = [g.params or "(base)" for g in groups if g.standing == "tied"]
+    return (table(["configuration", "seeds", metric, "test_acc", "vs best"], rows, numeric=[1]) +
+            pages.paragraph(f"Tied with the best (not separated by {metric} over their seeds at 95%): "
+                            f"{', '.join(tied) if tied else 'none'}."))
 
 
 def _last(series: Optional[Dict[int, float]]) -> Optional[float]:

@@ -141,7 +141,11 @@ def test_a_sweeps_report(on_store, tmp_path):
     assert "4 FINISHED" in page and "1 PRUNED" in page
     assert len(decoded(page)) == 5  # history, curves, parallel coordinates, configs, Pareto
     assert re.search(r"<td>lr</td><td class=\"num\">1.000</td>", page)  # the one varied parameter explains all
-    assert "no error bars" not in page  # two seeds per config: error bars drawn
+    assert "no error bars" not in page  # two seeds per config: error bars drawn, and a standing for each
+    assert re.search(r"<td>lr=0\.\d+</td><td class=\"num\">2</td><td>[\d.]+ ± [\d.]+</td><td>[\d.]+ ± [\d.]+</td>"
+                     r"<td>best</td>", page)
+    assert re.search(r"<td>lr=0\.\d+</td><td class=\"num\">2</td>.*<td>(tied|below) \(p[=<][\d.e-]+\)</td>", page)
+    assert "Tied with the best (not separated by val_acc over their seeds at 95%)" in page
     log_rows = re.findall(r"<tr(?: class=\"best\")?><td>(sw/T\d)</td>", page.split("<h2>Training log</h2>")[1])
     assert sorted(log_rows) == ["sw/T0", "sw/T1", "sw/T2", "sw/T3", "sw/T4"]
 

@@ -253,3 +253,24 @@ def test_repeats_auto_on_the_command_line(cli):
                           (["--repeats", "auto", "--strategy", "optuna"], "--repeats applies to grid")):
         code, _, err = cli("sweep", "data=synthetic", "lr=0.003,1e-7", *args, "--dry-run")
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+
+def test_the_log_marks_standings_and_verdicts_against_the_baseline(made_up, cli, tmp_path):
+    """runs and the workbook: VS BEST (d5 best, the others below) and VERDICT against the baseline T0's
+    configuration (dropout 0, lr 0.001) on test accuracy."""
+    import pandas as pd
+
+    code, out, err = cli("export-log", str(tmp_path / "log.xlsx"), "--experiment", "e")
+    assert code == 0, err
+    table = pd.read_excel(tmp_path / "log.xlsx", sheet_name="Training log", header=1)
+    by_id = {row["ID"]: row for _, row in table.iterrows()}
+    d0, d5, fast = made_up["d0"], made_up["d5"], made_up["d0-fast"]
+    assert {by_id[i]["VS BEST"] for i in d5} == {"best"}
+    assert all(re.fullmatch(r"below \(p[=<][\d.e-]+\)", by_id[i]["VS BEST"]) for i in d0 + fast)
+    assert {by_id[i]["VERDICT"] for i in d0} == {"baseline"}
+    assert all(re.fullmatch(r"better \+2\.10 \(\+[\d.]+ to \+[\d.]+, p[=<][\d.e-]+\)", by_id[i]["VERDICT"]) for i in d5)
+    assert all(by_id[i]["VERDICT"].startswith("worse -4.") for i in fast)
+    assert list(by_id[d5[0]][["ACC AVG", "ACC STD", "N"]]) == [pytest.approx(0.7225), pytest.approx(0.00480, abs=1e-4), 4]
+    code, out, err = cli("runs", "--experiment", "e")
+    assert code == 0, err
+    assert "vs best" in out and "vs baseline" in out and "better +2.10" in out
