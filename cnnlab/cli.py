@@ -244,6 +244,20 @@ def runs(
 
 
 @app.command()
+def reproduce(
+    run: str = typer.Argument(..., help="The run: its log ID (T3, exercise/T3), run name, or run-ID prefix."),
+    experiment: Experiments = None,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No per-epoch output."),
+) -> None:
+    """Train a FINISHED run's recorded config again as a new run linked to it, and say whether the result is
+    identical, or what differs (commit, packages, data, machine) and by how much the metrics moved."""
+    from .reproduce import reproduce as again
+
+    for line in again(run, experiment, quiet=quiet).words():
+        typer.echo(line)
+
+
+@app.command()
 def evaluate(
     run: str = typer.Argument(..., help="The run: its log ID (T3, exercise/T3), run name, or run-ID prefix."),
     overrides: Optional[List[str]] = typer.Argument(None, help="targets=[gaussian_noise,blur,...] severity=3"),

@@ -132,9 +132,10 @@ class Recorder:
                  precision: str, tags: Optional[dict] = None, parent_run_id: Optional[str] = None,
                  run_root: Optional[Path] = None, log_id: Optional[str] = None, quiet: bool = False,
                  started: Optional[float] = None, resume=None, state: Optional[dict] = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, repro: Optional[Dict[str, str]] = None):
         """resume: the Record of a KILLED run to continue, with `state` its last checkpoint (run_resumable);
-        clock: what wall time is read from (started is on it)."""
+        clock: what wall time is read from (started is on it); repro: file name -> text of what it takes to run
+        it again (reproduce.environment), logged under repro/ at once."""
         import torch
 
         self.clock = clock
@@ -166,6 +167,11 @@ class Recorder:
         (self.dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(self.cfg_dict))
         (self.dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
         (self.dir / "model.txt").write_text(summary)
+        if repro:
+            (self.dir / "repro").mkdir()
+            for name, text in repro.items():
+                (self.dir / "repro" / name).write_text(text)
+            self.run.log_artifacts(sorted((self.dir / "repro").iterdir()), "repro")
         self.report = Reporter(self.dir / "train.log", quiet=quiet)
         root = self.run.root  # inside the store's directory the tag is relative: the store can move
         inside = root is not None and self.dir.is_relative_to(root)

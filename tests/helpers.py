@@ -26,3 +26,21 @@ def wait_for(condition, timeout: float = 120, what: str = "") -> None:
     while not condition():
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+CLASSES = ("cat", "dog", "frog")
+
+
+def make_folder(root, n_train: int = 4, n_test: int = 2, fmt: str = "png", seed: int = 0):
+    """A CIFAR-style image folder: train/<class>/*.png and test/<class>/*.png (3 classes), random pixels from `seed`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:04d}.{fmt}")
+    return root

@@ -19,19 +19,7 @@ from PIL import Image
 from cnnlab import data
 from cnnlab.errors import CnnlabError
 
-CLASSES = ("cat", "dog", "frog")
-
-
-def make_folder(root: Path, n_train: int = 4, n_test: int = 2, fmt: str = "png") -> Path:
-    """train/<class>/*.png and test/<class>/*.png, each image a flat colour keyed by class and index."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / c / f"{i:04d}.{fmt}")
-    return root
+from .helpers import CLASSES, make_folder
 
 
 def cifar_python_archive(path: Path, per_batch: int = 6) -> tuple[Path, np.ndarray]:

@@ -274,3 +274,53 @@ def test_the_log_marks_standings_and_verdicts_against_the_baseline(made_up, cli,
     code, out, err = cli("runs", "--experiment", "e")
     assert code == 0, err
     assert "vs best" in out and "vs baseline" in out and "better +2.10" in out
+
+
+# ---------------------------------------------------------------- reproduction
+
+
+def test_a_run_records_what_it_takes_to_run_it_again_and_reproduce_says_identical(cli, tmp_path):
+    """A tiny run on a real-format data cache: its environment recorded; reproduce gives bit-identical metrics and
+    says so, linked both ways. After the cache is replaced by other images, reproduce names the data as what
+    differs."""
+    from cnnlab import data
+    from cnnlab.record import Store, Tag
+
+    from .helpers import make_folder
+
+    data.import_dataset(make_folder(tmp_path / "a", n_train=30, n_test=10, seed=1))
+    tiny = ["data=cifar10", "batch_size=30", "epochs=2", "threads=1", "-q"]
+    code, out, err = cli("train", *tiny)
+    assert code == 0, err
+    store = Store()
+    first = store.find("T0", ["cifar10"])
+    tags = first.tags
+    assert len(tags[Tag.DATA_HASH]) == 16 and tags[Tag.THREADS] == "1" and tags[Tag.CPU] and tags[Tag.PYTHON]
+    assert tags[Tag.GIT_DIFF_HASH] and tags["cnnlab.torch"]
+    frozen = store.download(first.run_id, "repro/requirements.txt").read_text()
+    assert "torch==" in frozen and "mlflow==" in frozen
+
+    code, out, err = cli("reproduce", "T0", "-q")
+    assert code == 0, err
+    assert re.match(r"reproduced T0 as T1: identical \(test_acc [\d.]+, val_acc_best [\d.]+; every epoch's", out), out
+    again = Store().find("T1", ["cifar10"])
+    assert again.tags[Tag.REPRODUCES] == first.run_id
+    assert Store().find("T0", ["cifar10"]).tags[Tag.REPRODUCED_BY] == again.run_id
+    assert again.metrics["test_acc"] == first.metrics["test_acc"]
+
+    data.import_dataset(make_folder(tmp_path / "b", n_train=30, n_test=10, seed=2))  # same shape, other images
+    code, out, err = cli("reproduce", "T0", "-q")
+    assert code == 0, err
+    assert "reproduced T0 as T2" in out
+    assert re.search(rf"data \(content hash\): {tags[Tag.DATA_HASH]} -> [0-9a-f]{{16}}", out), out
+    assert Store().find("T0", ["cifar10"]).tags[Tag.REPRODUCED_BY] == f"{again.run_id} {Store().find('T2', ['cifar10']).run_id}"
+
+
+def test_reproduce_refuses_what_it_cannot_repeat(cli):
+    code, out, err = cli("train", "data=synthetic", "data.n_train=100", "data.n_test=50", "batch_size=50",
+                         "budget=6s", "-q")
+    assert code == 0, err
+    code, _, err = cli("reproduce", "T0", "--experiment", "synthetic")
+    assert code == 2 and "budget=6s" in err and "Traceback" not in err
+    code, _, err = cli("reproduce", "T7", "--experiment", "synthetic")
+    assert code == 2 and "No run 'T7'" in err
