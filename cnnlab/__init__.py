@@ -1,11 +1,12 @@
 """cnnlab: run, track and compare CNN experiments on CIFAR-10.
 
-From Python or a notebook: cnnlab.train(...), cnnlab.sweep(...), cnnlab.runs(), cnnlab.report(...) (cnnlab/api.py).
+From Python or a notebook: cnnlab.train(...), cnnlab.sweep(...), cnnlab.runs(), cnnlab.report(...),
+cnnlab.compare(...), cnnlab.reproduce(...) (cnnlab/api.py).
 """
 
 from .version import __version__  # noqa: F401
 
-API = ("train", "sweep", "runs", "report")
+API = ("train", "sweep", "runs", "report", "compare", "reproduce")
 
 
 def __getattr__(name: str):

@@ -5,6 +5,8 @@
     cnnlab.sweep("lr=0.01,0.001", "dropout=0,0.5", workers=2)
     cnnlab.runs()                                         # the training log, a pandas DataFrame
     cnnlab.report(run)                                    # the run's page, shown inline in a notebook
+    cnnlab.compare("dropout=0", "dropout=0.5")            # is it really better? the verdict over seeds
+    cnnlab.reproduce(run)                                 # run it again: identical, or what differs
 
 Arguments are the command line's overrides, one per string or several in one string ("arch=vgg_small
 dropout=0.5"). A bad one raises CnnlabError with the paragraph the command prints. Stopping a cell (the
@@ -47,16 +49,20 @@ def train(*overrides: str, quiet: bool = False):
 
 
 def sweep(*overrides: str, strategy: Optional[str] = None, trials: Optional[int] = None,
-          repeats: Optional[int] = None, workers: int = 1, sampler: Optional[str] = None, pruner: Optional[str] = None,
+          repeats: Union[None, int, str] = None, max_repeats: Optional[int] = None, confidence: Optional[float] = None,
+          workers: int = 1, sampler: Optional[str] = None, pruner: Optional[str] = None,
           metric: Optional[str] = None, direction: Optional[str] = None, sampler_seed: Optional[int] = None,
           name: Optional[str] = None, storage: Optional[str] = None, force: bool = False, quiet: bool = True):
-    """Run a sweep, as `cnnlab sweep OVERRIDES --options` does (the same keywords); prints its summary and returns
-    its SweepResult (name, outcomes, records, groups: the configurations, best first)."""
+    """Run a sweep, as `cnnlab sweep OVERRIDES --options` does (the same keywords; repeats="auto"); prints its
+    summary and returns its SweepResult (name, outcomes, records, groups: the configurations, best first)."""
     from .sweeps import Sweep, load_spec
     from .sweeps.display import print_summary
+    from .sweeps.repeats import parse_repeats
 
+    repeats, max_repeats = parse_repeats(repeats, max_repeats)
     spec = load_spec(_overrides(overrides), strategy=strategy, trials=trials, repeats=repeats, sampler=sampler,
-                     pruner=pruner, metric=metric, direction=direction, seed=sampler_seed, name=name)
+                     max_repeats=max_repeats, confidence=confidence, pruner=pruner, metric=metric,
+                     direction=direction, seed=sampler_seed, name=name)
     result = _interruptible(Sweep(spec, workers=workers, storage=storage, force=force, quiet=quiet).run)
     print_summary(spec, result)
     return result
@@ -101,3 +107,29 @@ def report(target, out: Optional[Union[str, Path]] = None, experiment: Union[Non
     found, path = write_report(str(target), Path(out) if out else None, _listed(experiment))
     title = f"{found.record.experiment} {found.record.id}" if found.kind == "run" else f"{found.kind} {found.name}"
     return Page(path, title)
+
+
+def compare(*refs: str, experiment: Union[None, str, Sequence[str]] = None, sweep: Optional[str] = None,
+            confidence: float = 0.95):
+    """Runs or configurations side by side, as `cnnlab compare` prints them, with the verdict of each against the
+    first; returns the Comparison (its `verdicts`: summary.Verdict, with diff, low, high, p, words())."""
+    from . import comparison as comparing
+    from .record import Store
+
+    found = comparing.gather(Store(create=False), [getattr(r, "id", r) for r in refs], _listed(experiment), sweep,
+                             confidence)
+    comparing.print_terminal(found)
+    return found
+
+
+def reproduce(run, experiment: Union[None, str, Sequence[str]] = None, quiet: bool = True):
+    """Train a FINISHED run again (a Result or a reference), as `cnnlab reproduce` does; prints and returns the
+    Reproduction (identical, and what differs)."""
+    from .reproduction import reproduce as again
+
+    if hasattr(run, "run_id") and hasattr(run, "id"):
+        experiment = experiment or getattr(run, "experiment", None) or None
+        run = run.id
+    found = _interruptible(lambda: again(str(run), _listed(experiment), quiet=quiet))
+    print("\n".join(found.words()))
+    return found

@@ -106,7 +106,9 @@ def sweep(
                               "started with.")
         spec = load_joined_spec(join, storage)
     else:
-        seeds, max_repeats = _repeats(repeats, max_repeats)
+        from .sweeps.repeats import parse_repeats
+
+        seeds, max_repeats = parse_repeats(repeats, max_repeats)
         spec = load_spec(overrides or [], strategy=strategy, trials=trials, repeats=seeds, max_repeats=max_repeats,
                          confidence=confidence, sampler=sampler, pruner=pruner, metric=metric, direction=direction,
                          seed=sampler_seed, name=name)
@@ -120,22 +122,6 @@ def sweep(
     print_summary(spec, result)
     if result.outcomes and all(o.state == "FAILED" for o in result.outcomes):
         raise typer.Exit(1)
-
-
-def _repeats(repeats: Optional[str], max_repeats: Optional[int]):
-    """--repeats N | auto, --max-repeats M -> (seeds to start with, the cap: None unless auto)."""
-    from .sweeps.repeats import AUTO_START
-
-    if repeats == "auto":
-        return AUTO_START, max_repeats or 10
-    if max_repeats is not None:
-        raise CnnlabError(f"--max-repeats {max_repeats} goes with --repeats auto (it caps the seeds auto adds).")
-    if repeats is None:
-        return None, None
-    try:
-        return int(repeats), None
-    except ValueError:
-        raise CnnlabError(f"--repeats {repeats}: give a number of seeds (3) or auto.") from None
 
 
 def _print_estimate(runner, planned, workers: int) -> None:
@@ -251,7 +237,7 @@ def reproduce(
 ) -> None:
     """Train a FINISHED run's recorded config again as a new run linked to it, and say whether the result is
     identical, or what differs (commit, packages, data, machine) and by how much the metrics moved."""
-    from .reproduce import reproduce as again
+    from .reproduction import reproduce as again
 
     for line in again(run, experiment, quiet=quiet).words():
         typer.echo(line)
@@ -319,7 +305,7 @@ def compare(
     """Runs or configurations side by side: what differs, scores, curves (sparklines; --html: overlaid), and
     whether the difference in test accuracy is real (over each configuration's seeds: Welch's t-test, paired by
     seed when both ran the same seeds)."""
-    from . import compare as comparing
+    from . import comparison as comparing
     from .record import Store
 
     if not 0.5 <= confidence < 1:

@@ -191,13 +191,13 @@ def _experiment_baselines(store: Store, records: Sequence[Record]) -> Dict[str, 
 
 
 def _sweep_objectives(store: Store, records: Sequence[Record]) -> Dict[str, tuple]:
-    """parent run id -> (metric, direction) of each sweep the records belong to; and its base config."""
+    """parent run id -> (metric, direction, base config, confidence) of each sweep the records belong to."""
     out = {}
     for parent_id in {r.parent_run_id for r in records if r.parent_run_id}:
         parent = store.get(parent_id)
         base = {k[5:]: v for k, v in parent.params.items() if k.startswith("base.")}
         out[parent_id] = (parent.params.get("metric") or Metric.VAL_ACC, parent.params.get("direction") or "maximize",
-                          base)
+                          base, float(parent.params.get("confidence") or summary.CONFIDENCE))
     return out
 
 
@@ -205,7 +205,7 @@ def reference(store: Store, record: Record) -> Tuple[str, Optional[Dict[str, Any
     """What the log compares `record` with, as (what it is, its params): a trial its sweep's base config, any
     other run its experiment's baseline (its first single run). None: the record is that baseline."""
     if record.parent_run_id:
-        _, _, base = _sweep_objectives(store, [record])[record.parent_run_id]
+        base = _sweep_objectives(store, [record])[record.parent_run_id][2]
         return f"sweep {record.sweep}'s base config", (None if not base or _same(base, record.params) else base)
     first = _experiment_baselines(store, [record]).get(record.experiment_id)
     if first is None or first.run_id == record.run_id:
@@ -231,8 +231,8 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
     sweeps = _sweep_objectives(store, records)
     # one summary for the views: each sweep's groups by its own objective, the single runs' by val_acc
     groups: List[summary.Group] = []
-    for parent_id, (metric, direction, _) in sweeps.items():
-        groups += summary.groups([r for r in records if r.parent_run_id == parent_id], metric, direction)
+    for parent_id, (metric, direction, _, confidence) in sweeps.items():
+        groups += summary.groups([r for r in records if r.parent_run_id == parent_id], metric, direction, confidence)
     groups += summary.groups([r for r in records if not r.parent_run_id])
     group_of = summary.group_of(groups)
 

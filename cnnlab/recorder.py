@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import checkpoint, figures
+from . import checkpoint, figures, reproduction
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
@@ -132,10 +132,11 @@ class Recorder:
                  precision: str, tags: Optional[dict] = None, parent_run_id: Optional[str] = None,
                  run_root: Optional[Path] = None, log_id: Optional[str] = None, quiet: bool = False,
                  started: Optional[float] = None, resume=None, state: Optional[dict] = None,
-                 clock: Callable[[], float] = time.perf_counter, repro: Optional[Dict[str, str]] = None):
+                 clock: Callable[[], float] = time.perf_counter, data=None):
         """resume: the Record of a KILLED run to continue, with `state` its last checkpoint (run_resumable);
-        clock: what wall time is read from (started is on it); repro: file name -> text of what it takes to run
-        it again (reproduce.environment), logged under repro/ at once."""
+        clock: what wall time is read from (started is on it); data: the dataset it trains on, whose content hash
+        is recorded with the rest of what it takes to run it again (reproduction.environment: tags, and files
+        under repro/)."""
         import torch
 
         self.clock = clock
@@ -145,8 +146,9 @@ class Recorder:
         if resume is not None:
             self._reopen(resume, state, quiet)
             return
+        env_tags, repro = reproduction.environment(data, device) if data is not None else ({}, {})
         run_tags = {
-            "cnnlab.version": __version__, "cnnlab.device": device, "cnnlab.precision": precision,
+            **env_tags, "cnnlab.version": __version__, "cnnlab.device": device, "cnnlab.precision": precision,
             "cnnlab.torch": torch.__version__, Tag.OVERRIDES: " ".join(overrides),
             "mlflow.source.name": "cnnlab train", "mlflow.source.type": "LOCAL", **(tags or {}),
         }

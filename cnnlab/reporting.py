@@ -311,8 +311,9 @@ def _standings(groups, metric: str) -> str:
     rows = [[g.params or "(base)", g.n, mean_std(g.mean, g.std), mean_std(g.test_mean, g.test_std), standing(g)]
             for g in groups]
     tied = [g.params or "(base)" for g in groups if g.standing == "tied"]
+    level = next(g.against_best.confidence for g in groups if g.against_best is not None)
     return (table(["configuration", "seeds", metric, "test_acc", "vs best"], rows, numeric=[1]) +
-            pages.paragraph(f"Tied with the best (not separated by {metric} over their seeds at 95%): "
+            pages.paragraph(f"Tied with the best (not separated by {metric} over their seeds at {level:.0%}): "
                             f"{', '.join(tied) if tied else 'none'}."))
 
 

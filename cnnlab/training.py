@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import data as data_mod
-from . import engine, reproduce
+from . import engine
 from .config import resolve
 from .device import Device
 from .errors import Diverged, Interrupted, Pruned
@@ -142,10 +142,8 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     if gate.fired is not None:  # stopped during set-up: nothing was recorded, nothing is
         raise Interrupted(gate.fired)
     size = {"params": n_params, "flops": flops}
-    env_tags, env_files = reproduce.environment(ds, device) if state is None else ({}, {})
     rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n",
-                   sizes=loaders.sizes, device=str(device), precision=dev.precision, tags={**env_tags, **tags},
-                   repro=env_files,
+                   sizes=loaders.sizes, device=str(device), precision=dev.precision, tags=tags, data=ds,
                    parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started, clock=clock,
                    resume=resume, state=state)
     _announce(rec, cfg, size, loaders.sizes, f"{device} {dev.precision}", estimate, resumed=state is not None)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cnnlab import figures, look
-from cnnlab.compare import sparkline
+from cnnlab.comparison import sparkline
 
 TINY = ["data=synthetic", "data.n_train=400", "data.n_test=200", "batch_size=50", "epochs=2"]
 

@@ -324,3 +324,12 @@ def test_reproduce_refuses_what_it_cannot_repeat(cli):
     assert code == 2 and "budget=6s" in err and "Traceback" not in err
     code, _, err = cli("reproduce", "T7", "--experiment", "synthetic")
     assert code == 2 and "No run 'T7'" in err
+
+
+def test_compare_from_python(made_up, capsys):
+    import cnnlab
+
+    found = cnnlab.compare("dropout=0", "dropout=0.5", experiment="e")
+    (v,) = found.verdicts
+    assert v.shown and v.better and v.paired and v.diff == pytest.approx(0.021)
+    assert "dropout=0.5 is better than dropout=0" in " ".join(capsys.readouterr().out.split())

@@ -10,14 +10,30 @@ resumed sweep carries on where it stood; a seed already FINISHED is never run ag
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Set
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from .. import summary
 from ..config import identity
+from ..errors import CnnlabError
 from ..record import Record
 from .spec import Spec, Trial, base_seed, merged, resolved
 
 AUTO_START = 2  # seeds per configuration before the first verdict: one seed has no spread to judge
+AUTO_CAP = 10  # the most seeds auto gives a configuration unless told (--max-repeats)
+
+
+def parse_repeats(repeats: Union[None, int, str], max_repeats: Optional[int]) -> Tuple[Optional[int], Optional[int]]:
+    """--repeats N | auto and --max-repeats M -> (seeds to start with, the cap: None unless auto)."""
+    if repeats == "auto":
+        return AUTO_START, max_repeats or AUTO_CAP
+    if max_repeats is not None:
+        raise CnnlabError(f"--max-repeats {max_repeats} goes with --repeats auto (it caps the seeds auto adds).")
+    if repeats is None:
+        return None, None
+    try:
+        return int(repeats), None
+    except ValueError:
+        raise CnnlabError(f"--repeats {repeats}: give a number of seeds (3) or auto.") from None
 
 
 class AutoRepeats:

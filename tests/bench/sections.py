@@ -660,7 +660,7 @@ def bench_evidence(report, accuracy: bool = False) -> None:
     the real data, and the verdict `cnnlab compare 'dropout=0' 'dropout=0.5'` gives (paired by seed)."""
     import time
 
-    from cnnlab import compare
+    from cnnlab import comparison as compare
     from cnnlab.record import Store
 
     name = f"evidence-{time.strftime('%m%d-%H%M%S')}"

@@ -74,16 +74,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(ds, device) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """(tags, files) a new run records: the environment's tags, and the artifacts of repro/ by name."""
+def environment(ds, device: str) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """(tags, files) a new run on `ds` and `device` ('cpu', 'cuda:0') records: the environment's tags, and the
+    artifacts of repro/ by name."""
     import torch
 
     frozen, diff = packages(), git_diff()
     tags = {Tag.PYTHON: platform.python_version(), Tag.CPU: cpu_model(), Tag.THREADS: str(torch.get_num_threads()),
             Tag.DATA_HASH: data_hash(ds), Tag.PACKAGES_HASH: hashlib.sha256(frozen.encode()).hexdigest()[:16],
             Tag.GIT_DIFF_HASH: hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else "none"}
-    if getattr(device, "type", "cpu") == "cuda":
-        tags[Tag.GPU] = torch.cuda.get_device_name(device)
+    if device.startswith("cuda"):
+        tags[Tag.GPU] = torch.cuda.get_device_name(torch.device(device))
     return tags, {"requirements.txt": frozen, **({"git.diff": diff} if diff else {})}
 
 
