@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import checkpoint, figures, reproduction
+from . import checkpoint, environment, figures
 from .config import flatten, to_dict
 from .console import Reporter
 from .errors import Interrupted
@@ -135,7 +135,7 @@ class Recorder:
                  clock: Callable[[], float] = time.perf_counter, data=None):
         """resume: the Record of a KILLED run to continue, with `state` its last checkpoint (run_resumable);
         clock: what wall time is read from (started is on it); data: the dataset it trains on, whose content hash
-        is recorded with the rest of what it takes to run it again (reproduction.environment: tags, and files
+        is recorded with the rest of what it takes to run it again (environment.py: tags, and files
         under repro/)."""
         import torch
 
@@ -146,7 +146,7 @@ class Recorder:
         if resume is not None:
             self._reopen(resume, state, quiet)
             return
-        env_tags, repro = reproduction.environment(data, device) if data is not None else ({}, {})
+        env_tags, repro = environment.environment(data, device) if data is not None else ({}, {})
         run_tags = {
             **env_tags, "cnnlab.version": __version__, "cnnlab.device": device, "cnnlab.precision": precision,
             "cnnlab.torch": torch.__version__, Tag.OVERRIDES: " ".join(overrides),

@@ -30,7 +30,7 @@ class Tag:
     PARENT = "mlflow.parentRunId"
     REPRODUCES = "cnnlab.reproduces"  # on a run `cnnlab reproduce` made: the run ID it trained again
     REPRODUCED_BY = "cnnlab.reproduced_by"  # on that run: the run IDs that reproduced it, space-separated
-    # what else decides a run's numbers (reproduction.py): beside mlflow.source.git.commit, cnnlab.torch, cnnlab.device
+    # what else decides a run's numbers (environment.py): beside mlflow.source.git.commit, cnnlab.torch, cnnlab.device
     PYTHON, CPU, GPU, THREADS = "cnnlab.python", "cnnlab.cpu", "cnnlab.gpu", "cnnlab.threads"
     DATA_HASH = "cnnlab.data_hash"  # the content hash of the images and labels it trained and tested on
     PACKAGES_HASH = "cnnlab.packages_hash"  # of repro/requirements.txt, the installed packages
