@@ -246,14 +246,17 @@ def reproduce(
 @app.command()
 def evaluate(
     run: str = typer.Argument(..., help="The run: its log ID (T3, exercise/T3), run name, or run-ID prefix."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="targets=[gaussian_noise,blur,...] severity=3"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="targets=[gaussian_noise,cifar10_1,cifar10_c,stl10,...] "
+                                                                "severity=3 (of the corruptions)"),
 ) -> None:
-    """Evaluate a recorded run's best checkpoint on target sets (shifted test sets) and log the scores to it."""
+    """Evaluate a recorded run's best checkpoint on target sets (shifted test sets, real target datasets) and log
+    the scores to it."""
     from .corruptions import NAMES
     from .record import Store
+    from .target_data import OFFICIAL
     from .targets import evaluate_run
 
-    targets, severity = list(NAMES[:-1]), 3
+    targets, severity = list(NAMES), 3
     for item in overrides or []:
         key, _, value = item.partition("=")
         if key == "targets":
@@ -261,11 +264,8 @@ def evaluate(
         elif key == "severity" and value.isdigit() and 1 <= int(value) <= 5:
             severity = int(value)
         else:
-            raise CnnlabError(f"Bad argument {item!r}: expected targets=[name,...] ({', '.join(NAMES)}) "
-                              "or severity=1..5.")
-    from .corruptions import check
-
-    check(targets)
+            raise CnnlabError(f"Bad argument {item!r}: expected targets=[name,...] ({', '.join(NAMES + tuple(OFFICIAL))}"
+                              ", or an imported one) or severity=1..5.")
     store = Store(create=False)
     record = store.find(run)
     typer.echo(f"evaluating {record.experiment} {record.id} (run {record.run_id}, {record.name})")
@@ -436,11 +436,23 @@ def data_import(
     path: Path = typer.Argument(..., help="Image folder (dir, .tar, .tar.gz, .zip) or cifar-10-python.tar.gz."),
     root: Optional[str] = typer.Option(None, help=ROOT_HELP),
     force: bool = typer.Option(False, "--force", help="Replace a cache whose classes differ from this copy's, or "
-                                                      "that holds far more images."),
+                                                      "that holds far more images; with --target, replace that "
+                                                      "target's cache."),
+    target: Optional[str] = typer.Option(None, "--target", help="Import a target dataset instead, from its official "
+                                                                "files: cifar10_1, cifar10_c, stl10, svhn; any other "
+                                                                "name: an image folder <split>/<class>/*."),
 ) -> None:
-    """Decode a local copy of CIFAR-10 once into the uint8 cache that training loads."""
-    from .data import skipped_text, import_dataset
+    """Decode a local copy of CIFAR-10 (or, with --target, of a target dataset) once into the cache."""
+    from .data import data_root, skipped_text, import_dataset
 
+    if target:
+        from .target_data import import_target
+
+        meta = import_target(target, path, data_root(root), force=force)
+        parts = ", ".join(a for a in meta["arrays"] if a.endswith("_x") or a == "labels")
+        typer.echo(f"imported target {target} ({len(meta['classes'])} classes; {parts}) from {path} into "
+                   f"{data_root(root) / 'targets' / target}")
+        return
     info = import_dataset(path, root, force=force)
     if info["skipped"]:
         typer.echo(f"warning: {skipped_text(info['skipped'])} (links, special files and paths that leave the "
@@ -459,7 +471,10 @@ def data_info(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
         typer.echo(f"no cache at {data_root(root) / CACHE_NAME}: run `cnnlab data import PATH` "
                    "(or `cnnlab train`, which downloads CIFAR-10 when online)")
         raise typer.Exit(1)
+    from .target_data import cached, present
+
     shape = "x".join(str(v) for v in info["image_shape"])
+    found = {name: cached(data_root(root), name) for name in present(data_root(root))}
     typer.echo(
         f"cache     {info['cache']} ({info['bytes'] / 1e6:.0f} MB)\n"
         f"source    {info['source']}\n"
@@ -467,7 +482,8 @@ def data_info(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
         f"imported  {info['imported']}\n"
         f"images    {info['train']:,} train, {info['test']:,} test, {shape}\n"
         f"classes   {', '.join(info['classes'])}\n"
-        f"mean/std  {', '.join(f'{v:.4f}' for v in info['mean'])} / {', '.join(f'{v:.4f}' for v in info['std'])}"
+        f"mean/std  {', '.join(f'{v:.4f}' for v in info['mean'])} / {', '.join(f'{v:.4f}' for v in info['std'])}\n"
+        f"targets   {'; '.join(f'{n} ({len(t.classes)} classes)' for n, t in found.items()) or 'none imported'}"
     )
 
 

@@ -211,11 +211,11 @@ def resolve(cfg):
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from . import corruptions
     from .models import get_arch
+    from .target_data import check_names
 
     check_ranges(cfg)
-    corruptions.check(list(cfg.eval.targets))
+    check_names(list(cfg.eval.targets), cfg.data.root, cfg.data.name)
     spec = get_arch(cfg.arch.name)
     cfg = cfg.copy()
     for knob in KNOBS:

@@ -20,8 +20,7 @@ SEVERITIES: Dict[str, Tuple[tuple, str]] = {
     "pixelate": ((0.95, 0.9, 0.85, 0.75, 0.65), "down- and up-sampled by this factor (box filter)"),
     "saturate": ((0.7, 0.4, 2.0, 3.0, 5.0), "saturation factor"),
 }
-CIFAR10_1 = "cifar10_1"  # not a corruption: the CIFAR-10.1 v6 test set (data.cifar10_1), a target set too
-NAMES = tuple(SEVERITIES) + (CIFAR10_1,)  # every target set name
+NAMES = tuple(SEVERITIES)  # (the real target sets, CIFAR-10.1 and others, are target_data.py's)
 
 
 def check(names: List[str]) -> None:

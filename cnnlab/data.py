@@ -421,20 +421,6 @@ def load(cfg_data, seed: int = 0) -> Dataset:
     return Dataset(**arrays, classes=tuple(meta["classes"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
 
 
-def cifar10_1(root: Path):
-    """CIFAR-10.1 v6 (Recht et al.) from `root`: cifar10.1_v6_data.npy and cifar10.1_v6_labels.npy, as
-    (uint8 images N x 3 x 32 x 32, labels)."""
-    import numpy as np
-    import torch
-
-    data, labels = root / "cifar10.1_v6_data.npy", root / "cifar10.1_v6_labels.npy"
-    if not data.exists() or not labels.exists():
-        raise CnnlabError(f"Target cifar10_1 needs CIFAR-10.1 v6 in {root}: download cifar10.1_v6_data.npy and "
-                          "cifar10.1_v6_labels.npy from github.com/modestyachts/CIFAR-10.1 (datasets/) into it.")
-    x = torch.from_numpy(np.load(data)).permute(0, 3, 1, 2).contiguous()
-    return x, torch.from_numpy(np.load(labels).astype(np.int64))
-
-
 def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, size: int = 32,
               seed: int = 0) -> Dataset:
     """A learnable stand-in for CIFAR-10: each class is a smooth random colour pattern, shifted, blended 40% with

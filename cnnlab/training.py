@@ -247,11 +247,12 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
         "compile_time": trainer.compile_time, "test_time": test_time,
     }
     if cfg.eval.targets:
-        from .targets import evaluate_targets
+        from .targets import evaluate_targets, mapping_tags
 
         with rec.report.phase("target sets", len(cfg.eval.targets)) as update:
             final.update(evaluate_targets(trainer.eval_model, list(cfg.eval.targets), ds,
                                           data_mod.data_root(cfg.data.root), batch_size=loaders.eval_batch_size,
                                           dev=trainer.dev, channels_last=loaders.channels_last, image_size=cfg.image_size,
                                           severity=cfg.eval.severity, seed=cfg.seed, update=update))
+        rec.run.set_tags(mapping_tags(list(cfg.eval.targets), ds, data_mod.data_root(cfg.data.root)))
     return final, matrix

@@ -28,6 +28,7 @@ class Tag:
     OWNER = "cnnlab.owner"  # "<host> <pid> <process start>" of the process that runs it
     HEARTBEAT = "cnnlab.heartbeat"  # unix time its owner last said it is alive
     PARENT = "mlflow.parentRunId"
+    TARGET_CLASSES = "cnnlab.target_classes"  # .<target>: which of a real target's classes were scored, as what
     REPRODUCES = "cnnlab.reproduces"  # on a run `cnnlab reproduce` made: the run ID it trained again
     REPRODUCED_BY = "cnnlab.reproduced_by"  # on that run: the run IDs that reproduced it, space-separated
     # what else decides a run's numbers (environment.py): beside mlflow.source.git.commit, cnnlab.torch, cnnlab.device

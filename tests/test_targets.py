@@ -1,0 +1,178 @@
+"""Real target datasets: each official format read from a small file written in that format (never a download),
+refused clearly when corrupt with the cache untouched, and scored on the classes it shares with the training data."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab import data, target_data, targets
+from cnnlab.errors import CnnlabError
+
+from .helpers import make_folder
+
+RNG = np.random.default_rng(0)
+
+
+def images(n, size=32):
+    return RNG.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def tar_of(path, members: dict, mode="w"):
+    with tarfile.open(path, mode) as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def cifar10_1_files(directory, n=20):
+    directory.mkdir(parents=True)
+    x, y = images(n), np.arange(n) % 10
+    np.save(directory / "cifar10.1_v6_data.npy", x)
+    np.save(directory / "cifar10.1_v6_labels.npy", y)
+    return directory, x, y
+
+
+def cifar10_c_tar(path, per_severity=4, drop=None):
+    members = {f"CIFAR-10-C/{c}.npy": npy_bytes(images(5 * per_severity)) for c in target_data.CIFAR10_C if c != drop}
+    members["CIFAR-10-C/labels.npy"] = npy_bytes(np.tile(np.arange(per_severity) % 10, 5).astype(np.uint8))
+    return tar_of(path, members)
+
+
+def stl10_tar(path, n=10):
+    """stl10_binary.tar.gz: images stored column-major 3 x 96 x 96, labels 1..10."""
+    x = RNG.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)
+    x[0, :, 0, 5] = 255  # row 0, column 5: where the reader must put it back
+    x[0, :, 5, 0] = 0
+    stored = x.transpose(0, 1, 3, 2).tobytes()
+    y = (np.arange(n) % 10 + 1).astype(np.uint8)
+    members = {"stl10_binary/test_X.bin": stored, "stl10_binary/test_y.bin": y.tobytes(),
+               "stl10_binary/train_X.bin": stored, "stl10_binary/train_y.bin": y.tobytes(),
+               "stl10_binary/class_names.txt": "\n".join(target_data.STL10_CLASSES).encode() + b"\n"}
+    return tar_of(path, members, "w:gz"), x, y
+
+
+def svhn_mat(path, n=12):
+    import scipy.io
+
+    x = images(n)
+    y = (np.arange(n) % 10 + 1).reshape(-1, 1).astype(np.uint8)  # 10 is the digit 0
+    scipy.io.savemat(path, {"X": x.transpose(1, 2, 3, 0), "y": y})
+    return path, x, y
+
+
+def test_each_official_format_reads_into_the_cache(tmp_path):
+    root = data.data_root()
+    folder, x, y = cifar10_1_files(tmp_path / "c101")
+    target_data.import_target("cifar10_1", folder, root)
+    tx, ty = target_data.load(root, "cifar10_1").split("test")
+    assert torch.equal(tx, torch.from_numpy(x).permute(0, 3, 1, 2)) and ty.tolist() == y.tolist()
+
+    target_data.import_target("cifar10_c", cifar10_c_tar(tmp_path / "CIFAR-10-C.tar"), root)
+    c = target_data.load(root, "cifar10_c")
+    assert c.array("fog").shape == (20, 3, 32, 32) and c.array("labels").tolist() == [0, 1, 2, 3] * 5
+
+    archive, sx, sy = stl10_tar(tmp_path / "stl10_binary.tar.gz")
+    target_data.import_target("stl10", archive, root)
+    stl = target_data.load(root, "stl10")
+    tx, ty = stl.split("test")
+    assert stl.classes == target_data.STL10_CLASSES and tx.shape == (10, 3, 96, 96)
+    assert torch.equal(tx, torch.from_numpy(sx)) and int(tx[0, 0, 0, 5]) == 255 and int(tx[0, 0, 5, 0]) == 0
+    assert ty.tolist() == (sy.astype(int) - 1).tolist() and stl.split("train")[0].shape == (10, 3, 96, 96)
+
+    mat, vx, vy = svhn_mat(tmp_path / "test_32x32.mat")
+    target_data.import_target("svhn", mat, root)
+    tx, ty = target_data.load(root, "svhn").split("test")
+    assert torch.equal(tx, torch.from_numpy(vx).permute(0, 3, 1, 2))
+    assert ty.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]  # label 10 is the digit 0
+
+    target_data.import_target("mine", make_folder(tmp_path / "mine", n_train=3, n_test=2), root)
+    mine = target_data.load(root, "mine")
+    assert mine.classes == ("cat", "dog", "frog") and mine.split("test")[0].shape == (6, 3, 32, 32)
+    assert target_data.present(root) == ["cifar10_1", "cifar10_c", "mine", "stl10", "svhn"]
+
+
+def test_corrupt_files_are_refused_and_the_cache_is_untouched(tmp_path):
+    root = data.data_root()
+    good, _, _ = cifar10_1_files(tmp_path / "good")
+    target_data.import_target("cifar10_1", good, root)
+    stl, _, _ = stl10_tar(tmp_path / "stl10_binary.tar.gz")
+    target_data.import_target("stl10", stl, root)
+    before = {p: p.read_bytes() for p in (root / "targets").rglob("*") if p.is_file()}
+
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    (truncated / "cifar10.1_v6_data.npy").write_bytes(npy_bytes(images(20))[:5000])
+    np.save(truncated / "cifar10.1_v6_labels.npy", np.arange(20) % 10)
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    np.save(grey / "cifar10.1_v6_data.npy", images(20)[..., 0])
+    np.save(grey / "cifar10.1_v6_labels.npy", np.arange(20) % 10)
+    half_stl = tmp_path / "half.tar.gz"
+    half_stl.write_bytes(stl.read_bytes()[: stl.stat().st_size // 2])
+    short_bin = tar_of(tmp_path / "short.tar", {"test_X.bin": b"\0" * 1000, "test_y.bin": b"\1"})
+    bad_mat = tmp_path / "test_32x32.mat"
+    bad_mat.write_bytes(b"MATLAB 5.0 MAT-file, not really" + bytes(200))
+    cases = [("cifar10_1", truncated, "not a readable .npy array"), ("cifar10_1", grey, "expected uint8 images"),
+             ("cifar10_1", tmp_path / "nothing-here", "does not exist"),
+             ("stl10", half_stl, "corrupt or truncated"), ("stl10", short_bin, "not a whole number of 3x96x96"),
+             ("svhn", bad_mat, "not a readable SVHN .mat file"),
+             ("cifar10_c", cifar10_c_tar(tmp_path / "c.tar", drop="fog"), "lacks fog.npy"),
+             ("mine", tmp_path / "missing", "does not exist")]
+    for name, path, message in cases:
+        with pytest.raises(CnnlabError, match=message):
+            target_data.import_target(name, path, root, force=True)
+    after = {p: p.read_bytes() for p in (root / "targets").rglob("*") if p.is_file()}
+    assert after == before  # the good caches whole, no temporary directory left
+    with pytest.raises(CnnlabError, match="already in the cache.*--force"):
+        target_data.import_target("cifar10_1", good, root)
+
+
+def test_shared_classes_are_scored_resized_and_the_rest_left_out():
+    source = data.CIFAR10_CLASSES
+    mapped = target_data.class_map(target_data.STL10_CLASSES, source)
+    assert mapped == {0: 0, 1: 2, 2: 1, 3: 3, 4: 4, 5: 5, 6: 7, 8: 8, 9: 9}  # car = automobile; monkey left out
+    assert target_data.mapping_text(target_data.STL10_CLASSES, source).endswith("; not shared: monkey")
+    x = torch.full((10, 3, 96, 96), 200, dtype=torch.uint8)
+    y = torch.arange(10)
+    sx, sy = targets._shared(x, y, mapped, 32, "stl10")
+    assert sx.shape == (9, 3, 32, 32) and (sx == 200).all() and sy.tolist() == [0, 2, 1, 3, 4, 5, 7, 8, 9]
+    with pytest.raises(CnnlabError, match="shares no class"):
+        targets._shared(x, y, {}, 32, "svhn")
+
+
+def test_a_run_is_scored_on_real_targets(tmp_path, cli):
+    """Train on a tiny CIFAR-style cache (cat, dog, frog); STL-10 scores cats and dogs only, CIFAR-10-C per severity,
+    CIFAR-10.1 on its shared classes; the mappings are recorded, and svhn or a typo is refused before training."""
+    from cnnlab.record import Store, Tag
+
+    root = data.data_root()
+    data.import_dataset(make_folder(tmp_path / "src", n_train=20, n_test=6))
+    target_data.import_target("stl10", stl10_tar(tmp_path / "stl10_binary.tar.gz")[0], root)
+    target_data.import_target("cifar10_c", cifar10_c_tar(tmp_path / "CIFAR-10-C.tar"), root)
+    target_data.import_target("cifar10_1", cifar10_1_files(tmp_path / "c101")[0], root)
+    code, out, err = cli("train", "data=cifar10", "batch_size=20", "epochs=1", "eval.targets=[stl10,cifar10_c,cifar10_1,blur]",
+                         "-q")
+    assert code == 0, err
+    record = Store().find("T0", ["cifar10"])
+    m = record.metrics
+    assert all(0 <= m[f"target_acc_{k}"] <= 1 for k in ("stl10", "cifar10_c", "cifar10_1", "blur"))
+    severities = [m[f"target_acc_cifar10_c_s{s}"] for s in range(1, 6)]
+    assert m["target_acc_cifar10_c"] == pytest.approx(sum(severities) / 5)
+    assert record.tags[f"{Tag.TARGET_CLASSES}.stl10"] == ("cat=cat dog=dog; not shared: airplane bird car deer horse "
+                                                         "monkey ship truck")
+    for bad, message in (("svhn", "shares no class with cifar10"), ("stl_10", "Unknown target set(s) stl_10")):
+        code, _, err = cli("train", "data=cifar10", f"eval.targets=[{bad}]", "-q")
+        assert code == 2 and message in err and "Traceback" not in err
