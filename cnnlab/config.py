@@ -266,6 +266,9 @@ def identity(cfg) -> Tuple[str, str]:
     tree = to_dict(cfg)
     for name in NOT_IN_KEY:
         tree.pop(name, None)
+    if not tree.get("init_from"):  # keys added with transfer learning: a run without a source hashes as before
+        for name in ("init_from", "transfer", "body_lr"):
+            tree.pop(name, None)
     if tree.get("budget"):  # a budget run is what its budget says, not the steps it planned on one machine
         tree.pop("max_steps")
         tree.pop("epochs")

@@ -400,7 +400,7 @@ def load(cfg_data, seed: int = 0) -> Dataset:
     if cfg_data.name == "synthetic":
         return synthetic(cfg_data.n_train or 2000, cfg_data.n_test or 500, seed=seed)
     if cfg_data.name != "cifar10":
-        raise CnnlabError(f"Unknown data set {cfg_data.name!r}. Valid: cifar10, synthetic.")
+        return _target(cfg_data)
     import numpy as np
     import torch
 
@@ -419,6 +419,23 @@ def load(cfg_data, seed: int = 0) -> Dataset:
             raise CnnlabError(f"The data cache {cache} is damaged ({type(exc).__name__}: {exc}). Import the data again "
                               "(`cnnlab data import PATH`).") from None
     return Dataset(**arrays, classes=tuple(meta["classes"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+
+
+def _target(cfg_data) -> Dataset:
+    """A target dataset (target_data.py: STL-10, SVHN, an imported folder) as training data: its train and test
+    splits (the training split's channel statistics), to train on from scratch or from a source run."""
+    from . import target_data
+
+    if cfg_data.name not in target_data.OFFICIAL and target_data.cached(data_root(cfg_data.root), cfg_data.name) is None:
+        imported = target_data.present(data_root(cfg_data.root))
+        raise CnnlabError(f"Unknown data set {cfg_data.name!r}. Valid: cifar10, synthetic, "
+                          f"{', '.join(target_data.OFFICIAL)}, and imported ones ({', '.join(imported) or 'none'}).")
+    target = target_data.load(data_root(cfg_data.root), cfg_data.name, download=cfg_data.download)
+    x_train, y_train = target.split("train")
+    x_test, y_test = target.split("test")
+    mean, std = _channel_stats(x_train.numpy())
+    return Dataset(x_train, y_train, x_test, y_test, classes=target.classes, mean=mean, std=std,
+                   name=cfg_data.name)
 
 
 def synthetic(n_train: int = 2000, n_test: int = 500, num_classes: int = 10, size: int = 32,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 from .device import autocast
 from .errors import CnnlabError
@@ -99,6 +99,8 @@ def make_optimizer(cfg, model):
                        "weight_decay": coupled / cfg.norm_lr_scale})
     else:
         groups[0]["params"] += norm_params
+    if cfg.init_from and cfg.transfer.value == "finetune" and cfg.body_lr != 1:  # a transfer's body slower
+        groups = _body_slower(groups, {id(p) for p in head_of(model)[1].parameters()}, cfg.lr, cfg.body_lr)
     # one fused kernel for all parameters instead of a loop over them (CPU and CUDA; Adam's step on tf_cnn
     # was 3% of CPU training time in the per-parameter loop)
     fused = {"fused": True} if next(model.parameters()).device.type in ("cpu", "cuda") else {}
@@ -125,6 +127,26 @@ def make_optimizer(cfg, model):
 
         opt.register_step_post_hook(decay)
     return opt
+
+
+def head_of(model) -> Tuple[str, Any]:
+    """(name, module) of a model's head: its last dense (Linear) layer (what transfer learning replaces)."""
+    import torch
+
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not found:
+        raise CnnlabError("This architecture has no dense layer to serve as its head: it cannot be transferred.")
+    return found[-1]
+
+
+def _body_slower(groups: list, head: set, lr: float, body_lr: float) -> list:
+    """Each parameter group split in two: its head parameters at the group's rate, the rest at body_lr times it."""
+    out = []
+    for group in groups:
+        rate = group.get("lr", lr)
+        out.append({**group, "params": [p for p in group["params"] if id(p) in head]})
+        out.append({**group, "params": [p for p in group["params"] if id(p) not in head], "lr": rate * body_lr})
+    return [g for g in out if g["params"]]
 
 
 def total_steps(cfg, steps_per_epoch: int) -> int:
@@ -260,9 +282,14 @@ class Trainer:
 
     def __init__(self, cfg, model, train_batches, dev, num_classes: int):
         """dev: the run's device.Device (precision, loss scaler, clock, random streams)."""
+        import torch
+
         self.cfg, self.model, self.dev, self.num_classes = cfg, model, dev, num_classes
         self.device, self.amp_dtype = dev.device, dev.amp_dtype
         self.optimizer = make_optimizer(cfg, model)
+        # normalization layers whose parameters do not train (a probe's body) keep their statistics: eval mode
+        self.frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                       and not any(p.requires_grad for p in m.parameters())]
         self.steps_per_epoch = len(train_batches)
         self.scheduler = make_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = dev.scaler()
@@ -311,6 +338,8 @@ class Trainer:
         import torch
 
         self.model.train()
+        for m in self.frozen:  # a probe's frozen body keeps its source's batch statistics
+            m.eval()
         clock = self.dev.clock
         t0 = self.dev.now()
         loss_sum = torch.zeros((), device=self.device)

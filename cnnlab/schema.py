@@ -95,6 +95,12 @@ class Scheduler(str, Enum):
     linear = "linear"  # per step, linear from lr to 0 (airbench94_muon's)
 
 
+class Transfer(str, Enum):
+    none = "none"  # from random weights, even with init_from (the baseline)
+    probe = "probe"  # the source's body frozen, a head trained: a linear probe
+    finetune = "finetune"  # every layer trains from the source's weights, the body at body_lr x the rate
+
+
 class Flip(str, Enum):
     random = "random"  # each image flipped with probability 1/2 every epoch
     alternating = "alternating"  # random in epoch 1, then each image flipped every other epoch
@@ -150,7 +156,7 @@ _POSITIVE = (lambda v: v > 0, "a number > 0")
 
 @dataclass
 class DataConfig:
-    name: str = key("cifar10", log=COLUMN, doc="the data set: cifar10 | synthetic")
+    name: str = key("cifar10", log=COLUMN, doc="the data set: cifar10 | synthetic | stl10 | svhn | an imported target")
     root: Optional[str] = key(log=BOOKKEEPING, doc="cache directory; null: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab")
     train_fraction: float = key(1.0, log=COLUMN, doc="seeded, stratified fraction of the training split",
                                 valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
@@ -238,6 +244,11 @@ class Config:
     early_stopping: int = key(0, log=TRAINING, doc="stop after this many epochs without a better val_acc; 0: off",
                               valid=_at_least(0, " (0 turns it off)"))
     tta: bool = key(False, log=TRAINING, doc="final test score averaged over mirrored and shifted views")
+    # transfer learning (transfer.py)
+    init_from: Optional[str] = key(log=TRAINING, doc="start from this run's best checkpoint (log ID, name, run ID)")
+    transfer: Transfer = key(Transfer.finetune, log=TRAINING, doc="with init_from: finetune | probe | none")
+    body_lr: float = key(1.0, log=TRAINING, valid=_POSITIVE,
+                         doc="transfer=finetune: the body's learning rate as a multiple of lr (the head's)")
     # architecture knobs: null means the architecture's own default
     dense_units: Optional[int] = key(log=ARCHITECTURE, doc="hidden dense units; 0 removes the hidden dense layer",
                                      valid=_at_least(0, " (0 removes the hidden dense layer)"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import data as data_mod
-from . import engine
+from . import engine, transfer
 from .config import resolve
 from .device import Device
 from .errors import Diverged, Interrupted, Pruned
@@ -128,11 +128,8 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
     loaders = data_mod.loaders(ds, cfg, device)
     num_classes, in_channels = len(ds.classes), ds.x_train.shape[1]
-    built = clock()
-    model = engine.build(cfg, num_classes, in_channels, device, prepare_batches=loaders.sample)
-    build_time = clock() - built  # with layers fitted to data (airbench's whitening)
-    n_params = sum(p.numel() for p in model.parameters())
-    flops = engine.count_flops(model, in_channels, cfg.image_size, device)
+    model, size, build_time, started_from = _model(cfg, loaders, num_classes, in_channels, device, clock)
+    tags.update(started_from)
     cfg, estimate = _length(cfg, model, loaders, dev, num_classes, started, resumed=state is not None)
     trainer = engine.Trainer(cfg, model, loaders.train, dev, num_classes)
     if state is not None:  # where the killed run stood after its last whole epoch
@@ -141,12 +138,13 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
 
     if gate.fired is not None:  # stopped during set-up: nothing was recorded, nothing is
         raise Interrupted(gate.fired)
-    size = {"params": n_params, "flops": flops}
-    rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {n_params:,}\nFLOPs/image: {flops:,}\n",
+    rec = Recorder(cfg, overrides, summary=f"{model}\n\nparameters: {size['params']:,}\nFLOPs/image: {size['flops']:,}\n",
                    sizes=loaders.sizes, device=str(device), precision=dev.precision, tags=tags, data=ds,
                    parent_run_id=parent_run_id, run_root=run_root, log_id=log_id, quiet=quiet, started=started, clock=clock,
                    resume=resume, state=state)
     _announce(rec, cfg, size, loaders.sizes, f"{device} {dev.precision}", estimate, resumed=state is not None)
+    if state is None:
+        transfer.link(started_from, rec.run.run_id)
     try:
         gate.arm()  # a signal during set-up ends the run here, KILLED
         from .budget import Steer
@@ -167,6 +165,18 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
         rec.failed(exc)
         raise
     return rec.finished(final, matrix, ds.classes, size)
+
+
+def _model(cfg, loaders, num_classes: int, in_channels: int, device, clock):
+    """(the model, its size {params, flops}, the seconds building it took, the tags of where it started from): built,
+    its data-set layers fitted (airbench's whitening), and started from a source run's weights with init_from."""
+    built = clock()
+    model = engine.build(cfg, num_classes, in_channels, device, prepare_batches=loaders.sample)
+    build_time = clock() - built
+    started_from = transfer.start(cfg, model)
+    size = {"params": sum(p.numel() for p in model.parameters()),
+            "flops": engine.count_flops(model, in_channels, cfg.image_size, device)}
+    return model, size, build_time, started_from
 
 
 def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], steer=None, gate=None) -> None:

@@ -176,3 +176,58 @@ def test_a_run_is_scored_on_real_targets(tmp_path, cli):
     for bad, message in (("svhn", "shares no class with cifar10"), ("stl_10", "Unknown target set(s) stl_10")):
         code, _, err = cli("train", "data=cifar10", f"eval.targets=[{bad}]", "-q")
         assert code == 2 and message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- transfer
+
+
+def test_transfer_probe_freezes_the_body_finetune_moves_it_and_the_head_follows_the_classes(tmp_path, cli):
+    """A source on synthetic data; a probe on the same data (head kept) leaves every body weight and batch-norm
+    statistic bit-identical; fine-tuning changes them; on another dataset (3 classes) the head is replaced. The
+    source link is recorded both ways."""
+    from cnnlab import checkpoint
+    from cnnlab.record import Store, Tag
+
+    tiny = ["data=synthetic", "data.n_train=200", "data.n_test=100", "batch_size=50", "epochs=1", "batch_norm=true",
+            "-q"]
+    assert cli("train", *tiny)[0] == 0
+    store = Store()
+    source = store.find("T0", ["synthetic"])
+    weights = checkpoint.read(source.run_dir / "best.pt", "source")["model"]
+    head = "1.3" if "1.3.weight" in weights else max(k.rsplit(".", 1)[0] for k in weights if k.endswith("weight"))
+
+    def body_equal(run_id):
+        record = Store().get(run_id)
+        state = checkpoint.read(record.run_dir / "best.pt", "run")["model"]
+        body = [k for k in weights if not k.startswith(f"{head}.")]
+        return all(torch.equal(state[k], weights[k]) for k in body), state
+
+    code, out, err = cli("train", *tiny, "init_from=T0", "transfer=probe")
+    assert code == 0, err
+    probe = Store().find("T1", ["synthetic"])
+    same, state = body_equal(probe.run_id)
+    assert same and not torch.equal(state[f"{head}.weight"], weights[f"{head}.weight"])  # only the head learned
+    assert probe.tags[Tag.SOURCE_RUN] == source.run_id and probe.tags[Tag.HEAD] == "kept"
+    assert probe.tags[Tag.TRANSFER] == "probe" and probe.tags[Tag.SOURCE] == "synthetic/T0"
+
+    code, out, err = cli("train", *tiny, "init_from=T0", "transfer=finetune", "body_lr=0.5")
+    assert code == 0, err
+    finetune = Store().find("T2", ["synthetic"])
+    assert not body_equal(finetune.run_id)[0]
+
+    data.import_dataset(make_folder(tmp_path / "src", n_train=1, n_test=1))  # (the cache's mean/std only)
+    target_data.import_target("mine", make_folder(tmp_path / "mine", n_train=20, n_test=5), data.data_root())
+    code, out, err = cli("train", "data.name=mine", "experiment=synthetic", "batch_size=20", "epochs=1",
+                         "batch_norm=true", "init_from=T0", "transfer=probe", "-q")
+    assert code == 0, err
+    other = Store().find("T3", ["synthetic"])
+    assert other.tags[Tag.HEAD] == "replaced (3 classes)" and other.tags[Tag.SOURCE_DATA] == "synthetic"
+    state = checkpoint.read(other.run_dir / "best.pt", "run")["model"]
+    assert state[f"{head}.weight"].shape[0] == 3 and body_equal(other.run_id)[0]
+    linked = Store().get(source.run_id).tags[Tag.TRANSFERRED_TO].split()
+    assert linked == [probe.run_id, finetune.run_id, other.run_id]
+
+    for args, message in ((["init_from=T9"], "No run 'T9'"), (["init_from=T0", "arch=lenet5"], "is a tf_cnn"),
+                          (["init_from=T0", "transfer=freeze"], "transfer")):
+        code, _, err = cli("train", *tiny, *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)

@@ -29,6 +29,10 @@ class Tag:
     HEARTBEAT = "cnnlab.heartbeat"  # unix time its owner last said it is alive
     PARENT = "mlflow.parentRunId"
     TARGET_CLASSES = "cnnlab.target_classes"  # .<target>: which of a real target's classes were scored, as what
+    # a run started from another's weights (transfer.py): its source, the source's data, the mode and the head
+    SOURCE_RUN, SOURCE, SOURCE_DATA = "cnnlab.source_run", "cnnlab.source", "cnnlab.source_data"
+    TRANSFER, HEAD = "cnnlab.transfer", "cnnlab.head"
+    TRANSFERRED_TO = "cnnlab.transferred_to"  # on a source: the run IDs started from it, space-separated
     REPRODUCES = "cnnlab.reproduces"  # on a run `cnnlab reproduce` made: the run ID it trained again
     REPRODUCED_BY = "cnnlab.reproduced_by"  # on that run: the run IDs that reproduced it, space-separated
     # what else decides a run's numbers (environment.py): beside mlflow.source.git.commit, cnnlab.torch, cnnlab.device
