@@ -227,6 +227,8 @@ def runs(
         console = Console(width=160)  # asked for a table in a pipe: room for it
     rows = [[c.text(v) for c, v in zip(shown, row)] for row in values]
     console.print(render.table(shown, rows, title=f"{len(log.rows)} run(s)", best=log.best, width=console.width))
+    for code, what in log.legend.itertuples(index=False):  # what DATA SETS' and TEST SPLIT's codes stand for
+        console.print(f"{code} = {what}", highlight=False, markup=False)
 
 
 @app.command()

@@ -72,7 +72,8 @@ def _write_csv(log: Log, path: Path) -> None:
 
 def _write_md(log: Log, path: Path) -> None:
     rows = [list(values) for values in log.table.itertuples(index=False)]
-    path.write_text("# Training log\n\n" + render.lines("md", log.columns, rows, headers=True) + "\n")
+    legend = "".join(f"- {code}: {what}\n" for code, what in log.legend.itertuples(index=False))
+    path.write_text("# Training log\n\n" + render.lines("md", log.columns, rows, headers=True) + "\n\n" + legend)
 
 
 def _write_xlsx(log: Log, path: Path) -> None:
@@ -124,6 +125,7 @@ def _write_xlsx(log: Log, path: Path) -> None:
     _write_curves(wb, log)
     _write_frame(wb, "Per class", log.per_class, FORMATS["acc"][0])
     _write_frame(wb, "Sweeps", log.sweeps, "0.0000")
+    _write_frame(wb, "Legend", log.legend, "@")
     wb.save(path)
 
 
@@ -290,7 +292,7 @@ def _write_frame(wb, title: str, frame, number_format: str) -> Any:
     from openpyxl.styles import Alignment, PatternFill
 
     ws = wb.create_sheet(title)
-    widths = _fit_columns(ws, frame, {"CONFIG": 50, "TRIALS": 40})
+    widths = _fit_columns(ws, frame, {"CONFIG": 50, "TRIALS": 40, "WHAT": 90})
     for c, name in enumerate(frame.columns, 1):
         cell = ws.cell(row=1, column=c, value=name)
         cell.font = _font(bold=True, color="FFFFFF")

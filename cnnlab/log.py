@@ -17,7 +17,7 @@ from . import columns as cols
 from . import summary
 from .errors import CnnlabError
 from .schema import BOOKKEEPING, KNOBS, TRAINING, keys_in
-from .record import Metric, Record, Store, ui_link
+from .record import Metric, Record, Store, Tag, ui_link
 
 CURVE_KEYS = Metric.CURVES
 # the config keys whose changes ARCHITECTURE CHANGES describes (and every arch.* parameter), those of TRAINING
@@ -68,6 +68,17 @@ def describe_changes(base: Dict[str, Any], cfg: Dict[str, Any], keys: Sequence[s
             parts.append(f"{b} pooling instead of {a}")
         elif key == "width":
             parts.append(f"width x{_num(a)}→x{_num(b)}")
+        elif key == "init_from":
+            mode = cfg.get("transfer")
+            if mode == "finetune" and cfg.get("body_lr") not in (None, 1, 1.0):
+                mode += f", body lr x{_num(cfg.get('body_lr'))}"
+            parts.append(f"fine-tuned from {b} on {cfg.get('data.name')} ({mode})" if b and mode != "none"
+                         else f"trained from scratch (transfer=none, not from {b})" if b else f"not from {a}")
+        elif key in ("transfer", "body_lr") and cfg.get("init_from") and "init_from" in keys and \
+                base.get("init_from") != cfg.get("init_from"):
+            continue  # said with init_from
+        elif key == "body_lr":
+            parts.append(f"body lr x{_num(b)}")
         else:
             parts.append(f"{key.replace('_', ' ')} {_num(a)}→{_num(b)}")
     if not parts:
@@ -98,6 +109,7 @@ class Row:
     link: str
     runs_root: Path
     verdict: str = ""  # its configuration against the baseline's, over their seeds (test accuracy); "baseline"
+    codes: Dict[str, str] = field(default_factory=dict)  # DATA SETS and TEST SPLIT as the course codes them (D0, T0)
 
     def param(self, key: str) -> Any:
         return self.record.params.get(key)
@@ -129,13 +141,24 @@ class Row:
 
     @property
     def data_sets(self) -> str:
+        """What trained it, in words (the legend of DATA SETS' codes)."""
         frac = self.param("data.train_fraction") or 1.0
         return (f"{self.param('data.name') or '?'}{f' {frac:.0%}' if frac < 1 else ''} "
                 f"({_count(self.param('split.train'))} train)")
 
     @property
     def test_split(self) -> str:
-        return f"val {(self.param('val_split') or 0):.0%} / test {_count(self.param('split.test'))}"
+        """How it was tested, in words (the legend of TEST SPLIT's codes): held out, the test set, the targets."""
+        targets = sorted(self.targets)
+        return (f"val {(self.param('val_split') or 0):.0%} / {self.param('data.name') or '?'} test "
+                f"{_count(self.param('split.test'))}{' with TTA' if self.param('tta') else ''}"
+                + (f"; targets {', '.join(targets)}" if targets else ""))
+
+    @property
+    def source(self) -> str:
+        """Where a transfer run started: 'cifar10/T3 (probe)', or ''."""
+        tags = self.record.tags
+        return f"{tags[Tag.SOURCE]} ({tags[Tag.TRANSFER]})" if Tag.SOURCE in tags else ""
 
     @property
     def tta_acc(self) -> Optional[float]:
@@ -166,6 +189,7 @@ class Log:
     sweeps: Any  # per sweep and configuration: mean ± std over seeds
     best: Optional[int] = None  # row index of the best run (by validation accuracy)
     groups: List[summary.Group] = field(default_factory=list)
+    legend: Any = None  # CODE, WHAT: what each DATA SETS (D0, D1) and TEST SPLIT (T0, T1) code stands for
 
     def column(self, header: str) -> cols.Column:
         return next(c for c in self.columns if c.header == header)
@@ -253,6 +277,7 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
         rows.append(Row(r, arch, training, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root,
                         _verdict(group_of.get(r.id), _base_group(r, ref, is_base, records, group_of), is_base)))
 
+    legend = _codes(rows)
     targets = sorted({t for row in rows for t in row.targets})
     columns = cols.expand(targets, rows)
     table = pd.DataFrame([[c.value(row) for c in columns] for row in rows], columns=[c.header for c in columns])
@@ -276,7 +301,22 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
     per_class = pd.DataFrame([{"ID": tid, **{c: r.metrics.get(f"test_acc_{c}") for c in classes}}
                               for tid, r in zip(ids, records)], columns=["ID", *classes])
     sweep_groups = [g for g in groups if g.sweep]
-    return Log(rows, columns, table, curves, per_class, sweep_frame(sweep_groups), best, groups)
+    return Log(rows, columns, table, curves, per_class, sweep_frame(sweep_groups), best, groups, legend)
+
+
+def _codes(rows: List[Row]):
+    """Each distinct training set a code D0, D1, ... and each test protocol T0, T1, ..., in the order the rows first
+    use them, as the course's log writes DATA SETS and TEST SPLIT; the legend says what each is."""
+    import pandas as pd
+
+    seen: Dict[str, Dict[str, str]] = {"D": {}, "T": {}}
+    for row in rows:
+        for prefix, text in (("D", row.data_sets), ("T", row.test_split)):
+            codes = seen[prefix]
+            codes.setdefault(text, f"{prefix}{len(codes)}")
+            row.codes[prefix] = codes[text]
+    return pd.DataFrame([{"CODE": code, "WHAT": text} for prefix in "DT" for text, code in seen[prefix].items()],
+                        columns=["CODE", "WHAT"])
 
 
 def _base_group(record: Record, ref: Optional[Dict[str, Any]], is_base: bool, records: Sequence[Record],
@@ -340,7 +380,8 @@ def sort_top(log: Log, sort: Optional[str] = None, top: Optional[int] = None, re
     best = order.index(log.best) if log.best in order else None
     return Log([log.rows[i] for i in order], log.columns, log.table.iloc[order].reset_index(drop=True),
                log.curves[log.curves["ID"].isin(keep)].reset_index(drop=True),
-               log.per_class[log.per_class["ID"].isin(keep)].reset_index(drop=True), log.sweeps, best, log.groups)
+               log.per_class[log.per_class["ID"].isin(keep)].reset_index(drop=True), log.sweeps, best, log.groups,
+               log.legend)
 
 
 def changed_columns(log: Log) -> List[str]:

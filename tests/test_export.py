@@ -98,8 +98,11 @@ def test_exercise_workbook(exercise, tmp_path):
     assert list(table["BATCH SIZE"]) == [50, 100, 100, 100, 100, 100, 100, 100]
     assert list(table["EPOCH"]) == [5, 5, 10, 10, 10, 10, 10, 10]
     assert list(table["LR"]) == [3e-4, 3e-4, 3e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3]
-    assert set(table["IMAGE SIZE"]) == {"32x32"} and set(table["TEST SPLIT"]) == {"val 10% / test 100"}
-    assert set(table["DATA SETS"]) == {"synthetic (270 train)"}
+    # DATA SETS and TEST SPLIT as the course codes them, the Legend sheet saying what each code is
+    assert set(table["IMAGE SIZE"]) == {"32x32"} and set(table["TEST SPLIT"]) == {"T0"}
+    assert set(table["DATA SETS"]) == {"D0"}
+    legend = pd.read_excel(out, sheet_name="Legend")
+    assert legend.values.tolist() == [["D0", "synthetic (270 train)"], ["T0", "val 10% / synthetic test 100"]]
     assert list(table["FILE"]) == [f"synthetic/exercise/T{i}" for i in range(8)]
     # values read back exactly as built
     from cnnlab.record import Store
@@ -118,7 +121,7 @@ def test_exercise_workbook(exercise, tmp_path):
     from openpyxl import load_workbook
 
     wb = load_workbook(out)
-    assert wb.sheetnames == ["Training log", "Curves", "Charts", "Per class", "Sweeps"]
+    assert wb.sheetnames == ["Training log", "Curves", "Charts", "Per class", "Sweeps", "Legend"]
     ws = wb["Training log"]
     merged = {str(r) for r in ws.merged_cells.ranges}
     headers = {ws.cell(row=1, column=int(r.min_col)).value: str(r) for r in ws.merged_cells.ranges}

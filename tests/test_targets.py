@@ -231,3 +231,23 @@ def test_transfer_probe_freezes_the_body_finetune_moves_it_and_the_head_follows_
                           (["init_from=T0", "transfer=freeze"], "transfer")):
         code, _, err = cli("train", *tiny, *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+
+    # the log: the transfer in TRAINING CHANGES and SOURCE, each training set and test protocol a code with a legend
+    import pandas as pd
+
+    code, out, err = cli("export-log", str(tmp_path / "log.xlsx"), "--experiment", "synthetic")
+    assert code == 0, err
+    table = pd.read_excel(tmp_path / "log.xlsx", sheet_name="Training log", header=1).set_index("ID")
+    assert table.loc["T1", "TRAINING CHANGES"] == "Fine-tuned from T0 on synthetic (probe)"
+    assert table.loc["T2", "TRAINING CHANGES"] == "Fine-tuned from T0 on synthetic (finetune, body lr x0.5)"
+    assert table.loc["T3", "TRAINING CHANGES"].startswith("Fine-tuned from T0 on mine (probe)")
+    assert list(table["SOURCE"].fillna("")) == ["", "synthetic/T0 (probe)", "synthetic/T0 (finetune)",
+                                                "synthetic/T0 (probe)"]
+    assert list(table["DATA SETS"]) == ["D0", "D0", "D0", "D1"] and list(table["TEST SPLIT"]) == ["T0"] * 3 + ["T1"]
+    legend = dict(pd.read_excel(tmp_path / "log.xlsx", sheet_name="Legend").values.tolist())
+    assert legend["D1"] == "mine (54 train)" and legend["T1"] == "val 10% / mine test 15"
+    code, out, err = cli("runs", "--experiment", "synthetic", "--format", "table")
+    assert code == 0 and "D1 = mine (54 train)" in out
+    code, out, err = cli("runs", "--experiment", "synthetic", "--format", "tsv")
+    assert code == 0 and out.splitlines()[2].split("\t")[out.splitlines()[0].split("\t").index("source")] == \
+        "synthetic/T0 (probe)"
