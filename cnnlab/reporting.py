@@ -113,6 +113,8 @@ def run_page(store: Store, record: Record, ui_url: str) -> str:
     except CnnlabError as exc:
         loaded, absent = None, "no checkpoint (see the top)"
         sections[0] += missing(f"The model: {exc}.")
+    if Tag.SOURCE_RUN in record.tags:
+        sections.append(_source_section(store, record, history))
     sections.append(_classes_section(store, record, loaded, absent))
     sections.append(_filters_section(loaded, absent))
     sections.append(_feature_maps_section(loaded, absent))
@@ -121,6 +123,30 @@ def run_page(store: Store, record: Record, ui_url: str) -> str:
     sections.append(_config_section(record, label, base, describe_changes))
     subtitle = f"{record.experiment} · {record.state} · started {when(record.start_time)}"
     return pages.page(f"Run {record.id}", subtitle, sections)
+
+
+def _source_section(store: Store, record: Record, history) -> str:
+    """A transfer run's source beside it: what it is, both runs' curves, and the test accuracy per class of this
+    run's data next to the source's on the classes they share."""
+    try:
+        source = store.get(record.tags[Tag.SOURCE_RUN])
+    except Exception:  # MLflow raises its own types for a run that is gone
+        return section("Source run", missing(f"The source run {record.tags.get(Tag.SOURCE)} is no longer in the "
+                                             "store."))
+    facts = table(None, [["source", f"{record.tags[Tag.SOURCE]} ({source.params.get('arch.name')})"],
+                         ["its data", record.tags.get(Tag.SOURCE_DATA, "?")],
+                         ["transfer", record.tags.get(Tag.TRANSFER, "?")], ["head", record.tags.get(Tag.HEAD, "?")],
+                         ["its test_acc", pages.metric(Metric.TEST_ACC, source.metrics.get(Metric.TEST_ACC))],
+                         ["this run's test_acc", pages.metric(Metric.TEST_ACC, record.metrics.get(Metric.TEST_ACC))]])
+    curves = {f"{record.id} (this run)": history,
+              f"{record.tags[Tag.SOURCE]} (source)": store.histories([source.run_id], CURVES)[source.run_id]}
+    figure = image(figures.embed(figures.overlaid_curves(curves)), "this run's and its source's curves")
+    classes = [k[len("test_acc_"):] for k in record.metrics if k.startswith("test_acc_")]
+    rows = [[c, pages.metric("acc", record.metrics[f"test_acc_{c}"]),
+             pages.metric("acc", source.metrics.get(f"test_acc_{c}")) if f"test_acc_{c}" in source.metrics else "-"]
+            for c in classes]
+    per_class = table(["class", "this run", "the source (its own test set)"], rows, numeric=[1, 2]) if rows else ""
+    return section("Source run", facts, figure, per_class)
 
 
 def _recorded_confusion(store: Store, record: Record) -> Optional[Tuple[List[str], List[List[int]]]]:

@@ -251,3 +251,10 @@ def test_transfer_probe_freezes_the_body_finetune_moves_it_and_the_head_follows_
     code, out, err = cli("runs", "--experiment", "synthetic", "--format", "tsv")
     assert code == 0 and out.splitlines()[2].split("\t")[out.splitlines()[0].split("\t").index("source")] == \
         "synthetic/T0 (probe)"
+    # the report of a transfer run: its source beside it
+    code, out, err = cli("report", "T3", "--experiment", "synthetic", "-o", str(tmp_path / "T3.html"))
+    assert code == 0, err
+    page = (tmp_path / "T3.html").read_text()
+    section = page.split("<h2>Source run</h2>")[1].split("<h2>")[0]
+    assert "synthetic/T0 (tf_cnn)" in section and "replaced (3 classes)" in section and "data:image/png" in section
+    assert all(f"<td>{c}</td>" in section for c in ("cat", "dog", "frog"))
