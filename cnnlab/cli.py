@@ -463,6 +463,26 @@ def data_import(
                f"from {info['source']} into {info['cache']} in {info['seconds']} s")
 
 
+@data_app.command("download")
+def data_download(
+    target: str = typer.Argument(..., help="An official target dataset: cifar10_1, cifar10_c, stl10, svhn."),
+    root: Optional[str] = typer.Option(None, help=ROOT_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace the target's cache if it has one."),
+) -> None:
+    """Download an official target dataset (its checksum verified) into the cache, to evaluate on or train on."""
+    from .data import data_root
+    from .target_data import OFFICIAL, cached, fetch
+
+    if target not in OFFICIAL:
+        raise CnnlabError(f"{target!r} is not an official target: valid {', '.join(OFFICIAL)}. Your own data: "
+                          f"`cnnlab data import --target {target} FOLDER`.")
+    if cached(data_root(root), target) is not None and not force:
+        raise CnnlabError(f"Target {target} is already in the cache ({data_root(root) / 'targets' / target}); pass "
+                          "--force to download it again.")
+    fetch(data_root(root), target, force=force)
+    typer.echo(f"downloaded target {target} into {data_root(root) / 'targets' / target}")
+
+
 @data_app.command("info")
 def data_info(root: Optional[str] = typer.Option(None, help=ROOT_HELP)) -> None:
     """Show what the cache holds."""

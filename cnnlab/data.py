@@ -421,16 +421,61 @@ def load(cfg_data, seed: int = 0) -> Dataset:
     return Dataset(**arrays, classes=tuple(meta["classes"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]))
 
 
-def _target(cfg_data) -> Dataset:
-    """A target dataset (target_data.py: STL-10, SVHN, an imported folder) as training data: its train and test
-    splits (the training split's channel statistics), to train on from scratch or from a source run."""
-    from . import target_data
+# ---------------------------------------------------------------- target datasets' cache (target_data.py fills it)
 
-    if cfg_data.name not in target_data.OFFICIAL and target_data.cached(data_root(cfg_data.root), cfg_data.name) is None:
-        imported = target_data.present(data_root(cfg_data.root))
-        raise CnnlabError(f"Unknown data set {cfg_data.name!r}. Valid: cifar10, synthetic, "
-                          f"{', '.join(target_data.OFFICIAL)}, and imported ones ({', '.join(imported) or 'none'}).")
-    target = target_data.load(data_root(cfg_data.root), cfg_data.name, download=cfg_data.download)
+
+@dataclass
+class Target:
+    """A cached target dataset (<data root>/targets/<name>/: meta.json, one .npy per array): its classes and its arrays, read on demand (memory-mapped)."""
+
+    name: str
+    directory: Path
+    classes: Tuple[str, ...]
+    arrays: List[str]
+
+    def array(self, name: str):
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.load(self.directory / f"{name}.npy", mmap_mode="r").copy())
+
+    def split(self, split: str = "test"):
+        """(images, labels) of a split."""
+        if f"{split}_x" not in self.arrays:
+            raise CnnlabError(f"Target {self.name} has no {split} split (it has: "
+                              f"{', '.join(sorted({a.rsplit('_', 1)[0] for a in self.arrays}))}).")
+        return self.array(f"{split}_x"), self.array(f"{split}_y")
+
+
+def cache_dir(root: Path, name: str) -> Path:
+    return root / "targets" / name
+
+
+def cached(root: Path, name: str) -> Optional[Target]:
+    directory = cache_dir(root, name)
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return Target(name, directory, tuple(meta["classes"]), list(meta["arrays"]))
+
+
+def present(root: Path) -> List[str]:
+    """The targets in the cache."""
+    base = root / "targets"
+    return sorted(p.name for p in base.iterdir() if cached(root, p.name)) if base.is_dir() else []
+
+
+def _target(cfg_data) -> Dataset:
+    """A target dataset of the cache (STL-10, SVHN, an imported folder) as training data: its train and test splits
+    (the training split's channel statistics), to train on from scratch or from a source run."""
+    root = data_root(cfg_data.root)
+    target = cached(root, cfg_data.name)
+    if target is None:
+        raise CnnlabError(f"Unknown data set {cfg_data.name!r}: not cifar10 or synthetic, and no target of that name "
+                          f"is in the cache ({', '.join(present(root)) or 'none is'}). Get an official one online "
+                          f"with `cnnlab data download {cfg_data.name}` (stl10, svhn), or import files: `cnnlab data "
+                          f"import --target {cfg_data.name} PATH`.")
     x_train, y_train = target.split("train")
     x_test, y_test = target.split("test")
     mean, std = _channel_stats(x_train.numpy())

@@ -160,7 +160,7 @@ class DataConfig:
     root: Optional[str] = key(log=BOOKKEEPING, doc="cache directory; null: $CNNLAB_DATA_DIR, else ~/.cache/cnnlab")
     train_fraction: float = key(1.0, log=COLUMN, doc="seeded, stratified fraction of the training split",
                                 valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"))
-    download: bool = key(True, log=BOOKKEEPING, doc="fetch CIFAR-10 with torchvision when it is not in the cache")
+    download: bool = key(True, log=BOOKKEEPING, doc="fetch CIFAR-10 (and official targets) when not in the cache")
     url: str = key("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", log=BOOKKEEPING,
                    doc="where CIFAR-10 is downloaded from")
     md5: str = key("c58f30108f718f92721af3b95e74349a", log=BOOKKEEPING, doc="the download's checksum")
@@ -174,7 +174,7 @@ class EvalConfig:
     test_every_epoch: bool = key(True, log=BOOKKEEPING,
                                  doc="per-epoch test curve; the final test score is always taken")
     targets: List[str] = key(log=COLUMN, factory=list,
-                             doc="shifted test sets (target columns), e.g. [gaussian_noise,blur,cifar10_1]")
+                             doc="target sets (target columns): corruptions, cifar10_1, cifar10_c, stl10, imported ones")
     severity: int = key(3, log=COLUMN, doc="corruption severity 1-5",
                         valid=(lambda v: 1 <= v <= 5, "an integer from 1 to 5"))
 

@@ -19,10 +19,11 @@ import io
 import json
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from .data import CIFAR10_CLASSES, Target, cache_dir, cached, data_root, present  # noqa: F401 (the cache's)
 from .errors import CnnlabError
 
 CIFAR10_C = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "defocus_blur", "glass_blur",
@@ -65,48 +66,6 @@ OFFICIAL = {
 }
 
 
-@dataclass
-class Target:
-    """A cached target dataset: its classes and its arrays, read on demand (memory-mapped)."""
-
-    name: str
-    directory: Path
-    classes: Tuple[str, ...]
-    arrays: List[str] = field(default_factory=list)
-
-    def array(self, name: str):
-        import numpy as np
-        import torch
-
-        return torch.from_numpy(np.load(self.directory / f"{name}.npy", mmap_mode="r").copy())
-
-    def split(self, split: str = "test"):
-        """(images, labels) of a split."""
-        if f"{split}_x" not in self.arrays:
-            raise CnnlabError(f"Target {self.name} has no {split} split (it has: "
-                              f"{', '.join(sorted({a.rsplit('_', 1)[0] for a in self.arrays}))}).")
-        return self.array(f"{split}_x"), self.array(f"{split}_y")
-
-
-def cache_dir(root: Path, name: str) -> Path:
-    return root / "targets" / name
-
-
-def cached(root: Path, name: str) -> Optional[Target]:
-    directory = cache_dir(root, name)
-    try:
-        meta = json.loads((directory / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return Target(name, directory, tuple(meta["classes"]), list(meta["arrays"]))
-
-
-def present(root: Path) -> List[str]:
-    """The targets in the cache."""
-    base = root / "targets"
-    return sorted(p.name for p in base.iterdir() if cached(root, p.name)) if base.is_dir() else []
-
-
 def load(root: Path, name: str, download: bool = True) -> Target:
     """The cached target `name`, downloaded first when it is an official one and absent."""
     found = cached(root, name)
@@ -120,7 +79,7 @@ def load(root: Path, name: str, download: bool = True) -> Target:
     raise CnnlabError(f"Target {name!r} is not in the cache ({cache_dir(root, name)}). Import it: {how}.")
 
 
-def fetch(root: Path, name: str) -> None:
+def fetch(root: Path, name: str, force: bool = False) -> None:
     """Download an official target's files (their MD5 checked where one is published), then import them."""
     import tempfile
 
@@ -135,7 +94,7 @@ def fetch(root: Path, name: str) -> None:
                 raise CnnlabError(f"Target {name} is not in the cache and {url} could not be downloaded "
                                   f"({type(exc).__name__}: {exc}). Offline, get {', '.join(official.files)} "
                                   f"elsewhere and run `cnnlab data import --target {name} PATH`.") from None
-        import_target(name, Path(tmp), root)
+        import_target(name, Path(tmp), root, force=force)
 
 
 def _made(root: Path) -> Path:
@@ -245,8 +204,6 @@ def _files(path: Path, wanted: Tuple[str, ...]) -> Iterator[Tuple[str, bytes]]:
 
 
 def _read_cifar10_1(path: Path, out: Path):
-    from .data import CIFAR10_CLASSES
-
     found = dict(_files(path if path.is_dir() else path.parent, ("cifar10.1_v6_data.npy", "cifar10.1_v6_labels.npy")))
     if len(found) < 2:
         raise CnnlabError(f"{path}: CIFAR-10.1 v6 is two files, cifar10.1_v6_data.npy and cifar10.1_v6_labels.npy; "
@@ -258,8 +215,6 @@ def _read_cifar10_1(path: Path, out: Path):
 
 
 def _read_cifar10_c(path: Path, out: Path):
-    from .data import CIFAR10_CLASSES
-
     wanted = tuple(f"{c}.npy" for c in CIFAR10_C) + ("labels.npy",)
     arrays, n = [], None
     for name, data in _files(path, wanted):
@@ -352,7 +307,6 @@ def check_names(names: List[str], root: Optional[str] = None, data: str = "cifar
     """Refuse target set names that are neither corruptions, official targets nor imported ones, and a target
     that shares no class with the data a model is trained on."""
     from . import corruptions
-    from .data import data_root
 
     unknown = [n for n in names if n not in corruptions.SEVERITIES and n not in OFFICIAL]
     imported = present(data_root(root)) if unknown else []

@@ -4,6 +4,7 @@ refused clearly when corrupt with the cache untouched, and scored on the classes
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 
 import numpy as np
@@ -173,6 +174,9 @@ def test_a_run_is_scored_on_real_targets(tmp_path, cli):
     assert m["target_acc_cifar10_c"] == pytest.approx(sum(severities) / 5)
     assert record.tags[f"{Tag.TARGET_CLASSES}.stl10"] == ("cat=cat dog=dog; not shared: airplane bird car deer horse "
                                                          "monkey ship truck")
+    code, out, err = cli("evaluate", "T0", "targets=[stl10,cifar10_1]")  # a recorded run, afterwards
+    assert code == 0, err
+    assert re.search(r"target_acc_stl10 (\d\.\d{4})", out).group(1) == f"{m['target_acc_stl10']:.4f}"
     for bad, message in (("svhn", "shares no class with cifar10"), ("stl_10", "Unknown target set(s) stl_10")):
         code, _, err = cli("train", "data=cifar10", f"eval.targets=[{bad}]", "-q")
         assert code == 2 and message in err and "Traceback" not in err
@@ -258,3 +262,41 @@ def test_transfer_probe_freezes_the_body_finetune_moves_it_and_the_head_follows_
     section = page.split("<h2>Source run</h2>")[1].split("<h2>")[0]
     assert "synthetic/T0 (tf_cnn)" in section and "replaced (3 classes)" in section and "data:image/png" in section
     assert all(f"<td>{c}</td>" in section for c in ("cat", "dog", "frog"))
+
+
+def test_an_official_target_is_downloaded_with_its_checksum_and_refused_without_it(tmp_path, cli, monkeypatch):
+    """`cnnlab data download svhn` fetches the official files through torchvision's downloader with their MD5s
+    (here a stand-in that serves real-format files from a folder, and fails as a bad checksum does)."""
+    import hashlib
+    import shutil
+
+    from torchvision.datasets import utils
+
+    served = tmp_path / "served"
+    served.mkdir()
+    svhn_mat(served / "test_32x32.mat")
+    svhn_mat(served / "train_32x32.mat", n=30)
+    seen = []
+
+    def download_url(url, root, filename, md5=None):
+        seen.append((url, md5))
+        shutil.copy(served / filename, f"{root}/{filename}")
+        if md5 != hashlib.md5((served / filename).read_bytes()).hexdigest():
+            raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(utils, "download_url", download_url)
+    code, out, err = cli("data", "download", "svhn")
+    assert code == 2 and "could not be downloaded" in err and "File not found or corrupted" in err  # the MD5s differ
+    assert seen[0] == tuple(target_data.OFFICIAL["svhn"].files["train_32x32.mat"])
+    assert target_data.cached(data.data_root(), "svhn") is None and list(data.data_root().iterdir()) == []
+    for name in ("train_32x32.mat", "test_32x32.mat"):  # the published checksums of these files
+        monkeypatch.setitem(target_data.OFFICIAL["svhn"].files, name,
+                            (target_data.OFFICIAL["svhn"].files[name][0],
+                             hashlib.md5((served / name).read_bytes()).hexdigest()))
+    code, out, err = cli("data", "download", "svhn")
+    assert code == 0, err
+    assert target_data.load(data.data_root(), "svhn").split("train")[0].shape == (30, 3, 32, 32)
+    code, _, err = cli("data", "download", "svhn")
+    assert code == 2 and "already in the cache" in err
+    code, _, err = cli("data", "download", "imagenet")
+    assert code == 2 and "not an official target" in err
