@@ -677,6 +677,49 @@ def bench_evidence(report, accuracy: bool = False) -> None:
                f"`cnnlab compare 'dropout=0' 'dropout=0.5' --experiment bench-sweep --sweep {name}`)")
 
 
+TRANSFER_BUDGET = "2m"  # each target run: probe, fine-tune and from scratch in the same time
+
+
+def bench_transfer(report, accuracy: bool = False) -> None:
+    """Issue 31: a fast tf_cnn and a vgg_small source run on the real CIFAR-10, their accuracy on every target set
+    in the cache (and on the synthetic corruptions, which need no file); then, on each cached target with a
+    training split (STL-10, SVHN, an imported folder), probe vs fine-tune vs from scratch under the same budget.
+    The question: does a CIFAR-10 model transferred to the target beat one trained from scratch there in the
+    same time?"""
+    from cnnlab.data import data_root
+    from cnnlab.record import Store
+    from cnnlab.target_data import OFFICIAL, present
+
+    root = data_root()
+    cached = present(root)
+    evaluable = [t for t in cached if t != "svhn"]
+    report.add("transfer_targets", cached, f"target sets in the cache ({root / 'targets'}): "
+                                           f"{', '.join(cached) or 'none'}" + ("" if cached else
+               f" (no real target file here: get them with `cnnlab data download NAME`, {', '.join(OFFICIAL)}); "
+               "the sources are scored on the synthetic corruptions only"))
+    sources = {}
+    for arch, extra in (("tf_cnn", []), ("vgg_small", ["epochs=8"])):
+        run_id = _cli_train([f"arch={arch}", *extra, f"eval.targets=[{','.join(['blur', 'contrast', *evaluable])}]"])
+        record = Store().get(run_id)
+        sources[arch] = record
+        scores = {k[len("target_acc_"):]: round(v, 4) for k, v in record.metrics.items() if k.startswith("target_acc_")}
+        report.add(f"transfer_source_{arch}", {"test_acc": round(record.metrics["test_acc"], 4), **scores},
+                   f"source {arch} ({record.id}): test_acc {record.metrics['test_acc']:.4f}; targets "
+                   + ", ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
+    for target in [t for t in cached if t not in ("cifar10_1", "cifar10_c")]:
+        for arch, source in sources.items():
+            results = {}
+            for mode in ("probe", "finetune", "none"):
+                run_id = _cli_train([f"arch={arch}", f"data.name={target}", f"init_from={source.run_id}",
+                                     f"transfer={mode}", f"budget={TRANSFER_BUDGET}"])
+                results[mode] = round(Store().get(run_id).metrics["test_acc"], 4)
+            better = max(results["probe"], results["finetune"]) > results["none"]
+            report.add(f"transfer_{target}_{arch}", results,
+                       f"{target} from {arch} ({source.id}) in {TRANSFER_BUDGET} each: probe {results['probe']:.4f}, "
+                       f"fine-tune {results['finetune']:.4f}, from scratch {results['none']:.4f}: the transferred "
+                       f"model {'beats' if better else 'does NOT beat'} one trained from scratch in the same time")
+
+
 from .gpu import bench_gpu  # noqa: E402
 from .team import bench_team  # noqa: E402
 
@@ -684,4 +727,4 @@ SYNTHETIC = {"faults", "listings", "team", "gpu"}  # sections that need no real 
 
 ALL = {"faults": bench_faults, "train": bench_train, "zoo": bench_zoo, "sweep": bench_sweep, "exercise": bench_exercise, "export": bench_export,
        "fast": bench_fast, "budget": bench_budget, "listings": bench_listings, "report": bench_report, "team": bench_team,
-       "gpu": bench_gpu, "evidence": bench_evidence}
+       "gpu": bench_gpu, "evidence": bench_evidence, "transfer": bench_transfer}
