@@ -142,6 +142,7 @@ class Recorder:
         self.clock = clock
         self.started = clock() if started is None else started  # wall time counts from here
         self.cfg, self.cfg_dict = cfg, to_dict(cfg)
+        self.classes = list(data.classes) if data is not None else None  # in each checkpoint: what its head predicts
         self.best_path = self.last_path = None
         if resume is not None:
             self._reopen(resume, state, quiet)
@@ -215,7 +216,7 @@ class Recorder:
         last one (with all the state to continue from: `cnnlab train resume=RUN`), metrics to MLflow and the log."""
         self.history.append({"epoch": epoch, **metrics})
         state = {"model": trainer.checkpoint_module.state_dict(), "config": self.cfg_dict, "epoch": epoch,
-                 "metrics": metrics}
+                 "metrics": metrics, "classes": self.classes}
         if self.becomes_best(epoch, metrics):
             self.best = {"val_acc": self._score(epoch, metrics), "epoch": epoch}
             checkpoint.save(self.best_path, state)

@@ -128,7 +128,7 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     ds = dataset or data_mod.load(cfg.data, seed=cfg.seed)
     loaders = data_mod.loaders(ds, cfg, device)
     num_classes, in_channels = len(ds.classes), ds.x_train.shape[1]
-    model, size, build_time, started_from = _model(cfg, loaders, num_classes, in_channels, device, clock)
+    model, size, build_time, started_from = _model(cfg, loaders, ds.classes, in_channels, device, clock)
     tags.update(started_from)
     cfg, estimate = _length(cfg, model, loaders, dev, num_classes, started, resumed=state is not None)
     trainer = engine.Trainer(cfg, model, loaders.train, dev, num_classes)
@@ -167,13 +167,13 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
     return rec.finished(final, matrix, ds.classes, size)
 
 
-def _model(cfg, loaders, num_classes: int, in_channels: int, device, clock):
+def _model(cfg, loaders, classes, in_channels: int, device, clock):
     """(the model, its size {params, flops}, the seconds building it took, the tags of where it started from): built,
     its data-set layers fitted (airbench's whitening), and started from a source run's weights with init_from."""
     built = clock()
-    model = engine.build(cfg, num_classes, in_channels, device, prepare_batches=loaders.sample)
+    model = engine.build(cfg, len(classes), in_channels, device, prepare_batches=loaders.sample)
     build_time = clock() - built
-    started_from = transfer.start(cfg, model)
+    started_from = transfer.start(cfg, model, classes)
     size = {"params": sum(p.numel() for p in model.parameters()),
             "flops": engine.count_flops(model, in_channels, cfg.image_size, device)}
     return model, size, build_time, started_from

@@ -5,8 +5,8 @@
   only the head trains: a linear probe;
 - transfer=none: from random weights, as without init_from (the baseline a sweep compares with).
 
-The head (the model's last dense layer) is kept when the run trains on the data its source trained on, and
-replaced by a new one for the new data's classes otherwise. The run records its source (run ID, log ID, data)
+The head (the model's last dense layer) is kept when the run's data has its source's classes (in the same
+order), and replaced by a new one for the new data's classes otherwise. The run records its source (run ID, log ID, data)
 and the mode; the source records the runs made from it: a link both ways.
 """
 
@@ -35,7 +35,7 @@ def source_of(cfg):
     return store, record, checkpoint.read(path, f"Run {record.id}'s checkpoint")
 
 
-def start(cfg, model) -> Dict[str, str]:
+def start(cfg, model, classes) -> Dict[str, str]:
     """Load the source's weights into `model` (a new head where the data differs) and freeze the body for a probe;
     the tags that record it. Nothing to do (no tags) without init_from or with transfer=none."""
     if not cfg.init_from or cfg.transfer.value == "none":
@@ -48,7 +48,9 @@ def start(cfg, model) -> Dict[str, str]:
     from .engine import head_of
 
     head_name, head = head_of(model)
-    same_data = source_cfg["data"]["name"] == cfg.data.name
+    # the head predicts the source's classes: kept when this data's are the same, in the same order (a checkpoint
+    # of an older cnnlab does not name its classes: then the same data set)
+    same_data = state["classes"] == list(classes) if state.get("classes") else source_cfg["data"]["name"] == cfg.data.name
     weights = {k: v for k, v in state["model"].items() if same_data or not k.startswith(f"{head_name}.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if same_data or not k.startswith(f"{head_name}.")]

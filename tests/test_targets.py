@@ -124,6 +124,8 @@ def test_corrupt_files_are_refused_and_the_cache_is_untouched(tmp_path):
     half_stl = tmp_path / "half.tar.gz"
     half_stl.write_bytes(stl.read_bytes()[: stl.stat().st_size // 2])
     short_bin = tar_of(tmp_path / "short.tar", {"test_X.bin": b"\0" * 1000, "test_y.bin": b"\1"})
+    bad_folder = make_folder(tmp_path / "bad", n_train=2, n_test=1)
+    (bad_folder / "test" / "cat" / "0000.png").write_bytes(b"not a png")
     bad_mat = tmp_path / "test_32x32.mat"
     bad_mat.write_bytes(b"MATLAB 5.0 MAT-file, not really" + bytes(200))
     cases = [("cifar10_1", truncated, "not a readable .npy array"), ("cifar10_1", grey, "expected uint8 images"),
@@ -131,7 +133,7 @@ def test_corrupt_files_are_refused_and_the_cache_is_untouched(tmp_path):
              ("stl10", half_stl, "corrupt or truncated"), ("stl10", short_bin, "not a whole number of 3x96x96"),
              ("svhn", bad_mat, "not a readable SVHN .mat file"),
              ("cifar10_c", cifar10_c_tar(tmp_path / "c.tar", drop="fog"), "lacks fog.npy"),
-             ("mine", tmp_path / "missing", "does not exist")]
+             ("mine", tmp_path / "missing", "does not exist"), ("mine", bad_folder, "not a readable image")]
     for name, path, message in cases:
         with pytest.raises(CnnlabError, match=message):
             target_data.import_target(name, path, root, force=True)
@@ -300,3 +302,39 @@ def test_an_official_target_is_downloaded_with_its_checksum_and_refused_without_
     assert code == 2 and "already in the cache" in err
     code, _, err = cli("data", "download", "imagenet")
     assert code == 2 and "not an official target" in err
+
+
+def test_a_transfer_sweeps_and_resumes_like_any_run(cli):
+    """`cnnlab sweep init_from=T0 transfer=probe,finetune,none`: three trials of distinct identity, each recorded with its
+    source (none without one); a KILLED probe resumes with its body still frozen."""
+    from cnnlab import checkpoint
+    from cnnlab.record import Store, Tag
+
+    tiny = ["data=synthetic", "data.n_train=200", "data.n_test=100", "batch_size=50", "batch_norm=true"]
+    assert cli("train", *tiny, "epochs=1", "-q")[0] == 0
+    code, out, err = cli("sweep", *tiny, "epochs=1", "init_from=T0", "transfer=probe,finetune,none", "-q")
+    assert code == 0, err
+    trials = {r.params["transfer"]: r for r in Store().runs(["synthetic"]) if r.sweep}
+    assert sorted(trials) == ["finetune", "none", "probe"] and len({r.config_key for r in trials.values()}) == 3
+    assert trials["probe"].tags[Tag.TRANSFER] == "probe" and Tag.SOURCE_RUN not in trials["none"].tags
+    source = Store().find("T0", ["synthetic"])
+    assert sorted(source.tags[Tag.TRANSFERRED_TO].split()) == sorted([trials["probe"].run_id,
+                                                                      trials["finetune"].run_id])
+
+    from cnnlab.config import compose
+    from cnnlab.errors import Interrupted
+    from cnnlab.training import from_overrides, train
+
+    def stop_after_first(epoch, metrics):
+        raise Interrupted(15)
+
+    overrides = [*tiny, "epochs=2", "init_from=T0", "transfer=probe"]
+    with pytest.raises(Interrupted):
+        train(compose(overrides), overrides, on_epoch=stop_after_first, quiet=True)
+    killed = [r for r in Store().runs(["synthetic"]) if r.state == "KILLED"][0]
+    result = from_overrides([f"resume={killed.id}"], quiet=True)
+    assert result.status == "FINISHED" and result.metrics["epochs_run"] == 2
+    weights = checkpoint.read(source.run_dir / "best.pt", "source")["model"]
+    state = checkpoint.read(killed.run_dir / "best.pt", "resumed")["model"]
+    changed = [k for k in weights if not torch.equal(weights[k], state[k])]
+    assert changed and all(k.startswith(changed[0].rsplit(".", 1)[0]) for k in changed)  # the head alone moved
