@@ -18,6 +18,7 @@ from .schema import duration
 
 MARGIN = 0.015  # of the time left, kept for what the estimate cannot see (a slower step now and then)
 END_SECONDS = 2.0  # the run's end: confusion matrix figure, artifacts, MLflow
+EVAL_SURPRISE = 1.5  # an evaluation this much slower (or faster) than its steps foretold was timed as the load changed
 
 
 def _time_steps(trainer, loaders, budget_s: float) -> float:
@@ -148,6 +149,7 @@ class Steer:
         self.tuner = None  # the device's ThreadTuner, when it has one (training.fit sets it)
         self._mark(started, 0)  # (time, steps) at the last check, and the thread count then
         self.recent_step_s = None  # the step time the last check measured in this epoch
+        self.surprised = False  # the last evaluation was set aside (epoch_ended)
 
     def epoch_started(self, trainer) -> None:
         self._mark(self.dev.now(), trainer.steps)
@@ -180,10 +182,23 @@ class Steer:
     def epoch_ended(self, trainer, epoch_steps: int, train_s: float, epoch_s: float) -> None:
         """After an epoch of `epoch_steps` steps that trained for `train_s` seconds and took `epoch_s` in all
         (evaluation, checkpoints and records included): its evaluation time is the one to plan with now, at the
-        speed of its last steps (the epoch's mean hides a change inside it)."""
+        speed of its last steps (the epoch's mean hides a change inside it).
+
+        Unless the machine changed during the evaluation itself: one that takes more than EVAL_SURPRISE times (or
+        less than its inverse) what the steps before it foretold was timed while the load changed (a process that
+        starts mid-evaluation runs it 5x slower until the thread tuner, which acts between training steps, leaves
+        it a core; planning with that time ended a 1-minute run 16% early). It is set aside once, the earlier
+        time scaled by the steps' speed standing; a second such evaluation in a row is the machine as it now is."""
         step_s = self.recent_step_s or train_s / max(1, epoch_steps)
-        self.last_eval_s *= (epoch_s - train_s) / max(1e-9, self.eval_s)  # in the proportion the plan had
-        self.eval_s, self.eval_step_s = epoch_s - train_s, step_s
+        measured = epoch_s - train_s
+        foretold = self.eval_s * step_s / self.eval_step_s  # (evaluations follow the steps' speed, both ways)
+        surprise = measured / max(1e-9, foretold)
+        if not 1 / EVAL_SURPRISE <= surprise <= EVAL_SURPRISE and not self.surprised:
+            self.surprised = True
+        else:
+            self.surprised = False
+            self.last_eval_s *= measured / max(1e-9, self.eval_s)  # in the proportion the plan had
+            self.eval_s, self.eval_step_s = measured, step_s
         trainer.retarget(trainer.steps + self._solve(trainer, step_s, self.dev.now()))
 
     def _solve(self, trainer, step_s: float, now: float) -> int:
