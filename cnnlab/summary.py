@@ -134,11 +134,6 @@ def standing(g: Group) -> str:
     return f"{g.standing} ({g.against_best.p_text() if g.against_best.p is not None else 'identical'})"
 
 
-def tied_with_best(ranked: List[Group]) -> List[Group]:
-    """The best of a scope and every group tied with it (none tested: just the best)."""
-    return [g for g in ranked if g.standing in ("best", "tied")] or ranked[:1]
-
-
 def group_of(groups_: Iterable[Group]) -> Dict[str, Group]:
     """log ID -> the group that counts it."""
     return {i: g for g in groups_ for i in g.ids}
