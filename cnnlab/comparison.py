@@ -104,16 +104,16 @@ def _sides(refs: Sequence[str], runs: Dict[str, Record], pool: Sequence[Record])
     """Each ref as a Side: a run as itself, values as the one configuration they name (see the module's words)."""
     from .log import differs
 
+    wanted = {ref: _wanted(ref, pool) for ref in refs if ref not in runs}
     candidates: Dict[str, Dict[str, List[Record]]] = {}  # ref -> config key -> its runs
     for ref in refs:
         if ref in runs:
             candidates[ref] = {runs[ref].config_key: [runs[ref]]}
         else:
-            found = _matching(ref, pool)
             candidates[ref] = {}
-            for r in found:
+            for r in _matching(ref, wanted[ref], pool):
                 candidates[ref].setdefault(r.config_key, []).append(r)
-    keys = {k for ref in refs if ref not in runs for k in _wanted(ref, pool)}
+    keys = {k for values in wanted.values() for k in values}
     anchors = [next(iter(c.values()))[-1] for c in candidates.values() if len(c) == 1]
     for ref, found in candidates.items():
         if len(found) > 1 and anchors:  # keep what differs from an unambiguous side only in the keys given
@@ -158,8 +158,7 @@ def _wanted(ref: str, pool: Sequence[Record]) -> Dict[str, object]:
     return wanted
 
 
-def _matching(ref: str, pool: Sequence[Record]) -> List[Record]:
-    wanted = _wanted(ref, pool)
+def _matching(ref: str, wanted: Dict[str, object], pool: Sequence[Record]) -> List[Record]:
     found = [r for r in pool if all(_equal(r.params.get(k), v) for k, v in wanted.items())]
     if not found:
         raise CnnlabError(f"No FINISHED run has {ref} (among {len(pool)} in scope): train it first, or check the "

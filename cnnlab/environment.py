@@ -6,6 +6,7 @@ of the data it trained on; torch's and Python's versions; the CPU and GPU model 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import subprocess
@@ -23,6 +24,7 @@ ENVIRONMENT = {
     "cnnlab.device": "device", "cnnlab.precision": "precision", Tag.THREADS: "CPU threads",
 }
 
+
 def data_hash(ds) -> str:
     """The content hash of a dataset's images, labels and class names (what a run trained and was tested on),
     computed once per loaded dataset (a sweep worker's trials share one)."""
@@ -36,8 +38,10 @@ def data_hash(ds) -> str:
     return ds._content_hash
 
 
+@functools.lru_cache(maxsize=1)
 def packages() -> str:
-    """The installed distributions, one `name==version` a line (pip freeze's format), sorted."""
+    """The installed distributions, one `name==version` a line (pip freeze's format), sorted; read once per process
+    (0.1 s: a sweep worker's trials share it, as they share the code it imported)."""
     from importlib import metadata
 
     found = {(d.metadata["Name"] or "?").lower(): d.version for d in metadata.distributions()}

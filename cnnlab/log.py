@@ -261,6 +261,7 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
     group_of = summary.group_of(groups)
 
     rows = []
+    against = _Against(records, group_of)
     firsts = _experiment_baselines(store, records) if baseline is None else {}
     root = runs_dir()
     for r in records:
@@ -275,7 +276,7 @@ def build(store: Store, records: List[Record], baseline: Optional[Record] = None
         arch = "baseline" if is_base else (describe_changes(ref, r.params) or "no architecture change")
         training = "" if is_base else describe_changes(ref, r.params, TRAINING_KEYS)
         rows.append(Row(r, arch, training, group_of.get(r.id), ui_link(ui_url, r.experiment_id, r.run_id), root,
-                        _verdict(group_of.get(r.id), _base_group(r, ref, is_base, records, group_of), is_base)))
+                        against(r, ref, is_base)))
 
     legend = _codes(rows)
     targets = sorted({t for row in rows for t in row.targets})
@@ -319,27 +320,43 @@ def _codes(rows: List[Row]):
                         columns=["CODE", "WHAT"])
 
 
-def _base_group(record: Record, ref: Optional[Dict[str, Any]], is_base: bool, records: Sequence[Record],
-                group_of: Dict[str, summary.Group]) -> Optional[summary.Group]:
-    """The group of the baseline `record` is compared with: a run of the records with the baseline's config, in the
-    same scope (its sweep, or the experiment's single runs)."""
-    if ref is None:
+class _Against:
+    """VERDICT of each row: its configuration against the baseline's on test accuracy, where both have two seeds or
+    more. The baseline's group is looked up once per scope and each pair of groups tested once (not once per row:
+    the seeds of a configuration share their verdict)."""
+
+    def __init__(self, records: Sequence[Record], group_of: Dict[str, summary.Group]):
+        self.records, self.group_of = records, group_of
+        self.bases: Dict[tuple, Optional[summary.Group]] = {}
+        self.verdicts: Dict[tuple, str] = {}
+
+    def __call__(self, record: Record, ref: Optional[Dict[str, Any]], is_base: bool) -> str:
+        group = self.group_of.get(record.id)
+        scope = (record.experiment_id, record.sweep, id(ref))
+        if scope not in self.bases:
+            self.bases[scope] = self._base_group(record, ref)
+        base = self.bases[scope]
+        if group is not None and group.n > 1 and (is_base or group is base):  # a seed of the baseline's configuration
+            return "baseline"
+        if group is None or base is None or min(len(group.tests), len(base.tests)) < 2:
+            return ""
+        pair = (id(group), id(base))
+        if pair not in self.verdicts:
+            seeds = (base.seeds, group.seeds) if len(base.tests) == base.n and len(group.tests) == group.n \
+                else (None, None)
+            self.verdicts[pair] = summary.verdict(base.tests, group.tests, *seeds).short()
+        return self.verdicts[pair]
+
+    def _base_group(self, record: Record, ref: Optional[Dict[str, Any]]) -> Optional[summary.Group]:
+        """The group of a run of the records with the baseline's config `ref`, in `record`'s scope (its sweep, or the
+        experiment's single runs)."""
+        if ref is None:
+            return None
+        for other in self.records:
+            if other.experiment_id == record.experiment_id and other.sweep == record.sweep and \
+                    other.id in self.group_of and _same(ref, other.params):
+                return self.group_of[other.id]
         return None
-    for other in records:
-        if other.experiment_id == record.experiment_id and other.sweep == record.sweep and \
-                other.id in group_of and _same(ref, other.params):
-            return group_of[other.id]
-    return None
-
-
-def _verdict(group: Optional[summary.Group], base: Optional[summary.Group], is_base: bool) -> str:
-    """VERDICT: this configuration against the baseline's on test accuracy, where both have two seeds or more."""
-    if group is not None and group.n > 1 and (is_base or group is base):  # a seed of the baseline's configuration
-        return "baseline"
-    if group is None or base is None or min(len(group.tests), len(base.tests)) < 2:
-        return ""
-    seeds = (base.seeds, group.seeds) if len(base.tests) == base.n and len(group.tests) == group.n else (None, None)
-    return summary.verdict(base.tests, group.tests, *seeds).short()
 
 
 SWEEP_COLUMNS = ["SWEEP", "CONFIG", "OBJECTIVE", "SEEDS", "MEAN", "STD", "BEST", "VS BEST", "TEST MEAN", "TEST STD",

@@ -55,9 +55,12 @@ def _shared(x, y, mapped: Dict[int, int], image_size: int, name: str):
 
     if not mapped:
         raise CnnlabError(f"Target {name} shares no class with the training data: it cannot be scored.")
-    keep = torch.isin(y, torch.tensor(sorted(mapped)))
+    size = max(max(mapped), int(y.max()) if len(y) else 0) + 1
+    to_source = torch.full((size,), -1, dtype=torch.int64)  # target class -> training class; -1: not shared
+    to_source[list(mapped)] = torch.tensor(list(mapped.values()))
+    y = to_source[y]
+    keep = y >= 0
     x, y = x[keep], y[keep]
-    y = torch.tensor([mapped[int(c)] for c in y], dtype=torch.int64)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True,
                           align_corners=False).round().clamp(0, 255).to(torch.uint8)
