@@ -109,6 +109,59 @@ def test_min_pool_is_negated_max_pool():
     assert torch.equal(MinPool2d(2)(x), x.unfold(2, 2, 2).unfold(3, 2, 2).amin(dim=(-1, -2)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(30, 30), (13, 13), (7, 10)])
+def test_cpu_max_pool_gradient_is_torchs_bit_for_bit(dtype, size):
+    """layers.MaxPool2d trains through max_unpool2d of the forward's indices: the same outputs and the same
+    gradient as torch's max pooling, ties included (values rounded to one decimal tie often), odd sizes too."""
+    from cnnlab.models.layers import MaxPool2d
+
+    x = torch.randn(4, 8, *size).round(decimals=1).to(dtype).contiguous(memory_format=torch.channels_last)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = MaxPool2d(2)(ours)
+    assert out.grad_fn is not None and "MaxPoolUnpool" in type(out.grad_fn).__name__
+    expected = nn.functional.max_pool2d(theirs, 2)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(out, expected) and torch.equal(ours.grad, theirs.grad)
+    assert ours.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(MinPool2d(2)(ours), -nn.functional.max_pool2d(-theirs, 2))
+    with torch.no_grad():  # evaluation and overlapping windows are torch's own
+        assert torch.equal(MaxPool2d(2)(x), nn.functional.max_pool2d(x, 2))
+    assert "MaxPoolUnpool" not in type(MaxPool2d(3, 2, 1)(ours).grad_fn).__name__
+
+
+@pytest.mark.parametrize("amp", [False, True])
+@pytest.mark.parametrize("shape", [(64, 64, 6, 0, True), (32, 16, 3, 1, False), (8, 4, 4, 1, True)])
+def test_small_conv_weight_gradient_is_torchs(amp, shape):
+    """layers.Conv2d computes a small output's weight gradient as one matrix product (im2col): the same forward
+    pass and input gradient as nn.Conv2d exactly, and its weight and bias gradients to rounding, under bf16
+    autocast too. Larger outputs are nn.Conv2d's own."""
+    from cnnlab.models.layers import Conv2d
+
+    cin, cout, size, padding, bias = shape
+    torch.manual_seed(0)
+    ours = Conv2d(cin, cout, 3, padding=padding, bias=bias).to(memory_format=torch.channels_last)
+    theirs = nn.Conv2d(cin, cout, 3, padding=padding, bias=bias).to(memory_format=torch.channels_last)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(16, cin, size, size).contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        out, expected = ours(xa), theirs(xb)
+    assert "SmallConv" in type(out.grad_fn).__name__
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    assert out.dtype == expected.dtype and torch.equal(out, expected) and torch.equal(xa.grad, xb.grad)
+    tolerance = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-4, atol=1e-4)  # sums of 256 products
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, **tolerance)
+    if bias:
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, **tolerance)
+    big = Conv2d(cin, cout, 3, padding=1)(torch.randn(2, cin, 8, 8, requires_grad=True))
+    assert "SmallConv" not in type(big.grad_fn).__name__  # 64 positions: oneDNN's kernel
+
+
 def test_dense_units_zero_removes_the_hidden_layer():
     with_dense = get_arch("tf_cnn").build(dense_units=64)
     without = get_arch("tf_cnn").build(dense_units=0)

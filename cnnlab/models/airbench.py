@@ -13,7 +13,7 @@ from torch import nn
 
 from . import register
 from .layers import activation as act_layer
-from .layers import channels, pool2d
+from .layers import Conv2d, channels, pool2d
 
 
 class Whiten(nn.Conv2d):
@@ -76,7 +76,7 @@ def airbench(*, num_classes: int, in_channels: int, image_size: int, width: floa
     layers = list(stem)
     for cout in widths:
         for i in range(2):
-            conv = nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
+            conv = Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
             if dirac:  # start each conv as (part of) an identity: a deep net that begins as a shallow one
                 nn.init.dirac_(conv.weight[:cin])
             layers.append(conv)
