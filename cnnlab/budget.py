@@ -88,7 +88,8 @@ def plan(cfg, model, loaders, dev, num_classes: int, started: float):
     # without a validation split the last epoch's weights are the ones the final test scores, and its point of the
     # test curve comes from that test (train.fit)
     last_eval_s = (n_val + (tested if n_val else 0)) * per_image["plain"] + 2 * save_s
-    final_s = n_test * (per_image["tta" if cfg.tta else "plain"] + len(cfg.eval.targets) * per_image["plain"]) \
+    tta_s = cfg.tta_share * (per_image["tta"] - per_image["plain"]) if cfg.tta else 0.0  # its extra views
+    final_s = n_test * (per_image["plain"] + tta_s + len(cfg.eval.targets) * per_image["plain"]) \
         + END_SECONDS
     setup_s = dev.now() - started
     steps, epochs = solve(available(budget_s, setup_s, final_s), step_s, eval_s, len(loaders.train), last_eval_s)

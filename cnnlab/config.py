@@ -269,6 +269,8 @@ def identity(cfg) -> Tuple[str, str]:
     if not tree.get("init_from"):  # keys added with transfer learning: a run without a source hashes as before
         for name in ("init_from", "transfer", "body_lr"):
             tree.pop(name, None)
+    if tree.get("tta_share") == 1.0:  # added later: a run at its default hashes as before
+        tree.pop("tta_share")
     if tree.get("budget"):  # a budget run is what its budget says, not the steps it planned on one machine
         tree.pop("max_steps")
         tree.pop("epochs")

@@ -151,8 +151,15 @@ class Row:
         """How it was tested, in words (the legend of TEST SPLIT's codes): held out, the test set, the targets."""
         targets = sorted(self.targets)
         return (f"val {(self.param('val_split') or 0):.0%} / {self.param('data.name') or '?'} test "
-                f"{_count(self.param('split.test'))}{' with TTA' if self.param('tta') else ''}"
+                f"{_count(self.param('split.test'))}{self._tta}"
                 + (f"; targets {', '.join(targets)}" if targets else ""))
+
+    @property
+    def _tta(self) -> str:
+        share = self.param("tta_share") or 1.0
+        if not self.param("tta"):
+            return ""
+        return " with TTA" if share >= 1 else f" with TTA on the {share:.0%} least confident"
 
     @property
     def source(self) -> str:

@@ -244,6 +244,8 @@ class Config:
     early_stopping: int = key(0, log=TRAINING, doc="stop after this many epochs without a better val_acc; 0: off",
                               valid=_at_least(0, " (0 turns it off)"))
     tta: bool = key(False, log=TRAINING, doc="final test score averaged over mirrored and shifted views")
+    tta_share: float = key(1.0, log=TRAINING, valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                           doc="tta: the share of test images, the least confident, that get the 6 views")
     # transfer learning (transfer.py)
     init_from: Optional[str] = key(log=TRAINING, doc="start from this run's best checkpoint (log ID, name, run ID)")
     transfer: Transfer = key(Transfer.finetune, log=TRAINING, doc="with init_from: finetune | probe | none")

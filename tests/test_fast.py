@@ -9,7 +9,7 @@ from cnnlab import data
 from cnnlab.config import compose, resolve
 from cnnlab.models import build_model, get_arch
 from cnnlab.models.airbench import Whiten
-from cnnlab.engine import Trainer, make_optimizer, tta_logits
+from cnnlab.engine import Trainer, make_optimizer, tta_least_confident, tta_logits
 from cnnlab.training import train
 
 from .helpers import lr_trace
@@ -78,6 +78,27 @@ def test_tta_averages_mirrored_and_shifted_views():
     expected = 0.5 * mirror(views[0]) + 0.25 * (mirror(views[1]) + mirror(views[2]))
     assert torch.allclose(tta_logits(model, x), expected, atol=1e-6)
     assert torch.allclose(tta_logits(model, x, plain=model(x)), expected, atol=1e-6)  # the plain view given
+
+
+def test_tta_share_spends_the_views_on_the_least_confident_predictions():
+    """tta_share=0.25: the quarter of a batch whose top softmax probability is lowest gets tta_logits, the others
+    keep their plain logits; share 1 is tta_logits for all. The config key at its default leaves a run's
+    identity as it was."""
+    from cnnlab.config import identity
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    x = torch.randn(20, 3, 8, 8)
+    plain = model(x)
+    full, shared = tta_logits(model, x, plain), tta_least_confident(model, x, plain, 0.25)
+    assert torch.equal(tta_least_confident(model, x, plain, 1.0), full)
+    changed = (shared != plain).any(1)
+    least = plain.softmax(1).amax(1).argsort()[:5]
+    assert changed.sum() == 5 and changed[least].all()
+    torch.testing.assert_close(shared[least], full[least])
+    # the (trial, config) keys runs recorded before tta_share existed: at its default they are still theirs
+    assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=1"]))) == ("acacfef6a495cf85", "ca2c8becb15e33da")
+    assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=0.5"])))[1] != "ca2c8becb15e33da"
 
 
 def test_the_final_test_gives_the_last_epoch_its_point_of_the_test_curve(monkeypatch, mlflow_client):
