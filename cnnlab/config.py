@@ -236,7 +236,27 @@ def resolve(cfg):
                 cfg[knob] = spec.defaults[knob]
         cfg.arch = {"name": spec.name, **OmegaConf.to_container(params)}
     check_ranges(cfg)
+    check_progressive(cfg)
     return cfg
+
+
+def check_progressive(cfg) -> None:
+    """Progressive resizing trains the early epochs smaller, then at least one at image_size, for a fixed length."""
+    early, size = cfg.progressive_epochs, cfg.progressive_size
+    if not early:
+        return
+    if cfg.budget:
+        raise CnnlabError(f"progressive_epochs={early} cannot be combined with budget=: the budget plans with one step "
+                          f"time for the whole run, and the epochs at progressive_size={size} are faster. Give epochs= "
+                          "for a fixed length, or drop progressive_epochs=.")
+    if early >= cfg.epochs:
+        raise CnnlabError(f"progressive_epochs={early} leaves no epoch at image_size={cfg.image_size} (epochs="
+                          f"{cfg.epochs}): the last epochs must train at the size the model is tested at. Give fewer "
+                          "than epochs.")
+    if size >= cfg.image_size:
+        raise CnnlabError(f"progressive_size={size} is not smaller than image_size={cfg.image_size}: progressive "
+                          "resizing trains the early epochs at a lower resolution. Give a smaller size, e.g. "
+                          f"progressive_size={cfg.image_size * 3 // 4}.")
 
 
 def to_dict(cfg) -> dict:
@@ -271,6 +291,9 @@ def identity(cfg) -> Tuple[str, str]:
             tree.pop(name, None)
     if tree.get("tta_share") == 1.0:  # added later: a run at its default hashes as before
         tree.pop("tta_share")
+    if not tree.get("progressive_epochs"):
+        tree.pop("progressive_epochs", None)
+        tree.pop("progressive_size", None)
     if tree.get("budget"):  # a budget run is what its budget says, not the steps it planned on one machine
         tree.pop("max_steps")
         tree.pop("epochs")

@@ -597,13 +597,14 @@ class Batches:
 
     def __init__(self, x, y, batch_size: int, *, mean, std, shuffle: bool = False, augment: bool = False,
                  translate: int = 4, flip: str = "random", image_size: int = 32, channels_last: bool = False,
-                 drop_last: bool = False, seed: int = 0):
+                 drop_last: bool = False, seed: int = 0, early: Tuple[int, int] = (0, 0)):
         import torch
 
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.translate, self.flip = translate, flip
         self.image_size = image_size
+        self.early = early  # (epochs, size): progressive resizing's first epochs at a lower size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=x.device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=x.device).view(1, -1, 1, 1) * 255
@@ -649,6 +650,7 @@ class Batches:
         n = len(self.y)
         epoch, self.epoch = self.epoch, self.epoch + 1
         order, shifts, flips = self.draws(epoch)
+        size = self.early[1] if epoch < self.early[0] else self.image_size
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
             idx = order[sl] if order is not None else sl
@@ -659,8 +661,8 @@ class Batches:
             else:
                 xb = self.x[idx]
             xb = (xb.float() - self.mean) / self.std
-            if self.image_size != xb.shape[-1]:
-                xb = F.interpolate(xb, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+            if size != xb.shape[-1]:
+                xb = F.interpolate(xb, size=size, mode="bilinear", align_corners=False, antialias=True)
             yield xb.contiguous(memory_format=self.memory_format), yb
 
 
@@ -685,7 +687,8 @@ def loaders(ds: Dataset, cfg, device) -> Loaders:
     common = dict(mean=ds.mean, std=ds.std, image_size=cfg.image_size, channels_last=channels_last)
     train = Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
                     augment=cfg.augment, translate=cfg.translate, flip=cfg.flip.value,
-                    drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed, **common)
+                    drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed,
+                    early=(cfg.progressive_epochs, cfg.progressive_size), **common)
     eval_size = max(cfg.batch_size, 500)
     return Loaders(
         train=train,

@@ -243,6 +243,10 @@ class Config:
                            valid=_FRACTION)
     early_stopping: int = key(0, log=TRAINING, doc="stop after this many epochs without a better val_acc; 0: off",
                               valid=_at_least(0, " (0 turns it off)"))
+    progressive_epochs: int = key(0, log=TRAINING, valid=_at_least(0, " (0 turns it off)"),
+                                  doc="train the first epochs at progressive_size (progressive resizing); 0: off")
+    progressive_size: int = key(24, log=TRAINING, valid=(lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"),
+                                doc="progressive_epochs: the image size of the early epochs")
     tta: bool = key(False, log=TRAINING, doc="final test score averaged over mirrored and shifted views")
     tta_share: float = key(1.0, log=TRAINING, valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"),
                            doc="tta: the share of test images, the least confident, that get the 6 views")

@@ -19,7 +19,7 @@ from . import data as data_mod
 from . import engine, transfer
 from .config import resolve
 from .device import Device
-from .errors import Diverged, Interrupted, Pruned
+from .errors import CnnlabError, Diverged, Interrupted, Pruned
 from .recorder import Recorder, Result, resumable, signals_as_exceptions
 
 
@@ -32,7 +32,6 @@ def from_overrides(overrides: Sequence[str], quiet: bool = False, announce: Call
     resume = [o for o in overrides if o.startswith("resume=")]
     if not resume:
         return train(compose(overrides), overrides, quiet=quiet)
-    from .errors import CnnlabError
     from .record import Store, Tag
 
     if len(overrides) > 1:
@@ -176,6 +175,14 @@ def _model(cfg, loaders, classes, in_channels: int, device, clock):
     started_from = transfer.start(cfg, model, classes)
     size = {"params": sum(p.numel() for p in model.parameters()),
             "flops": engine.count_flops(model, in_channels, cfg.image_size, device)}
+    if cfg.progressive_epochs:
+        try:  # a forward pass at the early epochs' size
+            engine.count_flops(model, in_channels, cfg.progressive_size, device)
+        except RuntimeError as exc:
+            raise CnnlabError(f"arch={cfg.arch.name} cannot train at progressive_size={cfg.progressive_size}: its "
+                              f"layers take one input size ({str(exc).splitlines()[0]}). Progressive resizing needs a "
+                              "net that pools globally before its head (airbench, resnet20, vgg_small...); drop "
+                              "progressive_epochs= for this one.") from None
     return model, size, build_time, started_from
 
 

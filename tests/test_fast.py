@@ -101,6 +101,44 @@ def test_tta_share_spends_the_views_on_the_least_confident_predictions():
     assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=0.5"])))[1] != "ca2c8becb15e33da"
 
 
+def test_progressive_resizing_trains_the_early_epochs_smaller(monkeypatch):
+    """progressive_epochs=2 progressive_size=16: the first two epochs' batches are the same images, shifts and
+    flips resized to 16x16; the last epoch, validation and the test are at 32. Its identity keys are left out at
+    their default (the pinned keys above)."""
+    import torch.nn.functional as F
+
+    ds = data.synthetic(n_train=64, n_test=8)
+    common = dict(mean=ds.mean, std=ds.std, shuffle=True, augment=True, seed=3)
+    early = data.Batches(ds.x_train, ds.y_train, 32, early=(2, 16), **common)
+    plain = data.Batches(ds.x_train, ds.y_train, 32, **common)
+    for epoch in range(3):
+        for (x, y), (x32, y32) in zip(early, plain):
+            assert torch.equal(y, y32)
+            expected = F.interpolate(x32, size=16, mode="bilinear", align_corners=False, antialias=True)
+            assert torch.equal(x, expected if epoch < 2 else x32)
+    sizes, step = [], Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, x, y: sizes.append(x.shape[-1]) or step(self, x, y))
+    result = train(compose(["recipe=fast94", *TINY, "epochs=3", "width=0.25", "progressive_epochs=2",
+                            "progressive_size=16"]), quiet=True)
+    assert sizes == [16] * 8 + [32] * 4 and result.status == "FINISHED"  # 400 images, batches of 100
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["progressive_epochs=2", "budget=1m"], "cannot be combined with budget="),
+    (["progressive_epochs=2", "epochs=2"], "leaves no epoch at image_size=32"),
+    (["progressive_epochs=1", "progressive_size=32", "epochs=2"], "is not smaller than image_size=32"),
+    (["arch=tf_cnn", "progressive_epochs=1", "epochs=2"], "arch=tf_cnn cannot train at progressive_size=24"),
+])
+def test_progressive_resizing_refuses_what_it_cannot_do(overrides, words):
+    from cnnlab.errors import CnnlabError
+
+    import re
+
+    base = [o for o in TINY if not o.startswith("epochs=")]
+    with pytest.raises(CnnlabError, match=re.escape(words)):
+        train(compose([*base, *overrides]), quiet=True)
+
+
 def test_the_final_test_gives_the_last_epoch_its_point_of_the_test_curve(monkeypatch, mlflow_client):
     """Without a validation split the final test scores the last epoch's weights: that epoch is not tested
     twice, and its point of the curve is the final test's plain view, the same as a plain pass would give."""
