@@ -291,6 +291,8 @@ def identity(cfg) -> Tuple[str, str]:
             tree.pop(name, None)
     if tree.get("tta_share") == 1.0:  # added later: a run at its default hashes as before
         tree.pop("tta_share")
+    if tree.get("translate_fill") == "zeros":  # added later: at its default a config hashes as before
+        tree.pop("translate_fill")
     if not tree.get("progressive_epochs"):
         tree.pop("progressive_epochs", None)
         tree.pop("progressive_size", None)

@@ -107,6 +107,11 @@ class Flip(str, Enum):
     none = "none"
 
 
+class Fill(str, Enum):
+    zeros = "zeros"  # black
+    reflect = "reflect"  # the image mirrored at its edge (airbench's)
+
+
 class Pool(str, Enum):
     max = "max"
     avg = "avg"
@@ -236,6 +241,8 @@ class Config:
     augment: bool = key(True, log=TRAINING, doc="random crop (translate px of padding) + horizontal flip")
     translate: int = key(4, log=TRAINING, doc="augment: random translation by up to this many pixels",
                          valid=(lambda v: 0 <= v <= 16, "an integer in [0, 16]"))
+    translate_fill: Fill = key(Fill.zeros, log=TRAINING, doc="augment: what fills a translation's uncovered "
+                               "pixels: zeros | reflect")
     flip: Flip = key(Flip.random, log=TRAINING, doc="augment: random | alternating | none")
     image_size: int = key(32, log=COLUMN, doc="inputs are resized to image_size x image_size",
                           valid=(lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"))

@@ -188,18 +188,20 @@ def test_batches_shuffle_every_epoch_and_cover_everything():
     assert torch.equal(xb[:, 0, 0, 0], yb.float())  # normalisation: (x - 0) / (1/255 * 255)
 
 
-def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image():
+@pytest.mark.parametrize("fill", ["zeros", "reflect"])
+def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image(fill):
     x = torch.randint(1, 255, (64, 3, 8, 6), dtype=torch.uint8)  # no zeros: zeros only come from the padding
     idx = torch.randperm(64)[:40]
     g = torch.Generator().manual_seed(0)
     dy, dx = torch.randint(0, 5, (2, 40), generator=g)
     flip = torch.rand(40, generator=g) < 0.5
-    out = data.random_crop_flip(data.crop_views(x, 2), idx, dy, dx, flip)
+    out = data.random_crop_flip(data.crop_views(x, 2, fill), idx, dy, dx, flip)
     assert out.shape == (40, 3, 8, 6)
+    mode = "constant" if fill == "zeros" else "reflect"
     for img, i, top, left, mirror in zip(out, idx, dy, dx, flip):
-        crop = torch.nn.functional.pad(x[i], (2, 2, 2, 2))[:, top:top + 8, left:left + 6]
-        assert torch.equal(img, crop.flip(-1) if mirror else crop)
-    assert 0 < flip.sum() < 40 and (out == 0).any()
+        crop = torch.nn.functional.pad(x[i][None].float(), (2, 2, 2, 2), mode=mode)[0, :, top:top + 8, left:left + 6]
+        assert torch.equal(img, (crop.flip(-1) if mirror else crop).to(torch.uint8))
+    assert 0 < flip.sum() < 40 and (out == 0).any() == (fill == "zeros")
     zero = torch.zeros(40, dtype=torch.long)
     fixed = data.random_crop_flip(data.crop_views(x, 0), idx, zero, zero, torch.ones(40, dtype=torch.bool))
     assert torch.equal(fixed, x[idx].flip(-1))
