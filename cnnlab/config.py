@@ -276,6 +276,16 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# keys added after runs were recorded: (key, its off value, the keys that only matter beside it). A config with the key
+# off leaves all of them out of its hash, so every earlier run keeps its identity.
+ADDED_LATER = (
+    ("init_from", None, ("transfer", "body_lr")),  # transfer learning
+    ("tta_share", 1.0, ()),
+    ("translate_fill", "zeros", ()),
+    ("progressive_epochs", 0, ("progressive_size",)),
+)
+
+
 def identity(cfg) -> Tuple[str, str]:
     """(trial key, config key) of a resolved config: hashes of what it computes, with and without the seed.
     Runs with the same trial key compute the same thing (a re-run is an attempt); runs with the same config
@@ -286,16 +296,10 @@ def identity(cfg) -> Tuple[str, str]:
     tree = to_dict(cfg)
     for name in NOT_IN_KEY:
         tree.pop(name, None)
-    if not tree.get("init_from"):  # keys added with transfer learning: a run without a source hashes as before
-        for name in ("init_from", "transfer", "body_lr"):
-            tree.pop(name, None)
-    if tree.get("tta_share") == 1.0:  # added later: a run at its default hashes as before
-        tree.pop("tta_share")
-    if tree.get("translate_fill") == "zeros":  # added later: at its default a config hashes as before
-        tree.pop("translate_fill")
-    if not tree.get("progressive_epochs"):
-        tree.pop("progressive_epochs", None)
-        tree.pop("progressive_size", None)
+    for name, off, beside in ADDED_LATER:
+        if (tree.get(name) == off) if off else not tree.get(name):
+            for key in (name, *beside):
+                tree.pop(key, None)
     if tree.get("budget"):  # a budget run is what its budget says, not the steps it planned on one machine
         tree.pop("max_steps")
         tree.pop("epochs")

@@ -426,7 +426,8 @@ def load(cfg_data, seed: int = 0) -> Dataset:
 
 @dataclass
 class Target:
-    """A cached target dataset (<data root>/targets/<name>/: meta.json, one .npy per array): its classes and its arrays, read on demand (memory-mapped)."""
+    """A cached target dataset (<data root>/targets/<name>/: meta.json, one .npy per array): its classes and its
+    arrays, read on demand (memory-mapped)."""
 
     name: str
     directory: Path
@@ -566,9 +567,8 @@ def split(ds: Dataset, val_split: float, train_fraction: float = 1.0, seed: int 
 
 def crop_views(x, pad: int, fill: str = "zeros"):
     """Every crop of the uint8 images `x` (N, C, H, W) padded by `pad` (zeros, or reflect: the image mirrored at its
-    edges), and of their mirror images, as one
-    strided view indexed [image + N * mirrored, dy, dx] -> (C, H, W): a batch of random crops is then one gather
-    instead of a per-pixel index computation (5x faster on the CPU)."""
+    edges), and of their mirror images, as one strided view indexed [image + N * mirrored, dy, dx] -> (C, H, W): a
+    batch of random crops is then one gather instead of a per-pixel index computation (5x faster on the CPU)."""
     import torch
     import torch.nn.functional as F
 
@@ -580,8 +580,8 @@ def crop_views(x, pad: int, fill: str = "zeros"):
 
 
 def random_crop_flip(crops, idx, dy, dx, flip):
-    """Images `idx` shifted by (dy, dx) of up to 2 * pad (filled as crop_views padded) and mirrored where `flip`, per image, from
-    crop_views(x, pad): dy, dx and flip are tensors of len(idx) on the crops' device."""
+    """Images `idx` shifted by (dy, dx) of up to 2 * pad (filled as crop_views padded) and mirrored where `flip`, per
+    image, from crop_views(x, pad): dy, dx and flip are tensors of len(idx) on the crops' device."""
     import torch
 
     pad = (crops.shape[1] - 1) // 2
@@ -597,8 +597,8 @@ class Batches:
     augmentation is the same whatever the batch size."""
 
     def __init__(self, x, y, batch_size: int, *, mean, std, shuffle: bool = False, augment: bool = False,
-                 translate: int = 4, fill: str = "zeros", flip: str = "random", image_size: int = 32, channels_last: bool = False,
-                 drop_last: bool = False, seed: int = 0, early: Tuple[int, int] = (0, 0)):
+                 translate: int = 4, fill: str = "zeros", flip: str = "random", image_size: int = 32,
+                 channels_last: bool = False, drop_last: bool = False, seed: int = 0, early: Tuple[int, int] = (0, 0)):
         import torch
 
         self.x, self.y = x, y
@@ -687,8 +687,7 @@ def loaders(ds: Dataset, cfg, device) -> Loaders:
     to_dev = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     common = dict(mean=ds.mean, std=ds.std, image_size=cfg.image_size, channels_last=channels_last)
     train = Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
-                    augment=cfg.augment, translate=cfg.translate, fill=cfg.translate_fill.value,
-                    flip=cfg.flip.value,
+                    augment=cfg.augment, translate=cfg.translate, fill=cfg.translate_fill.value, flip=cfg.flip.value,
                     drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed,
                     early=(cfg.progressive_epochs, cfg.progressive_size), **common)
     eval_size = max(cfg.batch_size, 500)

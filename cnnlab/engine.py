@@ -245,6 +245,11 @@ def tta_least_confident(model, x, plain, share: float):
     return logits
 
 
+def tta_scope(share: float) -> str:
+    """Which test images TTA scores, in words to follow "TTA": "" for all."""
+    return "" if share >= 1 else f" on the {share:.0%} least confident"
+
+
 class Scores(NamedTuple):
     """An evaluation: loss and accuracy (with TTA when asked), the confusion matrix (when asked, else None), and
     the loss and accuracy of the plain view alone (the same pass: TTA's first view is the image as it is)."""

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import columns as cols
 from . import summary
+from .engine import tta_scope
 from .errors import CnnlabError
 from .schema import BOOKKEEPING, KNOBS, TRAINING, keys_in
 from .record import Metric, Record, Store, Tag, ui_link
@@ -156,10 +157,7 @@ class Row:
 
     @property
     def _tta(self) -> str:
-        share = self.param("tta_share") or 1.0
-        if not self.param("tta"):
-            return ""
-        return " with TTA" if share >= 1 else f" with TTA on the {share:.0%} least confident"
+        return f" with TTA{tta_scope(self.param('tta_share') or 1.0)}" if self.param("tta") else ""
 
     @property
     def source(self) -> str:

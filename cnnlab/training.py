@@ -239,18 +239,15 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], stee
             steer.epoch_ended(trainer, trainer.steps - steps_before, train_s, trainer.dev.now() - t0)
 
 
-def tta_on(cfg) -> str:
-    """Which test images TTA scores, in words, after "6 views"."""
-    return "" if cfg.tta_share >= 1 else f" on the {cfg.tta_share:.0%} least confident"
-
-
 def score(cfg, trainer, loaders, rec: Recorder, ds, device):
     """The best checkpoint's final scores on the test set (and the target sets): (metrics, confusion matrix)."""
     from . import checkpoint
 
     state = checkpoint.read(rec.best_path, "The best checkpoint", device)
     trainer.checkpoint_module.load_state_dict(state["model"])
-    label = f"final test of epoch {state['epoch']}'s weights" + (f" (TTA: 6 views{tta_on(cfg)})" if cfg.tta else "")
+    label = f"final test of epoch {state['epoch']}'s weights"
+    if cfg.tta:
+        label += f" (TTA: 6 views{engine.tta_scope(cfg.tta_share)})"
     tested = trainer.dev.now()
     with rec.report.phase(label, len(loaders.test)) as update:
         test_loss, test_acc, matrix, plain_loss, plain_acc = trainer.evaluate(loaders.test, confusion=True,
