@@ -129,12 +129,18 @@ def _compose_message(exc: BaseException, overrides: List[str]) -> str:
         from .models import registry
 
         param = missing.group(1).split(".", 1)[1]
-        chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("arch=")]
-        spec = registry().get(chosen[-1] if chosen else compose([]).arch.name)
+        # the architecture the other overrides choose (arch=, or a recipe's)
+        others = [o for o in overrides if not o.lstrip("+~").startswith("arch.")]
+        try:
+            spec = registry().get(compose(others).arch.name)
+        except CnnlabError:
+            spec = None
         has = sorted(name for name, other in registry().items() if param in other.params)
         if spec is not None:
             valid = ", ".join(f"arch.{p}" for p in spec.params) or "none"
             where = f" It belongs to arch={' / arch='.join(has)}." if has else ""
+            if param in spec.knobs:  # the knobs every architecture shares are top-level keys
+                where = f" {param} is a key of its own ({param}=...)."
             return (f"arch={spec.name} has no parameter {param!r} (in {missing.group(1)}=...).{where} The "
                     f"parameters of arch={spec.name} are: {valid}.")
     return f"Bad config override(s) {' '.join(overrides)!s}: {hydra_message(exc)}"
@@ -276,13 +282,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-# keys added after runs were recorded: (key, its off value, the keys that only matter beside it). A config with the key
-# off leaves all of them out of its hash, so every earlier run keeps its identity.
+# keys (or arch.<parameter>s) added after runs were recorded: (key, its off value, the keys that only matter
+# beside it). A config with the key off leaves all of them out of its hash, so every earlier run keeps its identity.
 ADDED_LATER = (
     ("init_from", None, ("transfer", "body_lr")),  # transfer learning
     ("tta_share", 1.0, ()),
     ("translate_fill", "zeros", ()),
     ("progressive_epochs", 0, ("progressive_size",)),
+    ("arch.head_std", 0.0, ()),
 )
 
 
@@ -297,9 +304,13 @@ def identity(cfg) -> Tuple[str, str]:
     for name in NOT_IN_KEY:
         tree.pop(name, None)
     for name, off, beside in ADDED_LATER:
-        if (tree.get(name) == off) if off else not tree.get(name):
-            for key in (name, *beside):
-                tree.pop(key, None)
+        *parents, leaf = name.split(".")  # arch.<parameter>: a key of the arch node
+        node = tree
+        for parent in parents:
+            node = node.get(parent) or {}
+        if (node.get(leaf) == off) if off else not node.get(leaf):
+            for key in (leaf, *beside):
+                node.pop(key, None)
     if tree.get("budget"):  # a budget run is what its budget says, not the steps it planned on one machine
         tree.pop("max_steps")
         tree.pop("epochs")

@@ -53,6 +53,16 @@ def test_bad_input_is_one_clean_message(override, needle):
     assert "\n" not in str(info.value)
 
 
+def test_a_missing_arch_parameter_is_named_for_the_architecture_a_recipe_chose():
+    """recipe=fast94 chooses airbench through its defaults list: the message names airbench's parameters, not
+    those of the default architecture, and points a shared knob given as arch.<knob> to its own key."""
+    with pytest.raises(CnnlabError) as info:
+        compose(["recipe=fast94", "arch.width=0.5"])
+    assert str(info.value).startswith("arch=airbench has no parameter 'width'")
+    assert "width is a key of its own (width=...)" in str(info.value)
+    assert "arch.head_std" in str(info.value)
+
+
 def test_budget_beside_an_explicit_length_is_refused_not_dropped():
     for given in (["epochs=3"], ["max_steps=50"], ["epochs=3", "max_steps=50"]):
         with pytest.raises(CnnlabError, match="budget= plans the run's length itself"):
