@@ -22,6 +22,8 @@ def test_fast94_recipe_composes_the_techniques():
     assert cfg.arch.name == "airbench" and cfg.arch.whiten and cfg.arch.dirac
     assert (cfg.flip, cfg.translate, cfg.scheduler, cfg.tta, cfg.val_split) == ("alternating", 2, "triangle", True, 0.0)
     assert cfg.label_smoothing == 0.2 and cfg.nesterov
+    muon = resolve(compose(["recipe=fast94_muon"]))
+    assert (muon.arch.scale, muon.arch.head_std, cfg.arch.head_std) == (1 / 256, 1.0, 0.0)  # the record's head
 
 
 def test_whitening_layer_whitens_patches():
@@ -41,6 +43,18 @@ def test_airbench_dirac_init_starts_as_identity():
     x = torch.randn(1, conv.in_channels, 8, 8)
     assert torch.allclose(conv(x)[:, :conv.in_channels], x + (conv.bias[:conv.in_channels, None, None]
                                                             if conv.bias is not None else 0), atol=1e-5)
+
+
+def test_airbench_head_std_rescales_only_the_head():
+    torch.manual_seed(0)
+    default = get_arch("airbench").build(whiten=False)
+    torch.manual_seed(0)
+    unit = get_arch("airbench").build(whiten=False, head_std=1.0)
+    heads = [[m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1].weight for net in (default, unit)]
+    assert heads[0].std() < 0.1 and abs(heads[1].std().item() - 1) < 1e-5
+    assert torch.allclose(heads[1], heads[0] * (heads[1].std() / heads[0].std()))  # the same directions, scaled
+    body = lambda net: [p for n, p in net.named_parameters() if p.ndim == 4]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(body(default), body(unit)))
 
 
 def test_alternating_flip_mirrors_each_image_every_other_epoch():
@@ -97,7 +111,9 @@ def test_tta_share_spends_the_views_on_the_least_confident_predictions():
     assert changed.sum() == 5 and changed[least].all()
     torch.testing.assert_close(shared[least], full[least])
     # the (trial, config) keys runs recorded before tta_share existed: at its default they are still theirs
-    assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=1"]))) == ("acacfef6a495cf85", "ca2c8becb15e33da")
+    # (and before arch.head_std: the recipe has taken the record's 1 since)
+    before = ["recipe=fast94_muon", "tta_share=1", "arch.head_std=0"]
+    assert identity(resolve(compose(before))) == ("acacfef6a495cf85", "ca2c8becb15e33da")
     assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=0.5"])))[1] != "ca2c8becb15e33da"
 
 

@@ -64,8 +64,11 @@ class AirbenchNet(nn.Sequential):
 @register("airbench")
 def airbench(*, num_classes: int, in_channels: int, image_size: int, width: float = 1.0, batch_norm: bool = True,
              activation: str = "gelu", pool: str = "max", whiten: bool = True, dirac: bool = True,
-             scale: float = 1 / 9) -> nn.Module:
-    """airbench-style fast CIFAR net: frozen patch whitening, 3 conv groups (64-256-256), dirac init, scaled head."""
+             scale: float = 1 / 9, head_std: float = 0.0) -> nn.Module:
+    """airbench-style fast CIFAR net: frozen patch whitening, 3 conv groups (64-256-256), dirac init, scaled head.
+
+    head_std: 0 keeps torch's initialisation of the head; > 0 rescales its weights to this standard deviation
+    (the records' 1)."""
     widths = [channels(w, width) for w in (64, 256, 256)]
     if whiten:
         stem: list[nn.Module] = [Whiten(in_channels), act_layer(activation)]
@@ -86,5 +89,9 @@ def airbench(*, num_classes: int, in_channels: int, image_size: int, width: floa
                 layers.append(_norm(cout))
             layers.append(act_layer(activation))
             cin = cout
-    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes, bias=False), Scale(scale)]
+    head = nn.Linear(cin, num_classes, bias=False)
+    if head_std:
+        with torch.no_grad():
+            head.weight.mul_(head_std / head.weight.std())
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), head, Scale(scale)]
     return AirbenchNet(*layers)
