@@ -290,6 +290,7 @@ ADDED_LATER = (
     ("translate_fill", "zeros", ()),
     ("progressive_epochs", 0, ("progressive_size",)),
     ("arch.head_std", 0.0, ()),
+    ("arch.whiten_bias_epochs", 0.0, ()),
 )
 
 

@@ -101,6 +101,7 @@ def make_optimizer(cfg, model):
         groups[0]["params"] += norm_params
     if cfg.init_from and cfg.transfer.value == "finetune" and cfg.body_lr != 1:  # a transfer's body slower
         groups = _body_slower(groups, {id(p) for p in head_of(model)[1].parameters()}, cfg.lr, cfg.body_lr)
+    groups = early_groups(model, groups, cfg.lr)
     # one fused kernel for all parameters instead of a loop over them (CPU and CUDA; Adam's step on tf_cnn
     # was 3% of CPU training time in the per-parameter loop)
     fused = {"fused": True} if next(model.parameters()).device.type in ("cpu", "cuda") else {}
@@ -137,6 +138,23 @@ def head_of(model) -> Tuple[str, Any]:
     if not found:
         raise CnnlabError("This architecture has no dense layer to serve as its head: it cannot be transferred.")
     return found[-1]
+
+
+def early_groups(model, groups: list, lr: float) -> list:
+    """`groups` with each parameter that trains for its first epochs only in a group of its own, marked
+    `until_epochs` and `early_lr`: Trainer takes its rate linearly from early_lr to 0 over those epochs, whatever
+    the schedule of the others (airbench's whitening bias: a module's `bias_epochs`)."""
+    early = {id(m.bias): m.bias_epochs for m in model.modules()
+             if getattr(m, "bias_epochs", 0) and m.bias is not None and m.bias.requires_grad}
+    if not early:
+        return groups
+    split = []
+    for group in groups:
+        rest = [p for p in group["params"] if id(p) not in early]
+        split += [{**group, "params": rest}] if rest else []
+        split += [{**group, "params": [p], "until_epochs": early[id(p)], "early_lr": group.get("lr", lr)}
+                  for p in group["params"] if id(p) in early]
+    return split
 
 
 def _body_slower(groups: list, head: set, lr: float, body_lr: float) -> list:
@@ -317,6 +335,7 @@ class Trainer:
 
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
         self.total_steps, self.steps = total_steps(cfg, len(train_batches)), 0
+        self.early_rates()
         self.lookahead = Lookahead(model, self.total_steps) if cfg.lookahead else None
         self.eval_model = self.ema.module if self.ema is not None else model
         self.step_model = model
@@ -394,6 +413,7 @@ class Trainer:
             with warnings.catch_warnings():  # (torch warns of a scheduler made after the optimizer's first step)
                 warnings.simplefilter("ignore")
                 self.scheduler = make_scheduler(self.cfg, self.optimizer, self.steps_per_epoch, total, self.steps)
+            self.early_rates()
 
     def probe(self, batches, steps: int) -> Dict[str, float]:
         """`steps` training steps from the start of `batches`, in train_epoch's loop: how budget= times a step.
@@ -430,7 +450,16 @@ class Trainer:
         if self.lookahead is not None:
             self.lookahead.step()
         self.steps += 1
+        self.early_rates()
         return loss, logits
+
+    def early_rates(self) -> None:
+        """The rate of each early group (see early_groups) for the next step: early_lr x (1 - steps / its steps),
+        0 from its last epoch on; set after the scheduler's, which it replaces for these groups."""
+        for group in self.optimizer.param_groups:
+            if "until_epochs" in group:
+                until = group["until_epochs"] * self.steps_per_epoch
+                group["lr"] = group["early_lr"] * max(0.0, 1 - self.steps / until)
 
     def evaluate(self, batches, confusion: bool = False, tta: bool = False,
                  update: Callable = lambda *a: None) -> Scores:
@@ -461,6 +490,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        self.early_rates()
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         if self.lookahead is not None:

@@ -111,6 +111,8 @@ def make_muon(cfg, model, coupled_wd: float, fused: dict) -> Combined:
     normalisation parameter at lr x norm_lr_scale."""
     from torch import nn
 
+    from .engine import early_groups
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     num_classes = linears[-1].out_features if linears else 0  # the last dense layer gives the class scores
     matrices = [m.weight for m in model.modules()
@@ -123,6 +125,7 @@ def make_muon(cfg, model, coupled_wd: float, fused: dict) -> Combined:
     groups = [g for g in ({"params": head, "lr": cfg.lr, "weight_decay": coupled_wd},
                           {"params": rest, "lr": cfg.lr * cfg.norm_lr_scale,
                            "weight_decay": coupled_wd / cfg.norm_lr_scale}) if g["params"]]
+    groups = early_groups(model, groups, cfg.lr)
     optimizers = []
     if groups:
         optimizers.append(torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,

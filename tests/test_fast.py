@@ -57,6 +57,45 @@ def test_airbench_head_std_rescales_only_the_head():
     assert all(torch.equal(a, b) for a, b in zip(body(default), body(unit)))
 
 
+@pytest.mark.parametrize("scheduler", ["linear", "triangle"])
+def test_whitening_bias_trains_for_its_epochs_only(scheduler):
+    """arch.whiten_bias_epochs=1 of 2: the whitening bias's rate goes from the biases' rate to 0 over the first
+    epoch's 4 steps (whatever the others' schedule), so it moves then and never after; a resumed trainer keeps it."""
+    from cnnlab.device import Device
+
+    cfg = resolve(compose(["recipe=fast94_muon", *TINY, "arch.whiten_bias_epochs=1", "width=0.25",
+                           f"scheduler={scheduler}"]))
+    torch.manual_seed(0)
+    model = build_model(cfg).to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(100, 3, 32, 32, generator=g), torch.randint(0, 10, (100,), generator=g))] * 4
+    trainer = Trainer(cfg, model, batches, Device(torch.device("cpu"), "fp32"), 10)
+    whiten = model[0]
+    group = next(g for g in trainer.optimizer.param_groups if "until_epochs" in g)
+    assert group["params"] == [whiten.bias] and group["early_lr"] == pytest.approx(cfg.lr * cfg.norm_lr_scale)
+    rates, biases = [], []
+    for step in range(8):
+        rates.append(group["lr"])
+        trainer.step(*batches[0])
+        biases.append(whiten.bias.detach().clone())
+    assert rates == pytest.approx([group["early_lr"] * f for f in (1, 0.75, 0.5, 0.25, 0, 0, 0, 0)])
+    assert not torch.equal(biases[0], biases[2])  # it trains in the first epoch
+    assert all(torch.equal(biases[3], b) for b in biases[4:])  # and not after
+    others = [g["lr"] for g in trainer.optimizer.param_groups if "until_epochs" not in g]
+    assert others[0] == pytest.approx(cfg.lr * engine_factor(scheduler, 8 / 8))
+    resumed = Trainer(cfg, build_model(cfg).to(memory_format=torch.channels_last), batches,
+                      Device(torch.device("cpu"), "fp32"), 10)
+    resumed.load_state_dict(trainer.state_dict())
+    assert next(g for g in resumed.optimizer.param_groups if "until_epochs" in g)["lr"] == 0
+
+
+def engine_factor(scheduler: str, t: float) -> float:
+    """The schedule's factor at fraction t of the run (engine.make_scheduler's linear and triangle)."""
+    if scheduler == "linear":
+        return 1 - t
+    return 0.2 + 0.8 * t / 0.23 if t < 0.23 else 1 - 0.93 * (t - 0.23) / 0.77
+
+
 def test_alternating_flip_mirrors_each_image_every_other_epoch():
     x = torch.arange(8 * 3 * 4 * 4, dtype=torch.uint8).view(8, 3, 4, 4)
     batches = data.Batches(x, torch.arange(8), 8, mean=(0, 0, 0), std=(1 / 255,) * 3, augment=True, translate=0,

@@ -18,12 +18,14 @@ from .layers import Conv2d, channels, pool2d
 
 class Whiten(nn.Conv2d):
     """2x2 patch whitening: eigenvectors of the patch covariance scaled by 1/sqrt(eigenvalue), and their
-    negatives (2 x 12 filters). Set from data by `fit()`; its weights are then frozen."""
+    negatives (2 x 12 filters). Set from data by `fit()`; its weights are then frozen. bias_epochs > 0: its bias
+    trains for that many epochs only, its rate going linearly to 0 over them (engine.early_groups)."""
 
-    def __init__(self, in_channels: int, kernel_size: int = 2):
+    def __init__(self, in_channels: int, kernel_size: int = 2, bias_epochs: float = 0.0):
         n = in_channels * kernel_size * kernel_size
         super().__init__(in_channels, 2 * n, kernel_size, padding=0, bias=True)
         self.weight.requires_grad_(False)
+        self.bias_epochs = bias_epochs
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -64,14 +66,15 @@ class AirbenchNet(nn.Sequential):
 @register("airbench")
 def airbench(*, num_classes: int, in_channels: int, image_size: int, width: float = 1.0, batch_norm: bool = True,
              activation: str = "gelu", pool: str = "max", whiten: bool = True, dirac: bool = True,
-             scale: float = 1 / 9, head_std: float = 0.0) -> nn.Module:
+             scale: float = 1 / 9, head_std: float = 0.0, whiten_bias_epochs: float = 0.0) -> nn.Module:
     """airbench-style fast CIFAR net: frozen patch whitening, 3 conv groups (64-256-256), dirac init, scaled head.
 
     head_std: 0 keeps torch's initialisation of the head; > 0 rescales its weights to this standard deviation
-    (the records' 1)."""
+    (the records' 1). whiten_bias_epochs: 0 trains the whitening bias throughout, as the other biases; > 0 for
+    that many epochs only, at a rate going linearly to 0 over them (airbench94_muon's 3)."""
     widths = [channels(w, width) for w in (64, 256, 256)]
     if whiten:
-        stem: list[nn.Module] = [Whiten(in_channels), act_layer(activation)]
+        stem: list[nn.Module] = [Whiten(in_channels, bias_epochs=whiten_bias_epochs), act_layer(activation)]
         cin = 4 * in_channels * 2
     else:
         cin = 24
