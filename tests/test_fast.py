@@ -24,6 +24,7 @@ def test_fast94_recipe_composes_the_techniques():
     assert cfg.label_smoothing == 0.2 and cfg.nesterov
     muon = resolve(compose(["recipe=fast94_muon"]))
     assert (muon.arch.scale, muon.arch.head_std, cfg.arch.head_std) == (1 / 256, 1.0, 0.0)  # the record's head
+    assert (muon.arch.whiten_bias_epochs, cfg.arch.whiten_bias_epochs) == (3, 0)
 
 
 def test_whitening_layer_whitens_patches():
@@ -150,8 +151,8 @@ def test_tta_share_spends_the_views_on_the_least_confident_predictions():
     assert changed.sum() == 5 and changed[least].all()
     torch.testing.assert_close(shared[least], full[least])
     # the (trial, config) keys runs recorded before tta_share existed: at its default they are still theirs
-    # (and before arch.head_std: the recipe has taken the record's 1 since)
-    before = ["recipe=fast94_muon", "tta_share=1", "arch.head_std=0"]
+    # (and before arch.head_std and arch.whiten_bias_epochs: the recipe has taken the record's values since)
+    before = ["recipe=fast94_muon", "tta_share=1", "arch.head_std=0", "arch.whiten_bias_epochs=0"]
     assert identity(resolve(compose(before))) == ("acacfef6a495cf85", "ca2c8becb15e33da")
     assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=0.5"])))[1] != "ca2c8becb15e33da"
 
