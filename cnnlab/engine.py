@@ -455,11 +455,16 @@ class Trainer:
 
     def early_rates(self) -> None:
         """The rate of each early group (see early_groups) for the next step: early_lr x (1 - steps / its steps),
-        0 from its last epoch on; set after the scheduler's, which it replaces for these groups."""
+        set after the scheduler's, which it replaces for these groups. From its last epoch on its parameters take
+        no gradient: backward stops sooner (airbench's whitening bias: no gradient through the first layer)."""
         for group in self.optimizer.param_groups:
             if "until_epochs" in group:
                 until = group["until_epochs"] * self.steps_per_epoch
                 group["lr"] = group["early_lr"] * max(0.0, 1 - self.steps / until)
+                for p in group["params"]:
+                    p.requires_grad_(self.steps < until)
+                    if self.steps >= until:
+                        p.grad = None
 
     def evaluate(self, batches, confusion: bool = False, tta: bool = False,
                  update: Callable = lambda *a: None) -> Scores:

@@ -82,12 +82,14 @@ def test_whitening_bias_trains_for_its_epochs_only(scheduler):
     assert rates == pytest.approx([group["early_lr"] * f for f in (1, 0.75, 0.5, 0.25, 0, 0, 0, 0)])
     assert not torch.equal(biases[0], biases[2])  # it trains in the first epoch
     assert all(torch.equal(biases[3], b) for b in biases[4:])  # and not after
+    assert not whiten.bias.requires_grad and whiten.bias.grad is None  # nor takes a gradient: backward stops sooner
     others = [g["lr"] for g in trainer.optimizer.param_groups if "until_epochs" not in g]
     assert others[0] == pytest.approx(cfg.lr * engine_factor(scheduler, 8 / 8))
     resumed = Trainer(cfg, build_model(cfg).to(memory_format=torch.channels_last), batches,
                       Device(torch.device("cpu"), "fp32"), 10)
     resumed.load_state_dict(trainer.state_dict())
     assert next(g for g in resumed.optimizer.param_groups if "until_epochs" in g)["lr"] == 0
+    assert not resumed.model[0].bias.requires_grad
 
 
 def engine_factor(scheduler: str, t: float) -> float:
@@ -95,6 +97,20 @@ def engine_factor(scheduler: str, t: float) -> float:
     if scheduler == "linear":
         return 1 - t
     return 0.2 + 0.8 * t / 0.23 if t < 0.23 else 1 - 0.93 * (t - 0.23) / 0.77
+
+
+def test_a_checkpoint_written_before_an_arch_parameter_existed_still_builds():
+    """A fast94_muon checkpoint from before arch.head_std and arch.whiten_bias_epochs: its config lacks them, and
+    `look`, `evaluate --targets` and init_from build its model with their defaults (before, a KeyError)."""
+    from cnnlab.checkpoint import model_of
+    from cnnlab.config import to_dict
+
+    config = to_dict(resolve(compose(["recipe=fast94_muon", "arch.head_std=0", "arch.whiten_bias_epochs=0"])))
+    del config["arch"]["head_std"], config["arch"]["whiten_bias_epochs"]
+    torch.manual_seed(0)
+    weights = build_model(resolve(compose(["recipe=fast94_muon"]))).state_dict()
+    model = model_of({"config": config, "model": weights}, 10, 3, torch.device("cpu"), "an old checkpoint")
+    assert model[0].bias_epochs == 0 and torch.equal(model[0].bias, weights["0.bias"])
 
 
 def test_alternating_flip_mirrors_each_image_every_other_epoch():

@@ -137,6 +137,7 @@ def build_model(cfg, num_classes: int = 10, in_channels: int = 3):
     """The model of a resolved config (see config.resolve)."""
     spec = get_arch(cfg.arch.name)
     kwargs = {k: cfg[k] for k in spec.knobs}
-    kwargs.update({k: cfg.arch[k] for k in spec.params})
+    # a parameter added after a checkpoint was written takes its default (its value then)
+    kwargs.update({k: cfg.arch.get(k, spec.defaults[k]) for k in spec.params})
     kwargs = {k: (v.value if hasattr(v, "value") else v) for k, v in kwargs.items()}  # enums -> str
     return spec.build(num_classes=num_classes, in_channels=in_channels, image_size=cfg.image_size, **kwargs)
