@@ -113,7 +113,7 @@ def make_optimizer(cfg, model):
     elif cfg.optimizer == "muon":
         from .muon import make_muon
 
-        opt = make_muon(cfg, model, coupled, fused)
+        opt = make_muon(cfg, model, coupled, fused, regroup=lambda split: early_groups(model, split, cfg.lr))
     else:
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.decoupled_wd and cfg.weight_decay:

@@ -105,13 +105,11 @@ class MatrixMuon(torch.optim.Muon):
             p.grad = view.grad = None
 
 
-def make_muon(cfg, model, coupled_wd: float, fused: dict) -> Combined:
+def make_muon(cfg, model, coupled_wd: float, fused: dict, regroup=lambda groups: groups) -> Combined:
     """Muon (rate `muon_lr`) on every conv filter and every dense weight that does not give the class scores;
     SGD (rate `lr`, the config's momentum and Nesterov) on the rest: the output layer, and every bias and
-    normalisation parameter at lr x norm_lr_scale."""
+    normalisation parameter at lr x norm_lr_scale. regroup: applied to SGD's groups (engine.early_groups)."""
     from torch import nn
-
-    from .engine import early_groups
 
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     num_classes = linears[-1].out_features if linears else 0  # the last dense layer gives the class scores
@@ -125,7 +123,7 @@ def make_muon(cfg, model, coupled_wd: float, fused: dict) -> Combined:
     groups = [g for g in ({"params": head, "lr": cfg.lr, "weight_decay": coupled_wd},
                           {"params": rest, "lr": cfg.lr * cfg.norm_lr_scale,
                            "weight_decay": coupled_wd / cfg.norm_lr_scale}) if g["params"]]
-    groups = early_groups(model, groups, cfg.lr)
+    groups = regroup(groups)
     optimizers = []
     if groups:
         optimizers.append(torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
