@@ -121,10 +121,12 @@ def make_optimizer(cfg, model):
 
         @torch.no_grad()
         def decay(optimizer, args, kwargs) -> None:
-            # the schedule's current lr (group 0 has no multiplier): the same decay per step in every group
+            # the schedule's current lr (group 0 has no multiplier): the same decay per step in every group, to
+            # every parameter that still trains (not an early group's after its epochs)
             lr_now = optimizer.param_groups[0]["lr"]
-            for group in optimizer.param_groups:
-                torch._foreach_mul_(group["params"], 1 - lr_now * wd)
+            training = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            if training:
+                torch._foreach_mul_(training, 1 - lr_now * wd)
 
         opt.register_step_post_hook(decay)
     return opt

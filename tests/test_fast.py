@@ -58,14 +58,16 @@ def test_airbench_head_std_rescales_only_the_head():
     assert all(torch.equal(a, b) for a, b in zip(body(default), body(unit)))
 
 
-@pytest.mark.parametrize("scheduler", ["linear", "triangle"])
-def test_whitening_bias_trains_for_its_epochs_only(scheduler):
+@pytest.mark.parametrize("scheduler, more", [("linear", []), ("triangle", []),
+                                             ("linear", ["decoupled_wd=true", "weight_decay=1e-5"])])
+def test_whitening_bias_trains_for_its_epochs_only(scheduler, more):
     """arch.whiten_bias_epochs=1 of 2: the whitening bias's rate goes from the biases' rate to 0 over the first
-    epoch's 4 steps (whatever the others' schedule), so it moves then and never after; a resumed trainer keeps it."""
+    epoch's 4 steps (whatever the others' schedule), so it moves then and never after (nor decays, with decoupled
+    weight decay); a resumed trainer keeps it."""
     from cnnlab.device import Device
 
     cfg = resolve(compose(["recipe=fast94_muon", *TINY, "arch.whiten_bias_epochs=1", "width=0.25",
-                           f"scheduler={scheduler}"]))
+                           f"scheduler={scheduler}", *more]))
     torch.manual_seed(0)
     model = build_model(cfg).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
