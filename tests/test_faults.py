@@ -155,9 +155,14 @@ def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_no
     proc.kill()
     proc.communicate(timeout=30)
     wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="the workers to end")
-    # each worker ends its run KILLED as it goes; one that dies before its write lands (CI, beside another test,
-    # once left T0 RUNNING) is ended by the next command's first step, as `cnnlab sweep` says: do that step here
-    Store().upkeep()
+    # each worker ends its run KILLED as it goes; in CI, beside another test, T0 still read RUNNING here, its owner
+    # not yet gone (the processes found above need not be every worker). Wait for that event; a run whose process
+    # died first is ended by the next command's first step (upkeep), as `cnnlab sweep` says
+    def ended() -> bool:
+        Store().upkeep()
+        return all(r.state != "RUNNING" for r in Store().runs(sweep="two"))
+
+    wait_for(ended, timeout=120, what="the trials' runs to end")
     children = [r for r in Store().runs(sweep="two")]
     assert sorted((r.id, r.state) for r in children) == [("two/T0", "KILLED"), ("two/T1", "KILLED")]
     resumed = cnnlab(*args, timeout=600)
