@@ -291,6 +291,10 @@ ADDED_LATER = (
     ("progressive_epochs", 0, ("progressive_size",)),
     ("arch.head_std", 0.0, ()),
     ("arch.whiten_bias_epochs", 0.0, ()),
+    ("brightness", 0.0, ()),
+    ("contrast", 0.0, ()),
+    ("muon_norm_every", 1, ()),
+    ("arch.bn_momentum", 0.4, ()),
 )
 
 

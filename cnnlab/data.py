@@ -598,10 +598,12 @@ class Batches:
 
     def __init__(self, x, y, batch_size: int, *, mean, std, shuffle: bool = False, augment: bool = False,
                  translate: int = 4, fill: str = "zeros", flip: str = "random", image_size: int = 32,
-                 channels_last: bool = False, drop_last: bool = False, seed: int = 0, early: Tuple[int, int] = (0, 0)):
+                 channels_last: bool = False, drop_last: bool = False, seed: int = 0, early: Tuple[int, int] = (0, 0),
+                 jitter: Tuple[float, float] = (0.0, 0.0)):
         import torch
 
         self.x, self.y = x, y
+        self.jitter = jitter  # (brightness, contrast): per image, x -> (x + U(-b, b)) * (1 + U(-c, c)), normalised
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.translate, self.flip = translate, flip
         self.image_size = image_size
@@ -628,13 +630,14 @@ class Batches:
         self.epoch = state["epoch"]
 
     def draws(self, epoch: int):
-        """(order or None, shifts (2, n) or None, flips (n,) or None): an epoch's random choices, per image."""
+        """(order or None, shifts (2, n) or None, flips (n,) or None, colour (2, n, 1, 1, 1) or None): an epoch's
+        random choices, per image; colour: each image's brightness shift and contrast scale (`jitter`)."""
         import torch
 
         n, device, g = len(self.y), self.x.device, self.generator
         order = torch.randperm(n, generator=g, device=device) if self.shuffle else None
         if not self.augment:
-            return order, None, None
+            return order, None, None, None
         shifts = torch.randint(0, 2 * self.translate + 1, (2, n), generator=g, device=device)
         if self.flip == "alternating":
             flips = self.flip_first ^ bool(epoch % 2)
@@ -642,7 +645,12 @@ class Batches:
             flips = torch.zeros(n, dtype=torch.bool, device=device)
         else:
             flips = torch.rand(n, generator=g, device=device) < 0.5
-        return order, shifts, flips
+        colour = None
+        if any(self.jitter):  # (drawn only then: a run without it keeps its random stream)
+            colour = (torch.rand(2, n, 1, 1, 1, generator=g, device=device) * 2 - 1)
+            colour *= torch.tensor(self.jitter, device=device).view(2, 1, 1, 1, 1)
+            colour[1] += 1
+        return order, shifts, flips, colour
 
     def __iter__(self):
         import torch
@@ -650,7 +658,7 @@ class Batches:
 
         n = len(self.y)
         epoch, self.epoch = self.epoch, self.epoch + 1
-        order, shifts, flips = self.draws(epoch)
+        order, shifts, flips, colour = self.draws(epoch)
         size = self.early[1] if epoch < self.early[0] else self.image_size
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min(n, (i + 1) * self.batch_size))
@@ -662,6 +670,8 @@ class Batches:
             else:
                 xb = self.x[idx]
             xb = (xb.float() - self.mean) / self.std
+            if colour is not None:
+                xb = (xb + colour[0, rows]) * colour[1, rows]
             if size != xb.shape[-1]:
                 xb = F.interpolate(xb, size=size, mode="bilinear", align_corners=False, antialias=True)
             yield xb.contiguous(memory_format=self.memory_format), yb
@@ -689,7 +699,8 @@ def loaders(ds: Dataset, cfg, device) -> Loaders:
     train = Batches(to_dev(splits.x_train), to_dev(splits.y_train), cfg.batch_size, shuffle=True,
                     augment=cfg.augment, translate=cfg.translate, fill=cfg.translate_fill.value, flip=cfg.flip.value,
                     drop_last=len(splits.y_train) > cfg.batch_size, seed=cfg.seed,
-                    early=(cfg.progressive_epochs, cfg.progressive_size), **common)
+                    early=(cfg.progressive_epochs, cfg.progressive_size),
+                    jitter=(cfg.brightness, cfg.contrast), **common)
     eval_size = max(cfg.batch_size, 500)
     return Loaders(
         train=train,

@@ -4,7 +4,7 @@ Muon (torch.optim.Muon) replaces each update of a weight matrix by the nearest s
 (Newton-Schulz iterations in bf16). It takes 2-D parameters only, so each conv filter bank (out, in, kh, kw)
 is handed to it as a 2-D view of the same memory, (out, in * kh * kw) in the order the filter is stored
 (orthogonalising is blind to the order of the columns). As airbench94_muon does, each matrix is rescaled to
-norm sqrt(out) before its step, so a step changes every filter by about `muon_lr` of its size whatever the
+norm sqrt(out) before its step (every `muon_norm_every`-th step: cifar10-speedrun's 8), so a step changes every filter by about `muon_lr` of its size whatever the
 gradient's scale. `Combined` presents both optimizers as one, so that the schedulers, checkpoints and weight
 averaging of engine.py work unchanged.
 """
@@ -70,12 +70,15 @@ class MatrixMuon(torch.optim.Muon):
     finds an inf there (when the views got theirs only inside step(), they stayed scaled x65536 and an
     overflow went undetected into the weights)."""
 
-    def __init__(self, params, lr: float, momentum: float):
+    def __init__(self, params, lr: float, momentum: float, norm_every: int = 1):
         self.pairs = [(p, torch.nn.Parameter(matrix_view(p.detach()))) for p in params]
         for p, view in self.pairs:
             assert view.data_ptr() == p.data_ptr(), "a 2-D view must share the parameter's memory"
         super().__init__([view for _, view in self.pairs], lr=lr, momentum=momentum, nesterov=True,
                          weight_decay=0.0, ns_steps=NS_STEPS)
+        # the steps taken, in the group so that a checkpoint keeps it: the rescaling's phase survives a resume
+        self.param_groups[0].setdefault("norm_every", norm_every)
+        self.param_groups[0].setdefault("steps_taken", 0)
         me = weakref.ref(self)  # the hooks outlive an optimizer dropped before its model (budget='s probe)
 
         def hook(p, i: int) -> None:
@@ -92,10 +95,14 @@ class MatrixMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
+        group = self.param_groups[0]  # (a checkpoint from before the rescaling interval has neither key)
+        group["steps_taken"] = group.get("steps_taken", 0) + 1
+        rescale = group["steps_taken"] % group.setdefault("norm_every", 1) == 0
         for i, (p, view) in enumerate(self.pairs):
             if view.grad is None:  # a gradient set without backward
                 self.take_grad(i)
-            view.mul_(len(view) ** 0.5 / view.norm().clamp(min=1e-12))
+            if rescale:
+                view.mul_(len(view) ** 0.5 / view.norm().clamp(min=1e-12))
         super().step()
         for _, view in self.pairs:
             view.grad = None
@@ -129,5 +136,6 @@ def make_muon(cfg, model, coupled_wd: float, fused: dict, regroup=lambda groups:
         optimizers.append(torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                           nesterov=cfg.nesterov and cfg.momentum > 0, **fused))
     if matrices:
-        optimizers.append(MatrixMuon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum))
+        optimizers.append(MatrixMuon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
+                                     norm_every=cfg.muon_norm_every))
     return Combined(*optimizers)

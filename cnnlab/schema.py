@@ -221,6 +221,9 @@ class Config:
     muon_lr: float = key(0.24, log=TRAINING, doc="optimizer=muon: Muon's rate for the weight matrices",
                          valid=_POSITIVE)
     muon_momentum: float = key(0.6, log=TRAINING, doc="optimizer=muon: Muon's Nesterov momentum", valid=_FRACTION)
+    muon_norm_every: int = key(1, log=TRAINING, valid=_at_least(1),
+                               doc="optimizer=muon: rescale each weight matrix to norm sqrt(rows) before every "
+                               "this-many-th step (1: every step, as airbench94_muon; cifar10-speedrun: 8)")
     nesterov: bool = key(False, log=TRAINING, doc="sgd only: Nesterov momentum")
     weight_decay: float = key(0.0, log=TRAINING, doc="L2 weight decay", valid=_at_least(0.0))
     decoupled_wd: bool = key(False, log=TRAINING,
@@ -244,6 +247,12 @@ class Config:
     translate_fill: Fill = key(Fill.zeros, log=TRAINING, doc="augment: what fills a translation's uncovered "
                                "pixels: zeros | reflect")
     flip: Flip = key(Flip.random, log=TRAINING, doc="augment: random | alternating | none")
+    brightness: float = key(0.0, log=TRAINING, valid=_at_least(0.0),
+                            doc="augment: each image shifted by a random amount in [-this, this] each epoch (in "
+                            "standard deviations of the normalised images); 0: off")
+    contrast: float = key(0.0, log=TRAINING, valid=(lambda v: 0 <= v < 1, "a number in [0, 1) (0 turns it off)"),
+                          doc="augment: each image scaled by a random factor in [1 - this, 1 + this] each epoch, "
+                          "after its brightness shift; 0: off")
     image_size: int = key(32, log=COLUMN, doc="inputs are resized to image_size x image_size",
                           valid=(lambda v: 8 <= v <= 1024, "an integer in [8, 1024]"))
     val_split: float = key(0.1, log=TRAINING, doc="share of train held out (stratified) to choose the best epoch",

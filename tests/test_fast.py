@@ -125,6 +125,53 @@ def test_alternating_flip_mirrors_each_image_every_other_epoch():
     assert torch.equal(epochs[0], epochs[2])
 
 
+def test_colour_jitter_shifts_and_scales_each_image_by_its_own_draw_each_epoch():
+    """brightness=0.3 contrast=0.2: every image of an epoch is its plain augmented self (the same order, shift and
+    flip) plus one brightness shift in [-0.3, 0.3], times one contrast factor in [0.8, 1.2]; the draws differ
+    between images and between epochs. They are drawn after the epoch's other choices, and only with jitter on,
+    so that a run without it keeps its random stream."""
+    ds = data.synthetic(n_train=64, n_test=8)
+    common = dict(mean=ds.mean, std=ds.std, shuffle=True, augment=True, seed=3, translate=2)
+    jittered = data.Batches(ds.x_train, ds.y_train, 16, jitter=(0.3, 0.2), **common)
+    plain = data.Batches(ds.x_train, ds.y_train, 16, **common)
+    draws = []
+    for epoch in range(2):
+        plain.load_state_dict(jittered.state_dict())  # the colour draws come after the others: their stream moved on
+        shifts, scales = [], []
+        for (x, y), (x0, y0) in zip(jittered, plain):
+            assert torch.equal(y, y0)
+            for image, base in zip(x, x0):  # image = (base + b) * c: fit c and b from two pixels' differences
+                c = ((image.flatten() - image.mean()) @ (base.flatten() - base.mean())
+                     / (base.flatten() - base.mean()).square().sum())
+                b = (image / c - base).mean()
+                torch.testing.assert_close(image, (base + b) * c, atol=1e-4, rtol=1e-4)
+                shifts.append(b.item())
+                scales.append(c.item())
+        assert max(map(abs, shifts)) <= 0.3 and all(0.8 <= c <= 1.2 for c in scales)
+        assert len(set(round(v, 6) for v in shifts)) == 64 and max(shifts) - min(shifts) > 0.3
+        draws.append(shifts)
+    assert draws[0] != draws[1]
+    cfg = resolve(compose(["recipe=fast94_muon", "brightness=0.3", "contrast=0.2", *TINY]))
+    assert data.loaders(data.synthetic(n_train=400, n_test=100), cfg, torch.device("cpu")).train.jitter == (0.3, 0.2)
+
+
+def test_fast94_speedrun_is_the_newer_record_in_cnnlab_knobs():
+    """recipe=fast94_speedrun: cifar10-speedrun's changes to airbench94_muon, its sums-over-the-batch rates turned
+    into cnnlab's mean-loss ones; batch norms with the record's momentum."""
+    cfg = resolve(compose(["recipe=fast94_speedrun"]))
+    assert (cfg.batch_size, cfg.max_steps, cfg.activation, cfg.label_smoothing) == (1536, 245, "silu", 0.09)
+    assert (cfg.brightness, cfg.contrast, cfg.muon_norm_every, cfg.muon_lr) == (0.1399, 0.1308, 8, 0.205)
+    assert cfg.lr / 1536 == pytest.approx(0.5415, rel=1e-3)  # the head's rate
+    assert cfg.lr * cfg.norm_lr_scale / 1536 == pytest.approx(0.0573, rel=1e-3)  # the biases'
+    assert cfg.lr * cfg.weight_decay == pytest.approx(1.0418e-6 * 1536, rel=1e-3)  # the decay per step
+    assert cfg.arch.whiten_bias_epochs * (50000 // 1536) == 7  # the whitening bias's 7 steps
+    model = build_model(cfg)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and {m.momentum for m in norms} == {0.4434}
+    assert {m.momentum for m in build_model(resolve(compose(["recipe=fast94_muon"]))).modules()
+            if isinstance(m, torch.nn.BatchNorm2d)} == {0.4}
+
+
 def test_triangle_schedule_and_decoupled_weight_decay():
     cfg = resolve(compose(["optimizer=sgd", "lr=1.0", "scheduler=triangle", "epochs=1", "weight_decay=0.1",
                            "decoupled_wd=true", "momentum=0"]))
@@ -169,7 +216,8 @@ def test_tta_share_spends_the_views_on_the_least_confident_predictions():
     assert changed.sum() == 5 and changed[least].all()
     torch.testing.assert_close(shared[least], full[least])
     # the (trial, config) keys runs recorded before tta_share existed: at its default they are still theirs
-    # (and before arch.head_std and arch.whiten_bias_epochs: the recipe has taken the record's values since)
+    # (and before arch.head_std and arch.whiten_bias_epochs: the recipe has taken the record's values since; and
+    # before brightness, contrast, muon_norm_every and arch.bn_momentum, which it leaves at their defaults)
     before = ["recipe=fast94_muon", "tta_share=1", "arch.head_std=0", "arch.whiten_bias_epochs=0"]
     assert identity(resolve(compose(before))) == ("acacfef6a495cf85", "ca2c8becb15e33da")
     assert identity(resolve(compose(["recipe=fast94_muon", "tta_share=0.5"])))[1] != "ca2c8becb15e33da"

@@ -48,9 +48,9 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-def _norm(c: int) -> nn.Module:
+def _norm(c: int, momentum: float = 0.4) -> nn.Module:
     """BatchNorm without a learned scale (only a shift), with fast-moving statistics, as airbench has it."""
-    bn = nn.BatchNorm2d(c, momentum=0.4, eps=1e-12)
+    bn = nn.BatchNorm2d(c, momentum=momentum, eps=1e-12)
     bn.weight.requires_grad_(False)
     return bn
 
@@ -66,12 +66,14 @@ class AirbenchNet(nn.Sequential):
 @register("airbench")
 def airbench(*, num_classes: int, in_channels: int, image_size: int, width: float = 1.0, batch_norm: bool = True,
              activation: str = "gelu", pool: str = "max", whiten: bool = True, dirac: bool = True,
-             scale: float = 1 / 9, head_std: float = 0.0, whiten_bias_epochs: float = 0.0) -> nn.Module:
+             scale: float = 1 / 9, head_std: float = 0.0, whiten_bias_epochs: float = 0.0,
+             bn_momentum: float = 0.4) -> nn.Module:
     """airbench-style fast CIFAR net: frozen patch whitening, 3 conv groups (64-256-256), dirac init, scaled head.
 
     head_std: 0 keeps torch's initialisation of the head; > 0 rescales its weights to this standard deviation
     (the records' 1). whiten_bias_epochs: 0 trains the whitening bias throughout, as the other biases; > 0 for
-    that many epochs only, at a rate going linearly to 0 over them (airbench94_muon's 3)."""
+    that many epochs only, at a rate going linearly to 0 over them (airbench94_muon's 3). bn_momentum: the batch
+    norms' running statistics' momentum, torch's convention (airbench's 0.4; cifar10-speedrun's 0.4434)."""
     widths = [channels(w, width) for w in (64, 256, 256)]
     if whiten:
         stem: list[nn.Module] = [Whiten(in_channels, bias_epochs=whiten_bias_epochs), act_layer(activation)]
@@ -89,7 +91,7 @@ def airbench(*, num_classes: int, in_channels: int, image_size: int, width: floa
             if i == 0:
                 layers.append(pool2d(pool))
             if batch_norm:
-                layers.append(_norm(cout))
+                layers.append(_norm(cout, bn_momentum))
             layers.append(act_layer(activation))
             cin = cout
     head = nn.Linear(cin, num_classes, bias=False)
