@@ -196,7 +196,7 @@ def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image(fill):
     dy, dx = torch.randint(0, 5, (2, 40), generator=g)
     flip = torch.rand(40, generator=g) < 0.5
     out = data.random_crop_flip(data.crop_views(x, 2, fill), idx, dy, dx, flip)
-    assert out.shape == (40, 3, 8, 6)
+    assert out.shape == (40, 3, 8, 6) and out.is_contiguous(memory_format=torch.channels_last)  # as models read
     mode = "constant" if fill == "zeros" else "reflect"
     for img, i, top, left, mirror in zip(out, idx, dy, dx, flip):
         crop = torch.nn.functional.pad(x[i][None].float(), (2, 2, 2, 2), mode=mode)[0, :, top:top + 8, left:left + 6]
