@@ -162,6 +162,28 @@ def test_small_conv_weight_gradient_is_torchs(amp, shape):
     assert "SmallConv" not in type(big.grad_fn).__name__  # 64 positions: oneDNN's kernel
 
 
+def test_flatten_gives_a_channels_last_input_its_gradient_in_that_layout():
+    """layers.Flatten: the output and gradient of nn.Flatten, the gradient laid out as the input (channels-last),
+    so that the activation's backward before it reads one layout."""
+    from cnnlab.models.layers import Flatten
+
+    x = torch.randn(4, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    mine, plain = ours * 1, theirs * 1  # a layer's output, as in a net (a leaf's own .grad takes its layout anyway)
+    reached = {}
+    mine.register_hook(lambda g: reached.setdefault("ours", g))
+    plain.register_hook(lambda g: reached.setdefault("theirs", g))
+    out, expected = Flatten()(mine), nn.Flatten()(plain)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    assert torch.equal(out, expected) and torch.equal(ours.grad, theirs.grad)
+    assert reached["ours"].is_contiguous(memory_format=torch.channels_last)
+    assert not reached["theirs"].is_contiguous(memory_format=torch.channels_last)
+    assert "FlattenChannelsLast" in type(out.grad_fn).__name__
+    assert "FlattenChannelsLast" not in type(Flatten()(torch.randn(4, 8, 3, 3, requires_grad=True)).grad_fn).__name__
+
+
 def test_dense_units_zero_removes_the_hidden_layer():
     with_dense = get_arch("tf_cnn").build(dense_units=64)
     without = get_arch("tf_cnn").build(dense_units=0)

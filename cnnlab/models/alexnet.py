@@ -6,7 +6,7 @@ from torch import nn
 
 from . import register
 from .layers import activation as act_layer
-from .layers import channels, conv_bn_act, flat_features, pool2d
+from .layers import Flatten, channels, conv_bn_act, flat_features, pool2d
 
 
 @register("alexnet")
@@ -31,7 +31,7 @@ def alexnet(*, num_classes: int, in_channels: int, image_size: int, dense_units:
     )
     n = flat_features(features, in_channels, image_size)
     head = nn.Sequential(
-        nn.Flatten(), nn.Dropout(dropout), nn.Linear(n, dense_units), act_layer(activation),
+        Flatten(), nn.Dropout(dropout), nn.Linear(n, dense_units), act_layer(activation),
         nn.Dropout(dropout), nn.Linear(dense_units, dense_units), act_layer(activation),
         nn.Linear(dense_units, num_classes),
     )

@@ -121,6 +121,32 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class _FlattenChannelsLast(torch.autograd.Function):
+    """x.flatten(1) whose gradient comes back in x's channels-last layout: the gradient of a plain flatten is a
+    view in the NCHW order, and the activation's backward before it then mixes two layouts, a slow kernel on the
+    CPU (tf_cnn's last ReLU: 0.26 ms a step where the same sizes in one layout take 0.07 ms)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.flatten(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+class Flatten(nn.Flatten):
+    """nn.Flatten, whose gradient keeps a channels-last input's layout (the values are the same)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.ndim == 4 and self.start_dim == 1 and self.end_dim == -1 and torch.is_grad_enabled() and x.requires_grad
+                and x.shape[-1] * x.shape[-2] > 1 and x.is_contiguous(memory_format=torch.channels_last)):
+            return _FlattenChannelsLast.apply(x)
+        return super().forward(x)
+
+
 def pool2d(kind: str, kernel_size: int = 2, stride: int | None = None, padding: int = 0) -> nn.Module:
     stride = kernel_size if stride is None else stride
     if kind == "max":
@@ -168,7 +194,7 @@ def dense_head(in_features: int, num_classes: int, *, dense_units: int, dropout:
 
     dense_units=0 removes the hidden dense layer (the exercise's "removed intermediate dense layer").
     """
-    layers: list[nn.Module] = [nn.Flatten()]
+    layers: list[nn.Module] = [Flatten()]
     if dense_units:
         layers += [nn.Linear(in_features, dense_units), activation(act)]
         in_features = dense_units

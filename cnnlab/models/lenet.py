@@ -8,7 +8,7 @@ from torch import nn
 
 from . import register
 from .layers import activation as act_layer
-from .layers import channels, flat_features, pool2d
+from .layers import Flatten, channels, flat_features, pool2d
 
 
 @register("lenet5")
@@ -25,7 +25,7 @@ def lenet5(*, num_classes: int, in_channels: int, image_size: int, dense_units: 
         return layers + [(f"{name}_act", act_layer(activation))]
 
     layers = [*conv("C1", in_channels, c1), ("S2", pool2d(pool)), *conv("C3", c1, c3), ("S4", pool2d(pool)),
-              ("flatten", nn.Flatten())]
+              ("flatten", Flatten())]
     n = flat_features(nn.Sequential(OrderedDict(layers)), in_channels, image_size)
     layers += [("C5", nn.Linear(n, c5)), ("C5_act", act_layer(activation))]  # a 5x5 conv over the 5x5 map
     if dense_units:

@@ -6,7 +6,7 @@ from torch import nn
 
 from . import register
 from .layers import activation as act_layer
-from .layers import channels, conv_bn_act, dense_head, flat_features, pool2d
+from .layers import Flatten, channels, conv_bn_act, dense_head, flat_features, pool2d
 
 
 def _stage(cin: int, cout: int, depth: int, *, pool: str, batch_norm: bool, act: str) -> list[nn.Module]:
@@ -73,7 +73,7 @@ def vgg(*, num_classes: int, in_channels: int, image_size: int, depth: int = 16,
             cin = cout
     features = nn.Sequential(*layers)
     n = flat_features(features, in_channels, image_size)  # 512 at 32x32, 512x7x7 at 224x224
-    head: list[nn.Module] = [nn.Flatten()]
+    head: list[nn.Module] = [Flatten()]
     for _ in range(2 if dense_units else 0):
         head += [nn.Linear(n, dense_units), act_layer(activation), nn.Dropout(dropout)]
         n = dense_units
