@@ -4,8 +4,8 @@ Muon (torch.optim.Muon) replaces each update of a weight matrix by the nearest s
 (Newton-Schulz iterations in bf16). It takes 2-D parameters only, so each conv filter bank (out, in, kh, kw)
 is handed to it as a 2-D view of the same memory, (out, in * kh * kw) in the order the filter is stored
 (orthogonalising is blind to the order of the columns). As airbench94_muon does, each matrix is rescaled to
-norm sqrt(out) before its step (every `muon_norm_every`-th step: cifar10-speedrun's 8), so a step changes every filter by about `muon_lr` of its size whatever the
-gradient's scale. `Combined` presents both optimizers as one, so that the schedulers, checkpoints and weight
+norm sqrt(out) before its step (before every `muon_norm_every`-th step: cifar10-speedrun's 8), so a step
+changes every filter by about `muon_lr` of its size whatever the gradient's scale. `Combined` presents both optimizers as one, so that the schedulers, checkpoints and weight
 averaging of engine.py work unchanged.
 """
 

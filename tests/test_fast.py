@@ -245,12 +245,12 @@ def test_progressive_resizing_trains_the_early_epochs_smaller(monkeypatch):
     assert sizes == [16] * 8 + [32] * 4 and result.status == "FINISHED"  # 400 images, batches of 100
 
 
-def test_fast94_progressive_is_fast94_muon_with_its_early_epochs_smaller():
+def test_fast94_progressive_is_fast94_speedrun_with_its_early_epochs_smaller():
     from cnnlab.config import to_dict
 
-    ours, base = (to_dict(resolve(compose([f"recipe={r}"]))) for r in ("fast94_progressive", "fast94_muon"))
-    assert {k: v for k, v in ours.items() if base[k] != v} == {"progressive_epochs": 3, "translate_fill": "reflect"}
-    assert ours["progressive_size"] == 24 and ours["epochs"] == 8 and ours["arch"]["name"] == "airbench"
+    ours, base = (to_dict(resolve(compose([f"recipe={r}"]))) for r in ("fast94_progressive", "fast94_speedrun"))
+    assert {k: v for k, v in ours.items() if base[k] != v} == {"progressive_epochs": 2}
+    assert ours["progressive_size"] == 24 and ours["translate_fill"] == "reflect" and ours["arch"]["name"] == "airbench"
 
 
 @pytest.mark.parametrize("overrides,words", [
