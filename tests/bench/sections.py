@@ -39,13 +39,21 @@ def bench_train(report, accuracy: bool = False) -> None:
     report.add("matmul_bf16_gflops", round(peak), f"bf16 matmul peak: {peak:.0f} GFLOP/s")
     ds = data.load(SimpleNamespace(name="cifar10", root=None, download=False))
 
-    def pair(arch: str, batches: int):
-        """(the tutorial pipeline's img/s, cnnlab's, cnnlab's run), measured one after the other."""
-        tutorial = throughput(get_arch(arch).build(), TutorialCIFAR(ds.x_train, ds.y_train, ds.mean, ds.std),
-                              batch_size=128, batches=batches)
-        run = _train([f"arch={arch}", "batch_size=128", "epochs=2", "data.train_fraction=0.25",
-                      "eval.test_every_epoch=false"], dataset=ds)
-        return tutorial, run.history[-1]["img_per_s"], run
+    def pair(arch: str, batches: int, rounds: int = 3):
+        """(the tutorial pipeline's img/s, cnnlab's, cnnlab's last run): each the median of `rounds` measurements,
+        the two taken in turn, so that a passing load on a shared machine moves one round, not the figure."""
+        import statistics
+
+        tutorials, ours = [], []
+        for _ in range(rounds):
+            tutorials.append(throughput(get_arch(arch).build(), TutorialCIFAR(ds.x_train, ds.y_train, ds.mean, ds.std),
+                                        batch_size=128, batches=batches))
+            run = _train([f"arch={arch}", "batch_size=128", "epochs=2", "data.train_fraction=0.25",
+                          "eval.test_every_epoch=false"], dataset=ds)
+            ours.append(run.history[-1]["img_per_s"])
+        print(f"  {arch}: tutorial {[round(t) for t in tutorials]} img/s, cnnlab {[round(o) for o in ours]} img/s",
+              flush=True)
+        return statistics.median(tutorials), statistics.median(ours), run
 
     from .common import CpuHog, load_wanted
 
@@ -60,7 +68,8 @@ def bench_train(report, accuracy: bool = False) -> None:
                        f"{loaded:,.0f} img/s ({loaded / ours:.0%} of its quiet speed); speed-up {loaded / loaded_tutorial:.2f}x "
                        f"against {ours / tutorial:.2f}x quiet: {kept:.2f} of the quiet lead kept (target >= 0.8)")
         gflops = ours * 3 * run.metrics["flops"] / 1e9  # a training step costs about 3 forward passes
-        report.add(f"{arch}_tutorial_img_s", round(tutorial), f"{arch} batch 128: tutorial pipeline (fp32, DataLoader) "
+        report.add(f"{arch}_tutorial_img_s", round(tutorial), f"{arch} batch 128 (medians of 3 rounds): tutorial "
+                   "pipeline (fp32, DataLoader) "
                    f"{tutorial:,.0f} img/s; cnnlab train {ours:,.0f} img/s ({run.history[-1]['epoch_time']:.1f} s epoch "
                    f"incl. val); speed-up {ours / tutorial:.1f}x")
         report.add(f"{arch}_cnnlab_img_s", round(ours), f"{arch}: cnnlab trains at ~{gflops:.0f} GFLOP/s "
@@ -567,7 +576,7 @@ def bench_fast(report, accuracy: bool = False) -> None:
     report.add("matmul_bf16_gflops", round(peak), f"bf16 matmul peak (2048x2048): {peak:.0f} GFLOP/s")
     ds = data.load(SimpleNamespace(name="cifar10", root=None, download=False))
     seeds = (0, 1, 2) if accuracy else (0,)
-    recipes = os.environ.get("CNNLAB_BENCH_RECIPES", "fast94_progressive,fast94_muon,fast94").split(",")
+    recipes = os.environ.get("CNNLAB_BENCH_RECIPES", "fast94_progressive,fast94_speedrun,fast94_muon,fast94").split(",")
     ports = {"airbench94_muon port": airbench_muon, "cifar10-speedrun port": speedrun}
     chosen = os.environ.get("CNNLAB_BENCH_PEERS", ",".join(ports)).split(",")
     results = {}
