@@ -269,6 +269,16 @@ def test_progressive_resizing_refuses_what_it_cannot_do(overrides, words):
         train(compose([*base, *overrides]), quiet=True)
 
 
+@pytest.mark.parametrize("value, says", [
+    ("arch.whiten_bias_epochs=2", "arch.whiten_bias_epochs=2.0 needs the whitening layer, and arch.whiten=false"),
+    ("arch.bn_momentum=1.5", "arch.bn_momentum=1.5 is out of range"),
+])
+def test_airbench_refuses_parameters_it_cannot_honour(cli, value, says):
+    code, out, err = cli("train", "recipe=fast94", *TINY, "arch.whiten=false", value, "-q")
+    assert code == 2 and says in err and "Traceback" not in err, err
+    assert "run_id=" not in out  # refused before anything was recorded
+
+
 def test_the_final_test_gives_the_last_epoch_its_point_of_the_test_curve(monkeypatch, mlflow_client):
     """Without a validation split the final test scores the last epoch's weights: that epoch is not tested
     twice, and its point of the curve is the final test's plain view, the same as a plain pass would give."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import CnnlabError
 from . import register
 from .layers import activation as act_layer
 from .layers import Conv2d, channels, pool2d
@@ -74,6 +75,13 @@ def airbench(*, num_classes: int, in_channels: int, image_size: int, width: floa
     (the records' 1). whiten_bias_epochs: 0 trains the whitening bias throughout, as the other biases; > 0 for
     that many epochs only, at a rate going linearly to 0 over them (airbench94_muon's 3). bn_momentum: the batch
     norms' running statistics' momentum, torch's convention (airbench's 0.4; cifar10-speedrun's 0.4434)."""
+    if whiten_bias_epochs and not whiten:
+        raise CnnlabError(f"arch.whiten_bias_epochs={whiten_bias_epochs} needs the whitening layer, and "
+                          "arch.whiten=false builds a plain convolution instead: set arch.whiten=true, or "
+                          "arch.whiten_bias_epochs=0 (its bias then trains throughout).")
+    if not 0 < bn_momentum <= 1:
+        raise CnnlabError(f"arch.bn_momentum={bn_momentum} is out of range: the share of each batch's statistics "
+                          "in the running ones is a number in (0, 1] (airbench's 0.4).")
     widths = [channels(w, width) for w in (64, 256, 256)]
     if whiten:
         stem: list[nn.Module] = [Whiten(in_channels, bias_epochs=whiten_bias_epochs), act_layer(activation)]
