@@ -649,7 +649,7 @@ class Batches:
             flips = torch.rand(n, generator=g, device=device) < 0.5
         colour = None
         if any(self.jitter):  # (drawn only then: a run without it keeps its random stream)
-            colour = (torch.rand(2, n, 1, 1, 1, generator=g, device=device) * 2 - 1)
+            colour = torch.rand(2, n, 1, 1, 1, generator=g, device=device) * 2 - 1
             colour *= torch.tensor(self.jitter, device=device).view(2, 1, 1, 1, 1)
             colour[1] += 1
         return order, shifts, flips, colour

@@ -5,8 +5,8 @@ Muon (torch.optim.Muon) replaces each update of a weight matrix by the nearest s
 is handed to it as a 2-D view of the same memory, (out, in * kh * kw) in the order the filter is stored
 (orthogonalising is blind to the order of the columns). As airbench94_muon does, each matrix is rescaled to
 norm sqrt(out) before its step (before every `muon_norm_every`-th step: cifar10-speedrun's 8), so a step
-changes every filter by about `muon_lr` of its size whatever the gradient's scale. `Combined` presents both optimizers as one, so that the schedulers, checkpoints and weight
-averaging of engine.py work unchanged.
+changes every filter by about `muon_lr` of its size whatever the gradient's scale. `Combined` presents both
+optimizers as one, so that the schedulers, checkpoints and weight averaging of engine.py work unchanged.
 """
 
 from __future__ import annotations
@@ -76,9 +76,7 @@ class MatrixMuon(torch.optim.Muon):
             assert view.data_ptr() == p.data_ptr(), "a 2-D view must share the parameter's memory"
         super().__init__([view for _, view in self.pairs], lr=lr, momentum=momentum, nesterov=True,
                          weight_decay=0.0, ns_steps=NS_STEPS)
-        # the steps taken, in the group so that a checkpoint keeps it: the rescaling's phase survives a resume
-        self.param_groups[0].setdefault("norm_every", norm_every)
-        self.param_groups[0].setdefault("steps_taken", 0)
+        self.norm_every = norm_every
         me = weakref.ref(self)  # the hooks outlive an optimizer dropped before its model (budget='s probe)
 
         def hook(p, i: int) -> None:
@@ -95,9 +93,10 @@ class MatrixMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        group = self.param_groups[0]  # (a checkpoint from before the rescaling interval has neither key)
+        # the steps taken, kept in the group so that a checkpoint holds it: the rescaling's phase survives a resume
+        group = self.param_groups[0]
         group["steps_taken"] = group.get("steps_taken", 0) + 1
-        rescale = group["steps_taken"] % group.setdefault("norm_every", 1) == 0
+        rescale = group["steps_taken"] % self.norm_every == 0
         for i, (p, view) in enumerate(self.pairs):
             if view.grad is None:  # a gradient set without backward
                 self.take_grad(i)

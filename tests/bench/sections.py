@@ -46,8 +46,8 @@ def bench_train(report, accuracy: bool = False) -> None:
 
         tutorials, ours = [], []
         for _ in range(rounds):
-            tutorials.append(throughput(get_arch(arch).build(), TutorialCIFAR(ds.x_train, ds.y_train, ds.mean, ds.std),
-                                        batch_size=128, batches=batches))
+            dataset = TutorialCIFAR(ds.x_train, ds.y_train, ds.mean, ds.std)
+            tutorials.append(throughput(get_arch(arch).build(), dataset, batch_size=128, batches=batches))
             run = _train([f"arch={arch}", "batch_size=128", "epochs=2", "data.train_fraction=0.25",
                           "eval.test_every_epoch=false"], dataset=ds)
             ours.append(run.history[-1]["img_per_s"])
@@ -576,7 +576,8 @@ def bench_fast(report, accuracy: bool = False) -> None:
     report.add("matmul_bf16_gflops", round(peak), f"bf16 matmul peak (2048x2048): {peak:.0f} GFLOP/s")
     ds = data.load(SimpleNamespace(name="cifar10", root=None, download=False))
     seeds = (0, 1, 2) if accuracy else (0,)
-    recipes = os.environ.get("CNNLAB_BENCH_RECIPES", "fast94_progressive,fast94_speedrun,fast94_muon,fast94").split(",")
+    recipes = os.environ.get("CNNLAB_BENCH_RECIPES",
+                             "fast94_progressive,fast94_speedrun,fast94_muon,fast94").split(",")
     ports = {"airbench94_muon port": airbench_muon, "cifar10-speedrun port": speedrun}
     chosen = os.environ.get("CNNLAB_BENCH_PEERS", ",".join(ports)).split(",")
     results = {}
