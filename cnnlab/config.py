@@ -12,7 +12,7 @@ import re
 from typing import List, Tuple
 
 from .errors import CnnlabError
-from .schema import KNOBS, NOT_IN_KEY, RANGES, Config, conf_dir, conf_dirs
+from .schema import KNOBS, NOT_IN_KEY, RANGES, TORCH_NS_COEFFICIENTS, Config, conf_dir, conf_dirs
 
 _schema_registered = False
 
@@ -295,6 +295,8 @@ ADDED_LATER = (
     ("contrast", 0.0, ()),
     ("muon_norm_every", 1, ()),
     ("arch.bn_momentum", 0.4, ()),
+    ("muon_ns_coefficients", list(TORCH_NS_COEFFICIENTS), ()),
+    ("arch.stem_activation", "", ()),
 )
 
 

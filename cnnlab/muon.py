@@ -16,6 +16,8 @@ import weakref
 
 import torch
 
+from .schema import TORCH_NS_COEFFICIENTS
+
 NS_STEPS = 3  # airbench94_muon's: enough for an update that only needs to be roughly orthogonal
 
 
@@ -70,12 +72,13 @@ class MatrixMuon(torch.optim.Muon):
     finds an inf there (when the views got theirs only inside step(), they stayed scaled x65536 and an
     overflow went undetected into the weights)."""
 
-    def __init__(self, params, lr: float, momentum: float, norm_every: int = 1):
+    def __init__(self, params, lr: float, momentum: float, norm_every: int = 1,
+                 ns_coefficients=TORCH_NS_COEFFICIENTS):
         self.pairs = [(p, torch.nn.Parameter(matrix_view(p.detach()))) for p in params]
         for p, view in self.pairs:
             assert view.data_ptr() == p.data_ptr(), "a 2-D view must share the parameter's memory"
         super().__init__([view for _, view in self.pairs], lr=lr, momentum=momentum, nesterov=True,
-                         weight_decay=0.0, ns_steps=NS_STEPS)
+                         weight_decay=0.0, ns_steps=NS_STEPS, ns_coefficients=tuple(ns_coefficients))
         self.norm_every = norm_every
         me = weakref.ref(self)  # the hooks outlive an optimizer dropped before its model (budget='s probe)
 
@@ -136,5 +139,5 @@ def make_muon(cfg, model, coupled_wd: float, fused: dict, regroup=lambda groups:
                                           nesterov=cfg.nesterov and cfg.momentum > 0, **fused))
     if matrices:
         optimizers.append(MatrixMuon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum,
-                                     norm_every=cfg.muon_norm_every))
+                                     norm_every=cfg.muon_norm_every, ns_coefficients=cfg.muon_ns_coefficients))
     return Combined(*optimizers)

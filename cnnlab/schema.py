@@ -155,6 +155,7 @@ def _at_least(low, text: str = "") -> tuple:
     return (lambda v: v >= low, f"{kind} >= {low}{text}")
 
 
+TORCH_NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)  # torch.optim.Muon's default Newton-Schulz coefficients
 _FRACTION = (lambda v: 0 <= v < 1, "a number in [0, 1)")
 _POSITIVE = (lambda v: v > 0, "a number > 0")
 
@@ -224,6 +225,10 @@ class Config:
     muon_norm_every: int = key(1, log=TRAINING, valid=_at_least(1),
                                doc="optimizer=muon: rescale each weight matrix to norm sqrt(rows) before every "
                                "this-many-th step (1: every step, as airbench94_muon; cifar10-speedrun: 8)")
+    muon_ns_coefficients: List[float] = key(log=TRAINING, factory=lambda: list(TORCH_NS_COEFFICIENTS),
+                                            valid=(lambda v: len(v) == 3, "a list of three numbers [a, b, c]"),
+                                            doc="optimizer=muon: the coefficients a, b, c of its Newton-Schulz steps "
+                                            "(torch's; cifar10-speedrun's [3.4576, -4.7391, 2.0843])")
     nesterov: bool = key(False, log=TRAINING, doc="sgd only: Nesterov momentum")
     weight_decay: float = key(0.0, log=TRAINING, doc="L2 weight decay", valid=_at_least(0.0))
     decoupled_wd: bool = key(False, log=TRAINING,

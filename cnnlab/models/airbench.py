@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import CnnlabError
 from . import register
 from .layers import activation as act_layer
-from .layers import Conv2d, channels, pool2d
+from .layers import ACTIVATIONS, Conv2d, channels, pool2d
 
 
 class Whiten(nn.Conv2d):
@@ -68,13 +68,14 @@ class AirbenchNet(nn.Sequential):
 def airbench(*, num_classes: int, in_channels: int, image_size: int, width: float = 1.0, batch_norm: bool = True,
              activation: str = "gelu", pool: str = "max", whiten: bool = True, dirac: bool = True,
              scale: float = 1 / 9, head_std: float = 0.0, whiten_bias_epochs: float = 0.0,
-             bn_momentum: float = 0.4) -> nn.Module:
+             bn_momentum: float = 0.4, stem_activation: str = "") -> nn.Module:
     """airbench-style fast CIFAR net: frozen patch whitening, 3 conv groups (64-256-256), dirac init, scaled head.
 
     head_std: 0 keeps torch's initialisation of the head; > 0 rescales its weights to this standard deviation
     (the records' 1). whiten_bias_epochs: 0 trains the whitening bias throughout, as the other biases; > 0 for
     that many epochs only, at a rate going linearly to 0 over them (airbench94_muon's 3). bn_momentum: the batch
-    norms' running statistics' momentum, torch's convention (airbench's 0.4; cifar10-speedrun's 0.4434)."""
+    norms' running statistics' momentum, torch's convention (airbench's 0.4; cifar10-speedrun's 0.4434).
+    stem_activation: the one after the first conv; "" is `activation` (cifar10-speedrun keeps GELU there)."""
     if whiten_bias_epochs and not whiten:
         raise CnnlabError(f"arch.whiten_bias_epochs={whiten_bias_epochs} needs the whitening layer, and "
                           "arch.whiten=false builds a plain convolution instead: set arch.whiten=true, or "
@@ -82,14 +83,17 @@ def airbench(*, num_classes: int, in_channels: int, image_size: int, width: floa
     if not 0 < bn_momentum <= 1:
         raise CnnlabError(f"arch.bn_momentum={bn_momentum} is out of range: the share of each batch's statistics "
                           "in the running ones is a number in (0, 1] (airbench's 0.4).")
+    if stem_activation and stem_activation not in ACTIVATIONS:
+        raise CnnlabError(f"arch.stem_activation={stem_activation} is not an activation: it is one of "
+                          f"{', '.join(ACTIVATIONS)}, or \"\" for the net's own (activation=).")
     widths = [channels(w, width) for w in (64, 256, 256)]
     if whiten:
-        stem: list[nn.Module] = [Whiten(in_channels, bias_epochs=whiten_bias_epochs), act_layer(activation)]
+        stem: nn.Module = Whiten(in_channels, bias_epochs=whiten_bias_epochs)
         cin = 4 * in_channels * 2
     else:
         cin = 24
-        stem = [nn.Conv2d(in_channels, cin, 2, bias=True), act_layer(activation)]
-    layers = list(stem)
+        stem = nn.Conv2d(in_channels, cin, 2, bias=True)
+    layers = [stem, act_layer(stem_activation or activation)]
     for cout in widths:
         for i in range(2):
             conv = Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)
