@@ -278,7 +278,8 @@ def test_a_retargeted_schedule_goes_on_as_one_made_for_the_new_length_and_surviv
 
 @pytest.mark.parametrize("value, says", [("budget=5x", "a duration such as 90s, 5m"),
                                          ("budget=1s", "is too short for this run"),
-                                         ("optimizer=lion", "muon"), ("muon_lr=0", "muon_lr=0.0 is out of range")])
+                                         ("optimizer=lion", "muon"), ("muon_lr=0", "muon_lr=0.0 is out of range"),
+                                         ("muon_ns_coefficients=[3,-4]", "a list of three numbers [a, b, c]")])
 def test_bad_budget_and_muon_values_are_clear_errors(cli, value, says):
     code, out, err = cli("train", *TINY, value, "-q")
     assert code == 2 and says in err and "Traceback" not in err
@@ -371,3 +372,26 @@ def test_muon_norm_every_rescales_the_filters_only_every_nth_step_and_a_resume_k
     ratios += [norms_before_a_step(resumed) for _ in range(4)]
     for step, ratio in enumerate(ratios, 1):
         assert ratio == pytest.approx([1.0 if step % 3 == 0 else 10.0] * len(ratio), rel=0.05), step
+
+
+
+@pytest.mark.parametrize("coefficients, orthogonal", [("[1,0,0]", False), (None, True)])
+def test_muon_ns_coefficients_are_the_ones_its_newton_schulz_steps_use(coefficients, orthogonal):
+    """muon_ns_coefficients=[1, 0, 0] makes each Newton-Schulz step x -> x, so the first update is the gradient
+    divided by its norm; torch's coefficients (the default) orthogonalise it instead."""
+    extra = [f"muon_ns_coefficients={coefficients}"] if coefficients else []
+    cfg = resolve(compose(["arch=tf_cnn", "optimizer=muon", "muon_lr=0.01", "muon_norm_every=2", *extra]))
+    model = build_model(cfg)
+    opt = make_optimizer(cfg, model)
+    muon = opt.optimizers[-1]
+    before = [matrix_view(p.detach()).clone() for p, _ in muon.pairs]
+    _step(model, opt)  # the first of every 2 steps: no rescaling
+    for (p, _), old in zip(muon.pairs, before):
+        grad = matrix_view(p.grad)
+        rows, cols = grad.shape
+        update = (old - matrix_view(p.detach())) / (0.01 * max(1, rows / cols) ** 0.5)  # torch's rate per shape
+        normalised = grad / grad.norm()
+        if orthogonal:
+            assert (update - normalised).norm() > 0.5 * normalised.norm()
+        else:
+            assert update == pytest.approx(normalised, abs=1e-2 * normalised.abs().max().item())

@@ -170,6 +170,12 @@ def test_fast94_speedrun_is_the_newer_record_in_cnnlab_knobs():
     assert len(norms) == 6 and {m.momentum for m in norms} == {0.4434}
     assert {m.momentum for m in build_model(resolve(compose(["recipe=fast94_muon"]))).modules()
             if isinstance(m, torch.nn.BatchNorm2d)} == {0.4}
+    # GELU after the whitening conv, SiLU after every other; the record's Newton-Schulz coefficients reach Muon
+    activations = [type(m).__name__ for m in model.modules() if isinstance(m, (torch.nn.GELU, torch.nn.SiLU))]
+    assert activations == ["GELU"] + ["SiLU"] * 6
+    muon = make_optimizer(cfg, model).optimizers[-1]
+    assert muon.param_groups[0]["ns_coefficients"] == (3.4576, -4.7391, 2.0843)
+    assert cfg.tta_share == 0.2  # the record's share of least confident test images
 
 
 def test_triangle_schedule_and_decoupled_weight_decay():
@@ -272,6 +278,7 @@ def test_progressive_resizing_refuses_what_it_cannot_do(overrides, words):
 @pytest.mark.parametrize("value, says", [
     ("arch.whiten_bias_epochs=2", "arch.whiten_bias_epochs=2.0 needs the whitening layer, and arch.whiten=false"),
     ("arch.bn_momentum=1.5", "arch.bn_momentum=1.5 is out of range"),
+    ("arch.stem_activation=swish", "arch.stem_activation=swish is not an activation: it is one of relu,"),
 ])
 def test_airbench_refuses_parameters_it_cannot_honour(cli, value, says):
     code, out, err = cli("train", "recipe=fast94", *TINY, "arch.whiten=false", value, "-q")

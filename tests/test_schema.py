@@ -1,5 +1,6 @@
 """One source of truth per config key: the schema's field metadata, from which the lists are derived."""
 
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,9 @@ def test_every_training_key_shows_in_training_changes(key):
     """A change to any training key is written in TRAINING CHANGES, and only there."""
     defaults = dict(schema.keys())
     f = defaults[key]
-    before = f.default.value if hasattr(f.default, "value") else f.default
-    after = {bool: lambda v: not v, str: lambda v: "other"}.get(type(before), lambda v: (v or 1) * 2 + 1)(before)
+    before = f.default_factory() if f.default is MISSING else f.default.value if hasattr(f.default, "value") else f.default
+    after = {bool: lambda v: not v, str: lambda v: "other", list: lambda v: [x * 2 for x in v]}.get(
+        type(before), lambda v: (v or 1) * 2 + 1)(before)
     base, changed = {key: before}, {key: after}
     assert log.describe_changes(base, changed, log.TRAINING_KEYS), key
     assert not log.describe_changes(base, changed), key  # not in ARCHITECTURE CHANGES
