@@ -175,7 +175,6 @@ def test_fast94_speedrun_is_the_newer_record_in_cnnlab_knobs():
     assert activations == ["GELU"] + ["SiLU"] * 6
     muon = make_optimizer(cfg, model).optimizers[-1]
     assert muon.param_groups[0]["ns_coefficients"] == (3.4576, -4.7391, 2.0843)
-    assert cfg.tta_share == 0.2  # the record's share of least confident test images
 
 
 def test_triangle_schedule_and_decoupled_weight_decay():
