@@ -589,6 +589,8 @@ def random_crop_flip(crops, idx, dy, dx, flip):
     pad = (crops.shape[1] - 1) // 2
     # the crop at dx of a mirror image is the mirror of the crop at 2 * pad - dx of the original
     images, dx = idx + len(crops) // 2 * flip, torch.where(flip, 2 * pad - dx, dx)
+    if crops.device.type not in ("cpu", "cuda"):  # (Apple's MPS may copy the overlapping view below whole)
+        return crops[images, dy, dx].permute(0, 3, 1, 2)
     # Each crop is h rows of w * c contiguous values: the rows are copied by one index_select from a view whose row
     # p is the w * c values at offset p of the padded images (4x faster than indexing crops, the same values).
     sn, sdy, sdx, sh = crops.stride()[:4]

@@ -207,6 +207,15 @@ def test_crop_flip_is_the_drawn_shift_and_mirror_of_each_image(fill):
     assert torch.equal(fixed, x[idx].flip(-1))
 
 
+def test_a_batch_normalised_in_channels_last_rows_has_the_values_of_the_per_channel_broadcast():
+    x = torch.randint(0, 256, (20, 3, 8, 6), dtype=torch.uint8)
+    batches = data.Batches(x, torch.zeros(20, dtype=torch.long), 20, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
+    plain = (x.float() - batches.mean) / batches.std
+    rows = batches.normalise(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(rows, plain) and rows.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batches.normalise(x), plain)  # an NCHW batch (the test set's) broadcasts as before
+
+
 @pytest.mark.parametrize("flip", ["random", "alternating"])
 def test_augmentation_is_drawn_per_image_and_epoch_whatever_the_batch_size(flip):
     """The device draws an epoch's shifts and flips for all images at once: each image gets the same augmentation
