@@ -691,7 +691,6 @@ class Batches:
                 xb = F.interpolate(xb, size=size, mode="bilinear", align_corners=False, antialias=True)
             yield xb.contiguous(memory_format=self.memory_format), yb
 
-
     def normalise(self, xb):
         """(xb - mean) / std per channel, in float32. A batch in channels-last memory is taken as rows of
         (H x W x C) values against the means and deviations repeated per pixel: the same values as broadcasting over

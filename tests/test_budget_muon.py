@@ -374,7 +374,6 @@ def test_muon_norm_every_rescales_the_filters_only_every_nth_step_and_a_resume_k
         assert ratio == pytest.approx([1.0 if step % 3 == 0 else 10.0] * len(ratio), rel=0.05), step
 
 
-
 @pytest.mark.parametrize("coefficients, orthogonal", [("[1,0,0]", False), (None, True)])
 def test_muon_ns_coefficients_are_the_ones_its_newton_schulz_steps_use(coefficients, orthogonal):
     """muon_ns_coefficients=[1, 0, 0] makes each Newton-Schulz step x -> x, so the first update is the gradient
