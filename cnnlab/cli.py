@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .errors import CnnlabError, Diverged, Interrupted
+from .errors import CnnlabError, Diverged, Interrupted, interrupt_in
 
 app = typer.Typer(
     help="Run, track and compare CNN experiments on CIFAR-10.",
@@ -532,7 +532,10 @@ def main() -> None:
 
 def _run() -> None:
     try:
-        app()
+        try:
+            app()
+        except Exception as exc:  # a signal a library wrapped in an error of its own still ends the command as one
+            raise interrupt_in(exc) or exc
     except CnnlabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

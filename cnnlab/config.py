@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import List, Tuple
 
-from .errors import CnnlabError
+from .errors import CnnlabError, causes
 from .schema import KNOBS, NOT_IN_KEY, RANGES, TORCH_NS_COEFFICIENTS, Config, conf_dir, conf_dirs
 
 _schema_registered = False
@@ -28,16 +28,14 @@ def _register_schema() -> None:
 
 def hydra_message(exc: BaseException) -> str:
     """Hydra wraps the useful part ('could not be converted to Float') in a cause: keep both."""
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
+    parts = []
+    for exc in causes(exc):
         lines = [line.strip() for line in str(exc).splitlines()]
         # drop OmegaConf's bookkeeping lines (full_key, object_type) and unformatted templates
         text = " ".join(l for l in lines if l and not l.startswith(("full_key:", "object_type=", "reference_type=")))
         text = re.sub(r"\s*To append to your config use \S+", "", text)  # a typo needs fixing, not a `+`
         if text and "$VALUE" not in text and text not in parts:
             parts.append(text)
-        exc = exc.__cause__ or exc.__context__
     return ": ".join(parts)
 
 

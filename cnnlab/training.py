@@ -19,7 +19,7 @@ from . import data as data_mod
 from . import engine, transfer
 from .config import resolve
 from .device import Device
-from .errors import CnnlabError, Diverged, Interrupted, Pruned
+from .errors import CnnlabError, Diverged, Interrupted, Pruned, interrupt_in
 from .recorder import Recorder, Result, resumable, signals_as_exceptions
 
 
@@ -157,10 +157,11 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
             _say_replanned(rec, cfg, trainer.steps)
     except Pruned as exc:
         return rec.pruned(exc, size)
-    except Interrupted as exc:
-        rec.killed(exc)
-        raise
     except BaseException as exc:
+        interrupt = interrupt_in(exc)
+        if isinstance(interrupt, Interrupted):
+            rec.killed(interrupt)
+            raise interrupt
         rec.failed(exc)
         raise
     return rec.finished(final, matrix, ds.classes, size)
