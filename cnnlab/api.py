@@ -21,7 +21,7 @@ import shlex
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
-from .errors import Interrupted, interrupt_in
+from .errors import Interrupted, signals_unwrapped
 
 
 def _overrides(args: Sequence[str]) -> List[str]:
@@ -34,10 +34,8 @@ def _listed(value: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
 
 def _interruptible(fn):
     try:
-        try:
+        with signals_unwrapped():
             return fn()
-        except Exception as exc:  # a signal a library wrapped in an error of its own is still the signal
-            raise interrupt_in(exc) or exc
     except Interrupted as exc:  # recorded KILLED; in a notebook an interrupt is a KeyboardInterrupt
         raise KeyboardInterrupt(f"{exc}: the run is recorded KILLED; cnnlab.train('resume=<its ID>') continues "
                                 "it") from None

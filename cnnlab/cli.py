@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from .errors import CnnlabError, Diverged, Interrupted, interrupt_in
+from .errors import CnnlabError, Diverged, Interrupted, signals_unwrapped
 
 app = typer.Typer(
     help="Run, track and compare CNN experiments on CIFAR-10.",
@@ -532,10 +532,8 @@ def main() -> None:
 
 def _run() -> None:
     try:
-        try:
+        with signals_unwrapped():
             app()
-        except Exception as exc:  # a signal a library wrapped in an error of its own still ends the command as one
-            raise interrupt_in(exc) or exc
     except CnnlabError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -4,6 +4,8 @@ The CLI prints a CnnlabError as one paragraph and exits with code 2; anything el
 and keeps its traceback.
 """
 
+from contextlib import contextmanager
+
 
 class CnnlabError(Exception):
     """A bad input: what was wrong and what is valid, in one paragraph."""
@@ -39,6 +41,16 @@ def interrupt_in(exc: BaseException):
     fails (OmegaConf: "'NoneType' object has no attribute ..."), and the library wraps that error in one of its
     own, which holds the interrupt only as context. Such an error is the interrupt, not a bad input or a bug."""
     return next((e for e in causes(exc) if isinstance(e, (Interrupted, KeyboardInterrupt))), None)
+
+
+@contextmanager
+def signals_unwrapped():
+    """Inside the block, an error that holds an interrupt (interrupt_in) is raised as that interrupt: the
+    entry points (the CLI, the notebook API) then end it as the signal it was."""
+    try:
+        yield
+    except Exception as exc:
+        raise interrupt_in(exc) or exc
 
 
 def storage_failure(exc: BaseException) -> str:

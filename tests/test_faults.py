@@ -133,7 +133,7 @@ def test_a_signal_a_library_wrapped_still_ends_the_command_as_a_signal(cli, monk
     assert not runs_dir().exists() or not Store().runs()
 
 
-def test_a_wrapped_signal_during_training_records_the_run_killed(monkeypatch):
+def test_a_wrapped_signal_during_training_records_the_run_killed():
     from cnnlab.config import compose
     from cnnlab.training import train
 
