@@ -187,6 +187,35 @@ def test_a_run_is_scored_on_real_targets(tmp_path, cli):
 # ---------------------------------------------------------------- transfer
 
 
+def _assert_the_views_show_the_transfers(cli, tmp_path):
+    """The log, `cnnlab runs` and the report of the three transfer runs above: the transfer in TRAINING CHANGES and
+    SOURCE, each training set and test protocol a code with a legend, the source beside the target run."""
+    import pandas as pd
+
+    code, out, err = cli("export-log", str(tmp_path / "log.xlsx"), "--experiment", "synthetic")
+    assert code == 0, err
+    table = pd.read_excel(tmp_path / "log.xlsx", sheet_name="Training log", header=1).set_index("ID")
+    assert table.loc["T1", "TRAINING CHANGES"] == "Fine-tuned from T0 on synthetic (probe)"
+    assert table.loc["T2", "TRAINING CHANGES"] == "Fine-tuned from T0 on synthetic (finetune, body lr x0.5)"
+    assert table.loc["T3", "TRAINING CHANGES"].startswith("Fine-tuned from T0 on mine (probe)")
+    assert list(table["SOURCE"].fillna("")) == ["", "synthetic/T0 (probe)", "synthetic/T0 (finetune)",
+                                                "synthetic/T0 (probe)"]
+    assert list(table["DATA SETS"]) == ["D0", "D0", "D0", "D1"] and list(table["TEST SPLIT"]) == ["T0"] * 3 + ["T1"]
+    legend = dict(pd.read_excel(tmp_path / "log.xlsx", sheet_name="Legend").values.tolist())
+    assert legend["D1"] == "mine (54 train)" and legend["T1"] == "val 10% / mine test 15"
+    code, out, err = cli("runs", "--experiment", "synthetic", "--format", "table")
+    assert code == 0 and "D1 = mine (54 train)" in out
+    code, out, err = cli("runs", "--experiment", "synthetic", "--format", "tsv")
+    assert code == 0 and out.splitlines()[2].split("\t")[out.splitlines()[0].split("\t").index("source")] == \
+        "synthetic/T0 (probe)"
+    code, out, err = cli("report", "T3", "--experiment", "synthetic", "-o", str(tmp_path / "T3.html"))
+    assert code == 0, err
+    page = (tmp_path / "T3.html").read_text()
+    section = page.split("<h2>Source run</h2>")[1].split("<h2>")[0]
+    assert "synthetic/T0 (tf_cnn)" in section and "replaced (3 classes)" in section and "data:image/png" in section
+    assert all(f"<td>{c}</td>" in section for c in ("cat", "dog", "frog"))
+
+
 def test_transfer_probe_freezes_the_body_finetune_moves_it_and_the_head_follows_the_classes(tmp_path, cli):
     """A source on synthetic data; a probe on the same data (head kept) leaves every body weight and batch-norm
     statistic bit-identical; fine-tuning changes them; on another dataset (3 classes) the head is replaced. The
@@ -238,32 +267,7 @@ def test_transfer_probe_freezes_the_body_finetune_moves_it_and_the_head_follows_
         code, _, err = cli("train", *tiny, *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
 
-    # the log: the transfer in TRAINING CHANGES and SOURCE, each training set and test protocol a code with a legend
-    import pandas as pd
-
-    code, out, err = cli("export-log", str(tmp_path / "log.xlsx"), "--experiment", "synthetic")
-    assert code == 0, err
-    table = pd.read_excel(tmp_path / "log.xlsx", sheet_name="Training log", header=1).set_index("ID")
-    assert table.loc["T1", "TRAINING CHANGES"] == "Fine-tuned from T0 on synthetic (probe)"
-    assert table.loc["T2", "TRAINING CHANGES"] == "Fine-tuned from T0 on synthetic (finetune, body lr x0.5)"
-    assert table.loc["T3", "TRAINING CHANGES"].startswith("Fine-tuned from T0 on mine (probe)")
-    assert list(table["SOURCE"].fillna("")) == ["", "synthetic/T0 (probe)", "synthetic/T0 (finetune)",
-                                                "synthetic/T0 (probe)"]
-    assert list(table["DATA SETS"]) == ["D0", "D0", "D0", "D1"] and list(table["TEST SPLIT"]) == ["T0"] * 3 + ["T1"]
-    legend = dict(pd.read_excel(tmp_path / "log.xlsx", sheet_name="Legend").values.tolist())
-    assert legend["D1"] == "mine (54 train)" and legend["T1"] == "val 10% / mine test 15"
-    code, out, err = cli("runs", "--experiment", "synthetic", "--format", "table")
-    assert code == 0 and "D1 = mine (54 train)" in out
-    code, out, err = cli("runs", "--experiment", "synthetic", "--format", "tsv")
-    assert code == 0 and out.splitlines()[2].split("\t")[out.splitlines()[0].split("\t").index("source")] == \
-        "synthetic/T0 (probe)"
-    # the report of a transfer run: its source beside it
-    code, out, err = cli("report", "T3", "--experiment", "synthetic", "-o", str(tmp_path / "T3.html"))
-    assert code == 0, err
-    page = (tmp_path / "T3.html").read_text()
-    section = page.split("<h2>Source run</h2>")[1].split("<h2>")[0]
-    assert "synthetic/T0 (tf_cnn)" in section and "replaced (3 classes)" in section and "data:image/png" in section
-    assert all(f"<td>{c}</td>" in section for c in ("cat", "dog", "frog"))
+    _assert_the_views_show_the_transfers(cli, tmp_path)
 
 
 def test_an_official_target_is_downloaded_with_its_checksum_and_refused_without_it(tmp_path, cli, monkeypatch):

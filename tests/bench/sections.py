@@ -23,45 +23,49 @@ def _train(overrides, dataset=None):
     return train(compose(["experiment=bench", *overrides]), overrides, dataset=dataset, quiet=True)
 
 
+def _train_pair(arch: str, ds, batches: int, rounds: int = 3) -> tuple:
+    """(the tutorial pipeline's img/s, cnnlab's, cnnlab's last run) for `arch` at batch 128: each the median of
+    `rounds` measurements, the two taken in turn, so that a passing load on a shared machine moves one round, not the
+    figure."""
+    import statistics
+
+    from cnnlab.models import get_arch
+
+    from .tutorial import TutorialCIFAR, throughput
+
+    tutorials, ours = [], []
+    for _ in range(rounds):
+        dataset = TutorialCIFAR(ds.x_train, ds.y_train, ds.mean, ds.std)
+        tutorials.append(throughput(get_arch(arch).build(), dataset, batch_size=128, batches=batches))
+        run = _train([f"arch={arch}", "batch_size=128", "epochs=2", "data.train_fraction=0.25",
+                      "eval.test_every_epoch=false"], dataset=ds)
+        ours.append(run.history[-1]["img_per_s"])
+    print(f"  {arch}: tutorial {[round(t) for t in tutorials]} img/s, cnnlab {[round(o) for o in ours]} img/s",
+          flush=True)
+    return statistics.median(tutorials), statistics.median(ours), run
+
+
 def bench_train(report, accuracy: bool = False) -> None:
     """Issue 2: cnnlab train against the PyTorch-tutorial pipeline; MLflow overhead; accuracy."""
     from types import SimpleNamespace
 
     from cnnlab import data
     from cnnlab.record import Store
-    from cnnlab.models import get_arch
 
     from .common import matmul_peak
-    from .tutorial import TutorialCIFAR, throughput
 
     report.add("matmul_fp32_gflops", round(matmul_peak("float32")), f"fp32 matmul peak: {matmul_peak('float32'):.0f} GFLOP/s")
     peak = matmul_peak("bfloat16")
     report.add("matmul_bf16_gflops", round(peak), f"bf16 matmul peak: {peak:.0f} GFLOP/s")
     ds = data.load(SimpleNamespace(name="cifar10", root=None, download=False))
 
-    def pair(arch: str, batches: int, rounds: int = 3):
-        """(the tutorial pipeline's img/s, cnnlab's, cnnlab's last run): each the median of `rounds` measurements,
-        the two taken in turn, so that a passing load on a shared machine moves one round, not the figure."""
-        import statistics
-
-        tutorials, ours = [], []
-        for _ in range(rounds):
-            dataset = TutorialCIFAR(ds.x_train, ds.y_train, ds.mean, ds.std)
-            tutorials.append(throughput(get_arch(arch).build(), dataset, batch_size=128, batches=batches))
-            run = _train([f"arch={arch}", "batch_size=128", "epochs=2", "data.train_fraction=0.25",
-                          "eval.test_every_epoch=false"], dataset=ds)
-            ours.append(run.history[-1]["img_per_s"])
-        print(f"  {arch}: tutorial {[round(t) for t in tutorials]} img/s, cnnlab {[round(o) for o in ours]} img/s",
-              flush=True)
-        return statistics.median(tutorials), statistics.median(ours), run
-
     from .common import CpuHog, load_wanted
 
     for arch, batches in (("tf_cnn", 80), ("vgg_small", 25), ("resnet20", 25)):
-        tutorial, ours, run = pair(arch, batches)
+        tutorial, ours, run = _train_pair(arch, ds, batches)
         if load_wanted():  # the same pair with a CPU-heavy process beside it
             with CpuHog():
-                loaded_tutorial, loaded, _ = pair(arch, batches)
+                loaded_tutorial, loaded, _ = _train_pair(arch, ds, batches)
             kept = (loaded / loaded_tutorial) / (ours / tutorial)
             report.add(f"{arch}_load_speedup", round(loaded / loaded_tutorial, 2),
                        f"{arch} with a CPU-heavy process beside it: tutorial {loaded_tutorial:,.0f} img/s, cnnlab "
@@ -345,11 +349,10 @@ def _sweep_race(report, common, epochs: int, seed: int, stamp: str) -> dict:
     return chosen
 
 
-def bench_exercise(report, accuracy: bool = False) -> None:
-    """Issue 3: the exercise sweep against a plain Hydra --multirun of a one-file tutorial script, same configs and
-    epochs; with accuracy=True every config runs with 3 seeds in both, so that accuracies compare beyond seed noise."""
+def _tutorial_multirun(seeds: int) -> tuple:
+    """The exercise sweep's configs as a plain Hydra --multirun of the one-file tutorial script (tutorial_hydra.py):
+    (seconds, {(config, seed): test_acc}, how many configs)."""
     import json
-    import statistics
     import subprocess
     import sys
     import tempfile
@@ -360,15 +363,6 @@ def bench_exercise(report, accuracy: bool = False) -> None:
 
     from cnnlab.schema import conf_dir
 
-    seeds = 3 if accuracy else 1
-    stamp = time.strftime("%H%M%S")
-    exercise = ["sweep=exercise", "data.train_fraction=0.2", "eval.test_every_epoch=false"]
-    start = time.perf_counter()
-    ours = _sweep(exercise, name=f"bench-exercise-{stamp}", repeats=seeds)
-    ours_s = time.perf_counter() - start
-    start = time.perf_counter()
-    ours2 = _sweep(exercise, workers=2, name=f"bench-exercise-w2-{stamp}", repeats=seeds)
-    ours2_s = time.perf_counter() - start
     spec = OmegaConf.load(conf_dir() / "sweep" / "exercise.yaml")
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "conf"
@@ -395,36 +389,54 @@ def bench_exercise(report, accuracy: bool = False) -> None:
                         f"trial={','.join(names)}", f"seed={','.join(map(str, range(seeds)))}",
                         f"hydra.sweep.dir={tmp}/multirun"], check=True, capture_output=True, text=True,
                        cwd=script.parent)
-        hydra_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         results = [json.loads(p.read_text()) for p in (Path(tmp) / "multirun").glob("*/result.json")]
+    return seconds, {(int(r["trial"][1:]), r["seed"]): r["test_acc"] for r in results}, len(names)
+
+
+def bench_exercise(report, accuracy: bool = False) -> None:
+    """Issue 3: the exercise sweep against a plain Hydra --multirun of a one-file tutorial script, same configs and
+    epochs; with accuracy=True every config runs with 3 seeds in both, so that accuracies compare beyond seed noise."""
+    import statistics
+    import time
+
+    seeds = 3 if accuracy else 1
+    stamp = time.strftime("%H%M%S")
+    exercise = ["sweep=exercise", "data.train_fraction=0.2", "eval.test_every_epoch=false"]
+    start = time.perf_counter()
+    ours = _sweep(exercise, name=f"bench-exercise-{stamp}", repeats=seeds)
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ours2 = _sweep(exercise, workers=2, name=f"bench-exercise-w2-{stamp}", repeats=seeds)
+    ours2_s = time.perf_counter() - start
+    hydra_s, hydra_acc, configs = _tutorial_multirun(seeds)
     # test accuracy by (config, seed) in both pipelines; cnnlab numbers repeats of config i T(i * seeds + r)
-    hydra_acc = {(int(r["trial"][1:]), r["seed"]): r["test_acc"] for r in results}
     by_trial = lambda result: {(int(r.trial[1:]) // seeds, int(r.trial[1:]) % seeds): r.metrics["test_acc"]  # noqa
                                for r in result.records}
     ours_acc, ours2_acc = by_trial(ours), by_trial(ours2)
-    assert len(hydra_acc) == len(ours_acc) == len(ours2_acc) == len(names) * seeds
+    assert len(hydra_acc) == len(ours_acc) == len(ours2_acc) == configs * seeds
 
     def acc(table) -> str:
         """mean test_acc over the configs, as mean +- std over the seeds when there are several"""
-        per_seed = [statistics.mean(table[i, r] for i in range(len(names))) for r in range(seeds)]
+        per_seed = [statistics.mean(table[i, r] for i in range(configs)) for r in range(seeds)]
         return f"{per_seed[0]:.4f}" if seeds == 1 else \
             f"{statistics.mean(per_seed):.4f} +- {statistics.stdev(per_seed):.4f} over {seeds} seeds"
 
     def config_acc(table, i: int) -> float:
         return statistics.mean(table[i, r] for r in range(seeds))
 
-    what = f"{len(names)} configs{f' x {seeds} seeds' if seeds > 1 else ''}, 20% of train"
+    what = f"{configs} configs{f' x {seeds} seeds' if seeds > 1 else ''}, 20% of train"
     report.add("exercise_cnnlab_s", round(ours_s), f"exercise sweep ({what}): cnnlab sweep {ours_s:.0f} s, "
-               f"mean test_acc {acc(ours_acc)}, best config {max(config_acc(ours_acc, i) for i in range(len(names))):.4f}")
+               f"mean test_acc {acc(ours_acc)}, best config {max(config_acc(ours_acc, i) for i in range(configs)):.4f}")
     report.add("exercise_cnnlab_workers2_s", round(ours2_s), f"the same with --workers 2 (1 thread each): {ours2_s:.0f} s, "
                f"mean test_acc {acc(ours2_acc)}")
     report.add("exercise_hydra_s", round(hydra_s), f"the same {what} as a Hydra --multirun of a one-file tutorial "
                f"script (DataLoader, per-image transforms, fp32): {hydra_s:.0f} s, mean test_acc {acc(hydra_acc)}, "
-               f"best config {max(config_acc(hydra_acc, i) for i in range(len(names))):.4f}")
+               f"best config {max(config_acc(hydra_acc, i) for i in range(configs)):.4f}")
     report.add("exercise_speedup", round(hydra_s / ours_s, 2), f"sweep speed-up: {hydra_s / ours_s:.2f}x with one "
                f"worker, {hydra_s / ours2_s:.2f}x with --workers 2; per config cnnlab/tutorial test_acc"
                f"{' (mean of the seeds)' if seeds > 1 else ''}: " + ", ".join(
-                   f"T{i} {config_acc(ours_acc, i):.3f}/{config_acc(hydra_acc, i):.3f}" for i in range(len(names))))
+                   f"T{i} {config_acc(ours_acc, i):.3f}/{config_acc(hydra_acc, i):.3f}" for i in range(configs)))
 
 
 def _fill_store(tmp: str, n: int = 1000) -> float:
@@ -559,6 +571,20 @@ def _cnnlab_fast(recipe: str, seed: int, run_id: str = None) -> dict:
             "early": int(params.get("progressive_epochs", 0))}
 
 
+def _fast_ratios(report, results: dict, peers: list) -> None:
+    """Each result {name: (mean accuracy, mean seconds)} against the faster of the `peers` among them."""
+    peers = {name: results[name] for name in peers}
+    if not peers:
+        return
+    best = min(peers, key=lambda name: peers[name][1])  # the faster record holder
+    peer_acc, peer_s = peers[best]
+    for name, (acc, seconds) in results.items():
+        if name != best:
+            report.add(f"fast_ratio_{name}", round(seconds / peer_s, 3),
+                       f"{name} against the {best} (the faster peer): {seconds / peer_s:.2f}x its training time "
+                       f"(target <= 0.9), accuracy {acc - peer_acc:+.4f} (target >= 0)")
+
+
 def bench_fast(report, accuracy: bool = False) -> None:
     """Issues 18 and 28: time to accuracy against the record holders, side by side on this CPU and this data copy: the
     ports of airbench94_muon (tests/bench/airbench_muon.py) and of the newer cifar10-speedrun (tests/bench/speedrun.py),
@@ -610,16 +636,7 @@ def bench_fast(report, accuracy: bool = False) -> None:
                    f"**{name}**: TTA accuracy {statistics.mean(accs):.4f}{spread(accs, '.4f')}, training "
                    f"{statistics.mean(times):.0f}{spread(times, '.0f')} s ({len(runs)} seed(s)), "
                    f"{runs[0]['params']:,} params")
-    peers = {name: results[name] for name in ports if name in results}
-    if not peers:
-        return
-    best = min(peers, key=lambda name: peers[name][1])  # the faster record holder
-    peer_acc, peer_s = peers[best]
-    for name, (acc, seconds) in results.items():
-        if name != best:
-            report.add(f"fast_ratio_{name}", round(seconds / peer_s, 3),
-                       f"{name} against the {best} (the faster peer): {seconds / peer_s:.2f}x its training time "
-                       f"(target <= 0.9), accuracy {acc - peer_acc:+.4f} (target >= 0)")
+    _fast_ratios(report, results, peers=[name for name in ports if name in results])
 
 
 from .faults import bench_faults  # noqa: E402
