@@ -6,14 +6,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+# In place where autograd allows it without a copy. For ReLU6 (hardtanh), SiLU and Mish it copies the input
+# before an in-place call overwrites it, as their backward reads it: out of place they skip that copy
+# (fast94_speedrun's SiLUs: 4 copies, 15 ms of a 1.07 s step) and compute the same values.
 ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True),
-    "relu6": lambda: nn.ReLU6(inplace=True),
+    "relu6": nn.ReLU6,
     "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
     "elu": lambda: nn.ELU(inplace=True),
     "gelu": nn.GELU,
-    "silu": lambda: nn.SiLU(inplace=True),
-    "mish": lambda: nn.Mish(inplace=True),
+    "silu": nn.SiLU,
+    "mish": nn.Mish,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
 }
@@ -94,7 +97,7 @@ class _SmallConv(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [p, p], [1, 1], False,
                                                          [0, 0], 1, [True, False, False])[0]
         cout, _, k, _ = weight.shape
-        xp = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # N H W C
+        xp = (F.pad(x, (p, p, p, p)) if p else x).permute(0, 2, 3, 1)  # N H W C (a pad of 0 would copy x)
         n, h, w, c = xp.shape
         oh, ow = h - k + 1, w - k + 1
         sn, sh, sw, sc = xp.stride()
