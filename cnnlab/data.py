@@ -350,8 +350,6 @@ def import_dataset(path, root: Optional[str] = None, force: bool = False) -> dic
 
 def cache_info(root: Optional[str] = None) -> Optional[dict]:
     """The cache's metadata, or None when there is none."""
-    import numpy as np
-
     cache = data_root(root) / CACHE_NAME
     if not cache.exists():
         return None
@@ -401,7 +399,6 @@ def load(cfg_data, seed: int = 0) -> Dataset:
         return synthetic(cfg_data.n_train or 2000, cfg_data.n_test or 500, seed=seed)
     if cfg_data.name != "cifar10":
         return _target(cfg_data)
-    import numpy as np
     import torch
 
     root = data_root(cfg_data.root)

@@ -43,8 +43,6 @@ def test_changes_read_like_the_course():
 @pytest.fixture(scope="module")
 def exercise_store(tmp_path_factory):
     """The exercise sweep on tiny synthetic data, plus two standalone runs in another experiment (built once)."""
-    from cnnlab.cli import main
-
     root = tmp_path_factory.mktemp("exercise")
     env = {"CNNLAB_RUNS_DIR": str(root / "runs"), "CNNLAB_DATA_DIR": str(root / "data")}
     old = {k: os.environ.get(k) for k in env}
