@@ -187,7 +187,9 @@ def test_a_sigkilled_train_is_marked_killed_by_the_next_command():
 
 @pytest.mark.slow
 def test_sigkill_of_a_sweep_parent_ends_its_workers_and_the_resume_duplicates_nothing():
-    args = ["sweep", "lr=0.003,0.001", "data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=3",
+    # 20 epochs of about half a second: a trial that started first is still training when the other has done an
+    # epoch (with 3, in CI beside another test, T0 had finished by then: the kill found nothing of it to stop)
+    args = ["sweep", "lr=0.003,0.001", "data=synthetic", "data.n_train=3000", "data.n_test=100", "epochs=20",
             "batch_size=50", "--workers", "2", "--name", "two", "-q"]
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
