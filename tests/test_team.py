@@ -175,6 +175,44 @@ def test_two_first_starts_at_once_make_one_sweep_that_both_work_on(team, server,
         assert not any(s in log.read_text(errors="replace") for s in secrets), log
 
 
+def _fresh_database(team, name: str) -> str:
+    """A new, empty database on the team's PostgreSQL; its URL."""
+    import psycopg
+
+    url = team["env"]["CNNLAB_STORAGE"]
+    host, port = url.split("@")[1].split("/")[0].split(":")
+    with psycopg.connect(host=host, port=int(port), user="cnnlab", password=team["env"]["PGPASSWORD"],
+                         dbname="postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def test_openers_of_a_fresh_database_take_turns_making_optunas_tables(team, server):
+    """Two workers starting at once on a fresh database both made Optuna's tables, and one failed ("type
+    studydirection already exists"; CI saw it): an opener waits while another holds the tables lock."""
+    import threading
+
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from cnnlab.sweeps.strategies.optuna_search import TABLES_LOCK, storage
+
+    url = _fresh_database(team, "turns")
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    tables = lambda: sqlalchemy.inspect(engine).get_table_names()  # noqa: E731
+    waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    opened = []
+    with engine.connect() as holder:
+        holder.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": TABLES_LOCK})
+        opener = threading.Thread(target=lambda: opened.append(storage(url)))
+        opener.start()
+        wait_for(lambda: holder.execute(sqlalchemy.text(waiting)).scalar() == 1, 60, "the opener to wait")
+        assert not opened and tables() == []
+    opener.join(60)
+    assert opened and "studies" in tables()
+    engine.dispose()
+
+
 def test_a_worker_killed_mid_trial_is_retried_elsewhere_and_nothing_is_lost_or_doubled(team, server, tmp_path):
     first = _worker(team, tmp_path / "a", "--strategy", "optuna", "--trials", "4", SPACE, *TINY, "epochs=6",
                     "data.n_train=1200", "--name", "crash")

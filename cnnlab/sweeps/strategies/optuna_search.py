@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional
 
@@ -31,6 +32,7 @@ FIRST_PATIENCE = 10  # ... once it has answered; a database that never answered 
 _answered = False  # whether the database answered once in this process
 # what PostgreSQL answers at connect time to a client it will never let in: no use retrying
 REFUSALS = ("password authentication failed", "no password supplied", "does not exist", "no pg_hba.conf entry")
+TABLES_LOCK = 0x636E6E6C6162  # the PostgreSQL advisory lock under which a worker opens the study's database ("cnnlab")
 
 
 def storage(url: str):
@@ -52,9 +54,11 @@ def storage(url: str):
         _check_sqlite_dir(url)
 
         def open_it():
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT, grace_period=3 * HEARTBEAT,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
+            with _one_opener_at_a_time(url):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=HEARTBEAT,
+                    grace_period=3 * HEARTBEAT,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=RETRIES))
 
         try:
             try:
@@ -80,6 +84,27 @@ def storage(url: str):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(url))
+
+
+@contextmanager
+def _one_opener_at_a_time(url: str):
+    """Opening an Optuna storage makes its tables when they are missing. Two workers starting at once on a fresh
+    PostgreSQL database both make them, and one fails ("type studydirection already exists", or a duplicate key in
+    pg_type): there the openers take turns, under an advisory lock that ends with its connection. SQLite locks
+    the whole file itself."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": TABLES_LOCK})
+            yield
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite_dir(url: str) -> None:
