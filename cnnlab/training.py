@@ -105,6 +105,11 @@ def _announce(rec, cfg, size: dict, sizes: dict, where: str, estimate: Optional[
                         f"{estimate['step_s']:.3f} s/step; evaluation {estimate['eval_s']:.1f} s/epoch "
                         f"({estimate['last_eval_s']:.1f} s after the last), final test "
                         f"{estimate['final_s']:.1f} s, set-up {estimate['setup_s']:.1f} s")
+        training_s = cfg.max_steps * estimate["step_s"]
+        if training_s < 0.5 * estimate["budget_s"]:  # e.g. recipe=fast94 budget=1m on a CPU without AMX: 12 s of 60
+            rec.report.line(f"budget {cfg.budget}: training gets only {training_s:.0f} s of it; the set-up, the "
+                            f"evaluations and the final test take the rest. A longer budget goes to training"
+                            + (", and tta=false makes the final test cheaper." if cfg.tta else "."))
 
 
 def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_root, log_id, quiet,

@@ -211,6 +211,19 @@ def test_a_budget_run_is_steered_by_its_deadline_when_the_speed_changes_mid_epoc
     assert result.history[-1]["lr"] <= 0.05 * 90 / ran + 1e-9  # the schedule ended with the run (within an epoch)
 
 
+@pytest.mark.parametrize("n_test, says", [(100, False), (2500, True)])
+def test_a_budget_mostly_spent_outside_training_says_so(monkeypatch, mlflow_client, n_test, says):
+    """recipe=fast94 budget=1m on a CPU without AMX trained 12 s of its 60 (the set-up and the final test took the
+    rest) and scored 0.15 without a word why: the plan says so when training gets under half of the budget."""
+    machine = Machine(per_image=0.009)  # 2,500 test images: the final test and the last epoch's test 48 s of the 70
+    machine.install(monkeypatch)
+    overrides = [*STEERED, f"data.n_test={n_test}", "budget=70s"]
+    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    log = (result.run_dir / "train.log").read_text()
+    assert "budget 70s: training gets only" in log if says else "training gets only" not in log, log
+    assert result.status == "FINISHED"
+
+
 def test_a_budget_run_stops_in_time_for_the_final_test_even_when_the_load_grows_late(monkeypatch, mlflow_client):
     """A load that comes in the last epoch makes the final test slower too: it is scaled by the same slowdown."""
     machine = Machine(per_image=0.009, loads=[(0, 1.0), (45, 4.0)])

@@ -249,6 +249,7 @@ def bench_budget(report, accuracy: bool = False) -> None:
     its budget (the run's wall time and the whole process's) and the accuracy it reaches. --load: a CPU-heavy process
     starts halfway through each run's budget and runs to its end."""
     import contextlib
+    import subprocess
 
     from cnnlab.schema import duration
 
@@ -256,8 +257,15 @@ def bench_budget(report, accuracy: bool = False) -> None:
 
     for label in os.environ.get("CNNLAB_BENCH_BUDGET_RUNS", "recipe=fast94,arch=tf_cnn").split(","):
         for budget in os.environ.get("CNNLAB_BENCH_BUDGETS", "1m,2m,5m").split(","):
-            with CpuHog(after_s=duration(budget) / 2) if load_wanted() else contextlib.nullcontext():
-                r = _budget_run([label, f"budget={budget}"])
+            try:
+                with CpuHog(after_s=duration(budget) / 2) if load_wanted() else contextlib.nullcontext():
+                    r = _budget_run([label, f"budget={budget}"])
+            except subprocess.CalledProcessError as exc:  # exit 2: cnnlab found the budget too short for one step
+                if exc.returncode != 2:
+                    raise
+                said = " ".join(exc.stderr.split())
+                report.add(f"budget_{label}_{budget}", {"refused": said}, f"{label} budget={budget}: refused: {said}")
+                continue
             off = r["wall_s"] / r["budget_s"] - 1
             report.add(f"budget_{label}_{budget}", r,
                        f"{label} budget={budget}: test_acc {r['test_acc']:.4f} after {r['steps']} steps ({r['epochs']} "
