@@ -175,16 +175,17 @@ def test_two_first_starts_at_once_make_one_sweep_that_both_work_on(team, server,
         assert not any(s in log.read_text(errors="replace") for s in secrets), log
 
 
-def _fresh_database(team, name: str) -> str:
-    """A new, empty database on the team's PostgreSQL; its URL."""
-    import psycopg
+def _fresh_database(name: str) -> str:
+    """A new, empty database on the team's PostgreSQL (its URL and password from the `server` fixture's
+    environment); its URL."""
+    import sqlalchemy
 
-    url = team["env"]["CNNLAB_STORAGE"]
-    host, port = url.split("@")[1].split("/")[0].split(":")
-    with psycopg.connect(host=host, port=int(port), user="cnnlab", password=team["env"]["PGPASSWORD"],
-                         dbname="postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + "/" + name
+    server = os.environ["CNNLAB_STORAGE"].rsplit("/", 1)[0]
+    engine = sqlalchemy.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{server}/{name}"
 
 
 def test_openers_of_a_fresh_database_take_turns_making_optunas_tables(team, server):
@@ -197,7 +198,7 @@ def test_openers_of_a_fresh_database_take_turns_making_optunas_tables(team, serv
 
     from cnnlab.sweeps.strategies.optuna_search import TABLES_LOCK, storage
 
-    url = _fresh_database(team, "turns")
+    url = _fresh_database("turns")
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     tables = lambda: sqlalchemy.inspect(engine).get_table_names()  # noqa: E731
     waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
