@@ -89,12 +89,12 @@ def plan(cfg, model, loaders, dev, num_classes: int, started: float):
     # test curve comes from that test (train.fit)
     last_eval_s = (n_val + (tested if n_val else 0)) * per_image["plain"] + 2 * save_s
     tta_s = cfg.tta_share * (per_image["tta"] - per_image["plain"]) if cfg.tta else 0.0  # its extra views
-    final_s = n_test * (per_image["plain"] + tta_s + len(cfg.eval.targets) * per_image["plain"]) \
-        + END_SECONDS
+    targets_s = n_test * len(cfg.eval.targets) * per_image["plain"]
+    final_s = n_test * (per_image["plain"] + tta_s) + targets_s + END_SECONDS
     setup_s = dev.now() - started
     steps, epochs = solve(available(budget_s, setup_s, final_s), step_s, eval_s, len(loaders.train), last_eval_s)
     estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "last_eval_s": last_eval_s,
-                "final_s": final_s, "setup_s": setup_s}
+                "final_s": final_s, "targets_s": targets_s, "setup_s": setup_s}
     if steps < 1:
         need = setup_s + (step_s + last_eval_s + final_s) / (1 - MARGIN)
         raise CnnlabError(
@@ -139,7 +139,8 @@ class Steer:
     early or 36% late under load). The evaluations still to come and the final test are timed once, then scaled
     by how much slower the steps now run than when they were timed. After each re-plan the schedule
     goes on from where it stands over the new length (Trainer.retarget), so it completes its shape whatever the
-    speed; training stops when only the evaluations and the final test fit, and the final test always runs."""
+    speed; training stops when only the evaluations and the final test fit, and the final test always runs: its
+    plain pass whole, its TTA on as many images as end by `test_deadline`."""
 
     def __init__(self, estimate: dict, started: float, dev, steps_per_epoch: int, every_s: float = 2.0):
         """dev: the run's device.Device, whose clock (read after each step) and synchronised clock (read at each
@@ -147,10 +148,16 @@ class Steer:
         self.budget_s, self.final_s, self.probe_step_s = estimate["budget_s"], estimate["final_s"], estimate["step_s"]
         self.eval_s, self.last_eval_s, self.eval_step_s = estimate["eval_s"], estimate["last_eval_s"], estimate["step_s"]
         self.started, self.dev, self.steps_per_epoch, self.every_s = started, dev, steps_per_epoch, every_s
+        self.targets_s = estimate["targets_s"]
         self.tuner = None  # the device's ThreadTuner, when it has one (training.fit sets it)
         self._mark(started, 0)  # (time, steps) at the last check, and the thread count then
         self.recent_step_s = None  # the step time the last check measured in this epoch
         self.surprised = False  # the last evaluation was set aside (epoch_ended)
+
+    def test_deadline(self) -> float:
+        """When the final test's TTA has to end, on the run's clock: at the budget, less the run's end and the target
+        sets (as timed by the plan). Its plain pass always runs; TTA takes what is left (engine.tta_within)."""
+        return self.started + self.budget_s - END_SECONDS - self.targets_s
 
     def epoch_started(self, trainer) -> None:
         self._mark(self.dev.now(), trainer.steps)

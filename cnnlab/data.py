@@ -666,7 +666,6 @@ class Batches:
 
     def __iter__(self):
         import torch
-        import torch.nn.functional as F
 
         n = len(self.y)
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -684,9 +683,19 @@ class Batches:
             xb = self.normalise(xb)
             if colour is not None:
                 xb = (xb + colour[0, rows]) * colour[1, rows]
-            if size != xb.shape[-1]:
-                xb = F.interpolate(xb, size=size, mode="bilinear", align_corners=False, antialias=True)
-            yield xb.contiguous(memory_format=self.memory_format), yb
+            yield self._shaped(xb, size), yb
+
+    def take(self, idx):
+        """The images at `idx` (a tensor of indices) as a batch the model takes, as evaluation sees them: normalised,
+        at image_size, in the batches' memory format (TTA scores its chosen images so)."""
+        return self._shaped(self.normalise(self.x[idx]), self.image_size)
+
+    def _shaped(self, xb, size: int):
+        import torch.nn.functional as F
+
+        if size != xb.shape[-1]:
+            xb = F.interpolate(xb, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return xb.contiguous(memory_format=self.memory_format)
 
     def normalise(self, xb):
         """(xb - mean) / std per channel, in float32. A batch in channels-last memory is taken as rows of

@@ -253,21 +253,49 @@ def tta_logits(model, x, plain=None):
     return 0.5 * mirror(x, plain) + 0.5 * shifted
 
 
-def tta_least_confident(model, x, plain, share: float):
-    """tta_logits for the `share` of `x` whose plain prediction is least confident (lowest top softmax probability);
-    the others keep their plain logits (the record cifar10-speedrun's economy: a confident prediction seldom
-    changes)."""
-    if share >= 1:
-        return tta_logits(model, x, plain)
-    chosen = plain.softmax(1).amax(1).topk(math.ceil(share * len(x)), largest=False).indices
-    logits = plain.clone()
-    logits[chosen] = tta_logits(model, x[chosen], plain[chosen])
-    return logits
+TTA_STEP = 0.02  # with a deadline, each TTA chunk is foretold to take at most this share of the time left
+
+
+def tta_within(model, images: Callable, plain, share: float, amp_dtype, chunk: int, *, deadline: Optional[float] = None,
+               now: Callable[[], float] = lambda: 0.0, s_per_image: float = 0.0,
+               update: Callable = lambda *a: None) -> tuple:
+    """(logits, the share of the images that got TTA): tta_logits for the `share` of all the images whose plain
+    prediction is least confident (lowest top softmax probability, as the record cifar10-speedrun does: a confident
+    prediction seldom changes), the others keeping their `plain` logits. images(indices): those images as the model
+    takes them.
+
+    The least confident go first, at most `chunk` images at a time. With a deadline (seconds on `now()`, budget=),
+    the views are spent as the time left allows: each chunk is foretold at the time per image of the one before
+    (`s_per_image` for the first), is no longer than TTA_STEP of the time left (a load that arrives during it costs
+    little), and runs only when it ends before the deadline. (A load that arrived during the final test made it one
+    block of twice its planned time.) update(images done) after each chunk."""
+    import torch
+
+    model.eval()
+    done, wanted = 0, math.ceil(share * len(plain))
+    with torch.inference_mode():
+        least = plain.softmax(1).amax(1).argsort(stable=True)[:wanted]
+        logits = plain.clone()
+        with autocast(plain.device, amp_dtype):
+            while done < wanted:
+                take, started = chunk, now() if deadline is not None else 0.0
+                if deadline is not None and s_per_image > 0:
+                    take = min(chunk, max(1, int(TTA_STEP * (deadline - started) / s_per_image)))
+                    if started + s_per_image * take > deadline:
+                        break
+                idx = least[done:done + take]
+                logits[idx] = tta_logits(model, images(idx), plain[idx])
+                if deadline is not None:
+                    s_per_image = (now() - started) / len(idx)
+                done += len(idx)
+                update(done)
+    model.train()
+    return logits, done / max(1, len(plain))
 
 
 def tta_scope(share: float) -> str:
     """Which test images TTA scores, in words to follow "TTA": "" for all."""
-    return "" if share >= 1 else f" on the {share:.0%} least confident"
+    return "" if share >= 1 else " on none" if share <= 0 else f" on the {share:.0%} least confident"
 
 
 class Scores(NamedTuple):
@@ -280,35 +308,46 @@ class Scores(NamedTuple):
     plain_acc: float
 
 
-def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False, tta: bool = False,
-             update: Callable = lambda *a: None, tta_share: float = 1.0) -> Scores:
-    """Scores over `batches` (on their device, in autocast dtype `amp_dtype`, None for fp32); tta=True averages
-    flipped and shifted views, for the `tta_share` of each batch least confident. update(batches done) after each
-    batch (a progress bar)."""
+def predict(model, batches, amp_dtype, update: Callable = lambda *a: None):
+    """The logits (float32, one row per image) of `batches` (on their device, in autocast dtype `amp_dtype`, None
+    for fp32). update(batches done) after each batch (a progress bar)."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode(), autocast(batches.x.device, amp_dtype):
+        rows = []
+        for i, (x, _) in enumerate(batches, 1):
+            update(i)
+            rows.append(model(x).float())
+    model.train()
+    return torch.cat(rows) if rows else torch.zeros(0, 0, device=batches.x.device)
+
+
+def scores(logits, plain, y, num_classes: int, confusion: bool = False) -> Scores:
+    """Scores of `logits` (and of the `plain` view's) against labels `y`."""
     import torch
     import torch.nn.functional as F
 
-    model.eval()
-    device = batches.x.device
-    losses = torch.zeros(2, device=device)  # summed over the images: with TTA, and of the plain view
-    correct = torch.zeros(2, dtype=torch.long, device=device)
-    matrix = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    with torch.inference_mode(), autocast(device, amp_dtype):
-        for i, (x, y) in enumerate(batches, 1):
-            update(i)
-            plain = model(x).float()
-            logits = tta_least_confident(model, x, plain, tta_share) if tta else plain
+    if not len(y):
+        matrix = torch.zeros(num_classes, num_classes, dtype=torch.long) if confusion else None
+        return Scores(0.0, 0.0, matrix, 0.0, 0.0)
+    with torch.inference_mode():
+        (loss, plain_loss), (acc, plain_acc) = [
+            torch.stack(pair).tolist() for pair in (
+                [F.cross_entropy(v, y) for v in (logits, plain)],
+                [(v.argmax(1) == y).float().mean() for v in (logits, plain)])]
+        matrix = None
+        if confusion:
             pred = logits.argmax(1)
-            losses += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
-                                   F.cross_entropy(plain, y, reduction="sum")])
-            correct += torch.stack([(pred == y).sum(), (plain.argmax(1) == y).sum()])
-            if confusion:
-                matrix += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
-    n = max(1, len(batches.y))
-    model.train()
-    (loss, plain_loss), (hits, plain_hits) = losses.tolist(), correct.tolist()
-    cm = matrix.view(num_classes, num_classes).cpu() if confusion else None
-    return Scores(loss / n, hits / n, cm, plain_loss / n, plain_hits / n)
+            matrix = torch.bincount(y * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1).cpu()
+    return Scores(loss, acc, matrix, plain_loss, plain_acc)
+
+
+def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False,
+             update: Callable = lambda *a: None) -> Scores:
+    """Scores over `batches` of their plain view; update(batches done) after each batch."""
+    logits = predict(model, batches, amp_dtype, update)
+    return scores(logits, logits, batches.y, num_classes, confusion)
 
 
 # ---------------------------------------------------------------- training
@@ -468,10 +507,17 @@ class Trainer:
                     if self.steps >= until:
                         p.grad = None
 
-    def evaluate(self, batches, confusion: bool = False, tta: bool = False,
-                 update: Callable = lambda *a: None) -> Scores:
-        return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, confusion=confusion, tta=tta,
-                        update=update, tta_share=self.cfg.tta_share)
+    def evaluate(self, batches, update: Callable = lambda *a: None) -> Scores:
+        return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, update=update)
+
+    def predict(self, batches, update: Callable = lambda *a: None):
+        return predict(self.eval_model, batches, self.amp_dtype, update)
+
+    def tta(self, batches, plain, **within) -> tuple:
+        """(logits, share): tta_within for cfg.tta_share of `batches`, whose plain logits are `plain`, in chunks
+        of at most a fifth of their batch (TTA's five more views cost about a batch)."""
+        return tta_within(self.eval_model, batches.take, plain, self.cfg.tta_share, self.amp_dtype,
+                          max(1, batches.batch_size // 5), now=self.dev.now, **within)
 
     def state_dict(self) -> dict:
         """Everything training changes (weights, optimizer, schedule, loss scale, EMA, lookahead, torch's random

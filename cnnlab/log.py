@@ -157,7 +157,10 @@ class Row:
 
     @property
     def _tta(self) -> str:
-        return f" with TTA{tta_scope(self.param('tta_share') or 1.0)}" if self.param("tta") else ""
+        if not self.param("tta"):
+            return ""
+        used = self.metric("tta_share_used")  # (budget= may have left time for fewer than tta_share)
+        return f" with TTA{tta_scope(self.param('tta_share') or 1.0 if used is None else used)}"
 
     @property
     def source(self) -> str:

@@ -270,7 +270,8 @@ class Config:
                                 doc="progressive_epochs: the image size of the early epochs")
     tta: bool = key(False, log=TRAINING, doc="final test score averaged over mirrored and shifted views")
     tta_share: float = key(1.0, log=TRAINING, valid=(lambda v: 0 < v <= 1, "a number in (0, 1]"),
-                           doc="tta: the share of test images, the least confident, that get the 6 views")
+                           doc="tta: the share of test images, the least confident, that get the 6 views "
+                               "(with budget=, as many of them as the time left allows: metric tta_share_used)")
     # transfer learning (transfer.py)
     init_from: Optional[str] = key(log=TRAINING, doc="start from this run's best checkpoint (log ID, name, run ID)")
     transfer: Transfer = key(Transfer.finetune, log=TRAINING, doc="with init_from: finetune | probe | none")

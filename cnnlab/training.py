@@ -155,7 +155,8 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
 
         steer = Steer(estimate, started, dev, len(loaders.train)) if estimate else None
         fit(cfg, trainer, loaders, rec, on_epoch, steer=steer, gate=gate)
-        final, matrix = score(cfg, trainer, loaders, rec, ds, device)
+        final, matrix = score(cfg, trainer, loaders, rec, ds, device,
+                              deadline=steer.test_deadline() if steer is not None else None)
         final["build_time"] = build_time
         if cfg.budget:  # the steps it ended with, after the re-plans (its parameters hold the first plan)
             final["budget_steps"] = trainer.steps
@@ -170,6 +171,25 @@ def _train(cfg, overrides, gate, *, dataset, on_epoch, parent_run_id, tags, run_
         rec.failed(exc)
         raise
     return rec.finished(final, matrix, ds.classes, size)
+
+
+def _final_test(cfg, trainer, batches, rec: Recorder, epoch: int, deadline: Optional[float]) -> tuple:
+    """(engine.Scores of the test set, the share of it TTA scored): the plain pass over every image, then, with
+    tta=true, TTA on the least confident, as many as end by the deadline."""
+    label = f"final test of epoch {epoch}'s weights"
+    started = trainer.dev.now()
+    with rec.report.phase(label, len(batches)) as update:
+        plain = trainer.predict(batches, update=update)
+    logits, used = plain, 0.0
+    if cfg.tta:
+        wanted = math.ceil(cfg.tta_share * len(plain))
+        s_per_image = 5 * (trainer.dev.now() - started) / max(1, len(plain))  # (five more views of each)
+        with rec.report.phase(f"TTA: 6 views{engine.tta_scope(cfg.tta_share)}", wanted) as update:
+            logits, used = trainer.tta(batches, plain, deadline=deadline, s_per_image=s_per_image, update=update)
+        if used * len(plain) < wanted:
+            rec.report.line(f"budget {cfg.budget}: TTA scored the {used:.0%} least confident test images, not the "
+                            f"{cfg.tta_share:.0%} of tta_share, to end within the budget")
+    return engine.scores(logits, plain, batches.y, trainer.num_classes, confusion=True), used
 
 
 def _model(cfg, loaders, classes, in_channels: int, device, clock):
@@ -245,19 +265,16 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], stee
             steer.epoch_ended(trainer, trainer.steps - steps_before, train_s, trainer.dev.now() - t0)
 
 
-def score(cfg, trainer, loaders, rec: Recorder, ds, device):
-    """The best checkpoint's final scores on the test set (and the target sets): (metrics, confusion matrix)."""
+def score(cfg, trainer, loaders, rec: Recorder, ds, device, deadline: Optional[float] = None):
+    """The best checkpoint's final scores on the test set (and the target sets): (metrics, confusion matrix).
+    deadline: when TTA has to end on the run's clock (budget=), else None."""
     from . import checkpoint
 
     state = checkpoint.read(rec.best_path, "The best checkpoint", device)
     trainer.checkpoint_module.load_state_dict(state["model"])
-    label = f"final test of epoch {state['epoch']}'s weights"
-    if cfg.tta:
-        label += f" (TTA: 6 views{engine.tta_scope(cfg.tta_share)})"
     tested = trainer.dev.now()
-    with rec.report.phase(label, len(loaders.test)) as update:
-        test_loss, test_acc, matrix, plain_loss, plain_acc = trainer.evaluate(loaders.test, confusion=True,
-                                                                              tta=cfg.tta, update=update)
+    (test_loss, test_acc, matrix, plain_loss, plain_acc), tta_used = _final_test(cfg, trainer, loaders.test, rec,
+                                                                                  state["epoch"], deadline)
     test_time = trainer.dev.now() - tested
     chosen = rec.history[state["epoch"] - 1]
     if cfg.eval.test_every_epoch and "epoch_test_acc" not in chosen:  # fit left this point of the curve to here
@@ -270,6 +287,7 @@ def score(cfg, trainer, loaders, rec: Recorder, ds, device):
         **({"no_tta_test_acc": chosen["epoch_test_acc"]} if cfg.tta and "epoch_test_acc" in chosen else {}),
         "epochs_run": len(history), "train_time": sum(h["epoch_time"] for h in history),
         "compile_time": trainer.compile_time, "test_time": test_time,
+        **({"tta_share_used": tta_used} if cfg.tta else {}),
     }
     if cfg.eval.targets:
         from .targets import evaluate_targets, mapping_tags

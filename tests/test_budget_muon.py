@@ -234,6 +234,59 @@ def test_a_budget_run_stops_in_time_for_the_final_test_even_when_the_load_grows_
     assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60 and "test_acc" in result.metrics, used
 
 
+@pytest.mark.parametrize("loads, deadline", [
+    ([(0, 1.0)], 0.5),  # 0.05 s an image: about 10 of the 20 fit
+    ([(0, 1.0), (0.2, 3.0)], 1.0),  # 3x slower from 0.2 s on
+    ([(0, 1.0), (0.2, 0.25)], 0.6),  # 4x faster from 0.2 s on: all 20 fit
+    ([(0, 1.0)], 0.01),  # not even one image's time left: the plain logits stand
+    ([(0, 1.0)], None),  # no deadline: the whole share
+])
+def test_tta_within_a_deadline_scores_the_least_confident_first_and_ends_in_time(loads, deadline):
+    """budget='s final test: TTA on the least confident first (5 more views, 0.05 s an image), at most 8 images at a
+    time, each chunk foretold by the time per image of the one before, so the views stop just before the deadline
+    whatever the speed does."""
+    from cnnlab.engine import tta_logits, tta_within
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 4)).eval()
+    x = torch.randn(40, 3, 4, 4)
+    with torch.no_grad():
+        plain = model(x)
+        full = tta_logits(model, x, plain)
+    machine = Machine(per_image=0.01, loads=loads)
+    model.register_forward_hook(machine.forward)
+    logits, used = tta_within(model, lambda i: x[i], plain, 0.5, None, 8, deadline=deadline, now=machine,
+                              s_per_image=0.05)
+    scored = round(used * 40)
+    least = plain.softmax(1).amax(1).argsort()
+    changed = (logits != plain).any(1)
+    assert changed[least[:scored]].all() and not changed[least[scored:]].any()
+    torch.testing.assert_close(logits[least[:scored]], full[least[:scored]])
+    if deadline is None:
+        assert scored == 20
+    else:  # ended before the deadline, with no room left for one more image (or all 20 done)
+        last_rate = 0.05 * machine.load(training=False)
+        assert machine.now <= deadline + 1e-9 and (scored == 20 or deadline - machine.now < last_rate), machine.now
+    if loads[-1][1] < 1 and deadline:
+        assert scored == 20
+
+
+def test_a_load_that_arrives_during_the_final_test_cuts_its_tta_not_the_budget(monkeypatch, mlflow_client):
+    """The final test of 5,000 images with TTA on all of them takes 29 s of a 60 s run; a process that starts as it
+    does runs it 3x slower (it took 41 s against 21 s planned for recipe=fast94 budget=1m on an AMD EPYC: 20% over).
+    The plain pass scores every image; TTA scores the least confident as long as the time left allows, and the run
+    records and says how many."""
+    machine = Machine(per_image=0.0009, loads=[(0, 1.0)], eval_loads=[(0, 1.0), (36, 3.0)])
+    machine.install(monkeypatch)
+    overrides = [*STEERED, "data.n_test=5000", "budget=60s", "tta=true", "eval.test_every_epoch=false"]
+    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    run = mlflow_client.get_run(result.run_id).data
+    used, share = run.metrics["budget_used"], run.metrics["tta_share_used"]
+    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60, used
+    assert 0 < share < 1 and result.metrics["test_acc"] >= 0, share
+    assert f"TTA scored the {share:.0%} least confident test images" in (result.run_dir / "train.log").read_text()
+
+
 def test_steps_that_get_faster_do_not_make_the_final_test_count_as_faster(monkeypatch, mlflow_client):
     """Training steps twice as fast from 10 s on (the thread tuner found a better count), evaluation as it was: the
     final test is still planned at its measured time (scaling it by the steps' speed-up overran quiet runs by 8%)."""

@@ -408,3 +408,18 @@ def test_a_group_header_is_repeated_on_each_printed_page_it_spans():
         for group in {shown[c - 1].group for c in page}:
             first = min(c for c in page if shown[c - 1].group == group)
             assert ws.cell(row=1, column=first).value == group, (page, group)
+
+
+@pytest.mark.parametrize("metrics, says", [({}, "with TTA on the 50% least confident"),
+                                           ({"tta_share_used": 0.2}, "with TTA on the 20% least confident"),
+                                           ({"tta_share_used": 0.0}, "with TTA on none")])
+def test_the_test_split_says_how_many_test_images_tta_scored(metrics, says):
+    """tta_share=0.5, but a budget= run whose time ran out during its final test scored fewer with TTA: the legend of
+    TEST SPLIT says what the run did (runs recorded before tta_share_used: what it asked)."""
+    from cnnlab.log import Row
+    from cnnlab.record.vocabulary import Record
+
+    params = {"tta": True, "tta_share": 0.5, "val_split": 0.1, "data.name": "cifar10", "split.test": 10000}
+    record = Record(run_id="r", id="T0", name="n", experiment="e", experiment_id="0", state="FINISHED", start_time=0,
+                    params=params, metrics=metrics)
+    assert Row(record, "", "", None, "", Path(".")).test_split.endswith(f"test 10k {says}")

@@ -9,7 +9,7 @@ from cnnlab import data
 from cnnlab.config import compose, resolve
 from cnnlab.models import build_model, get_arch
 from cnnlab.models.airbench import Whiten
-from cnnlab.engine import Trainer, make_optimizer, tta_least_confident, tta_logits
+from cnnlab.engine import Trainer, make_optimizer, tta_logits, tta_within
 from cnnlab.training import train
 
 from .helpers import lr_trace
@@ -205,21 +205,27 @@ def test_tta_averages_mirrored_and_shifted_views():
 
 
 def test_tta_share_spends_the_views_on_the_least_confident_predictions():
-    """tta_share=0.25: the quarter of a batch whose top softmax probability is lowest gets tta_logits, the others
-    keep their plain logits; share 1 is tta_logits for all. The config key at its default leaves a run's
-    identity as it was."""
+    """tta_share=0.25: the quarter of all the images whose top softmax probability is lowest gets tta_logits, the
+    others keep their plain logits, whatever the chunk; share 1 is tta_logits for all. The config key at its default
+    leaves a run's identity as it was."""
     from cnnlab.config import identity
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     x = torch.randn(20, 3, 8, 8)
-    plain = model(x)
-    full, shared = tta_logits(model, x, plain), tta_least_confident(model, x, plain, 0.25)
-    assert torch.equal(tta_least_confident(model, x, plain, 1.0), full)
-    changed = (shared != plain).any(1)
-    least = plain.softmax(1).amax(1).argsort()[:5]
-    assert changed.sum() == 5 and changed[least].all()
-    torch.testing.assert_close(shared[least], full[least])
+    with torch.no_grad():
+        plain = model(x)
+        full = tta_logits(model, x, plain)
+    within = lambda share, chunk: tta_within(model, lambda i: x[i], plain, share, None, chunk)  # noqa: E731
+    for chunk in (1, 3, 20):
+        everything, used = within(1.0, chunk)
+        torch.testing.assert_close(everything, full)
+        assert used == 1.0
+        shared, used = within(0.25, chunk)
+        changed = (shared != plain).any(1)
+        least = plain.softmax(1).amax(1).argsort()[:5]
+        assert used == 0.25 and changed.sum() == 5 and changed[least].all(), chunk
+        torch.testing.assert_close(shared[least], full[least])
     # the (trial, config) keys runs recorded before tta_share existed: at its default they are still theirs
     # (and before arch.head_std and arch.whiten_bias_epochs: the recipe has taken the record's values since; and
     # before brightness, contrast, muon_norm_every and arch.bn_momentum, which it leaves at their defaults)
@@ -288,16 +294,23 @@ def test_airbench_refuses_parameters_it_cannot_honour(cli, value, says):
 def test_the_final_test_gives_the_last_epoch_its_point_of_the_test_curve(monkeypatch, mlflow_client):
     """Without a validation split the final test scores the last epoch's weights: that epoch is not tested
     twice, and its point of the curve is the final test's plain view, the same as a plain pass would give."""
-    passes, evaluate = [], Trainer.evaluate
+    from cnnlab.engine import scores
+
+    passes, evaluate, predict = [], Trainer.evaluate, Trainer.predict
 
     def counted(self, batches, **kwargs):
-        scores = evaluate(self, batches, **kwargs)
-        passes.append((kwargs.get("tta", False), evaluate(self, batches)[:2] if kwargs.get("tta") else None))
-        return scores
+        passes.append(("epoch", None))
+        return evaluate(self, batches, **kwargs)
+
+    def final(self, batches, **kwargs):  # the final test's plain pass (TTA follows on its least confident)
+        logits = predict(self, batches, **kwargs)
+        passes.append(("final", scores(logits, logits, batches.y, self.num_classes)[:2]))
+        return logits
 
     monkeypatch.setattr(Trainer, "evaluate", counted)
+    monkeypatch.setattr(Trainer, "predict", final)
     result = train(compose(["recipe=fast94", *TINY, "epochs=3", "width=0.25"]), quiet=True)
-    assert [tta for tta, _ in passes] == [False, False, True]  # epochs 1 and 2, then the final test
+    assert [name for name, _ in passes] == ["epoch", "epoch", "final"]  # epochs 1 and 2, then the final test
     plain_loss, plain_acc = passes[-1][1]
     last = result.history[-1]
     assert (last["epoch_test_loss"], last["epoch_test_acc"]) == pytest.approx((plain_loss, plain_acc))

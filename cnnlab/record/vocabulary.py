@@ -50,6 +50,7 @@ class Metric:
     EPOCH_TEST_LOSS, EPOCH_TEST_ACC = "epoch_test_loss", "epoch_test_acc"  # per epoch: the test curve
     LR, IMG_PER_S, EPOCH_TIME = "lr", "img_per_s", "epoch_time"  # per epoch
     TEST_ACC, TEST_LOSS = "test_acc", "test_loss"  # the final test (with TTA when tta=true)
+    TTA_SHARE_USED = "tta_share_used"  # the share of the test images TTA scored (budget= may leave time for fewer)
     VAL_ACC_BEST, BEST_EPOCH, EPOCHS_RUN = "val_acc_best", "best_epoch", "epochs_run"
     WALL_TIME, TRAIN_TIME, PARAMS, FLOPS = "wall_time", "train_time", "params", "flops"
 

@@ -178,6 +178,7 @@ def _budget_run(overrides) -> dict:
             "planned_steps": int(params["max_steps"]),
             "wall_s": round(m["wall_time"], 1), "process_s": round(process_s, 1),
             "budget_s": m["budget_s"], "used": round(m["budget_used"], 4),
+            **({"tta_share_used": round(m["tta_share_used"], 3)} if "tta_share_used" in m else {}),
             "img_s": round(int(params["batch_size"]) / m["budget_step_s"], 1)}  # as the budget's probe measured it
 
 
@@ -270,7 +271,8 @@ def bench_budget(report, accuracy: bool = False) -> None:
             report.add(f"budget_{label}_{budget}", r,
                        f"{label} budget={budget}: test_acc {r['test_acc']:.4f} after {r['steps']} steps ({r['epochs']} "
                        f"epochs; {r['planned_steps']} planned at the start); the run took {r['wall_s']:.0f} s ({off:+.1%} of its budget: "
-                       f"{'within' if abs(off) <= 0.05 else 'NOT within'} 5%), the whole process {r['process_s']:.0f} s")
+                       f"{'within' if abs(off) <= 0.05 else 'NOT within'} 5%), the whole process {r['process_s']:.0f} s"
+                       + (f"; TTA on {r['tta_share_used']:.0%} of the test set" if "tta_share_used" in r else ""))
 
 
 def _sweep(args, workers: int = 1, **options):
