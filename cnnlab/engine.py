@@ -362,6 +362,7 @@ class Trainer:
         import torch
 
         self.cfg, self.model, self.dev, self.num_classes = cfg, model, dev, num_classes
+        self.tuner = None  # the device's ThreadTuner while training.fit runs (evaluations count for it too)
         self.device, self.amp_dtype = dev.device, dev.amp_dtype
         self.optimizer = make_optimizer(cfg, model)
         # normalization layers whose parameters do not train (a probe's body) keep their statistics: eval mode
@@ -508,16 +509,28 @@ class Trainer:
                         p.grad = None
 
     def evaluate(self, batches, update: Callable = lambda *a: None) -> Scores:
-        return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, update=update)
+        return evaluate(self.eval_model, batches, self.amp_dtype, self.num_classes, update=self._watched(update))
 
     def predict(self, batches, update: Callable = lambda *a: None):
-        return predict(self.eval_model, batches, self.amp_dtype, update)
+        return predict(self.eval_model, batches, self.amp_dtype, self._watched(update))
 
-    def tta(self, batches, plain, **within) -> tuple:
+    def tta(self, batches, plain, update: Callable = lambda *a: None, **within) -> tuple:
         """(logits, share): tta_within for cfg.tta_share of `batches`, whose plain logits are `plain`, in chunks
         of at most a fifth of their batch (TTA's five more views cost about a batch)."""
         return tta_within(self.eval_model, batches.take, plain, self.cfg.tta_share, self.amp_dtype,
-                          max(1, batches.batch_size // 5), now=self.dev.now, **within)
+                          max(1, batches.batch_size // 5), now=self.dev.now, update=self._watched(update), **within)
+
+    def _watched(self, update: Callable) -> Callable:
+        """update(done), then the thread tuner's count, when it has one: a process that starts during an evaluation
+        ran it up to 5x slower until the next training step let the tuner leave that process a core."""
+        tuner = self.tuner
+        if tuner is None:
+            return update
+
+        def watched(done: int) -> None:
+            update(done)
+            tuner.after_step()
+        return watched
 
     def state_dict(self) -> dict:
         """Everything training changes (weights, optimizer, schedule, loss scale, EMA, lookahead, torch's random

@@ -215,12 +215,13 @@ def _model(cfg, loaders, classes, in_channels: int, device, clock):
 def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], steer=None, gate=None) -> None:
     """The epochs (after those a resumed run had done), as many as the trainer's steps fill: train, validate (and
     test, for the curve), record, stop early when asked. steer (budget.Steer): re-plans the run's total steps as it
-    trains and after each epoch; on a CPU the device's ThreadTuner follows the steps too. gate (recorder.SignalGate): holds a signal off while an epoch is recorded, so that
-    its checkpoints and metrics land together."""
+    trains and after each epoch; on a CPU the device's ThreadTuner follows the steps and the evaluations' batches
+    (to the end of the final test). gate (recorder.SignalGate): holds a signal off while an epoch is recorded, so
+    that its checkpoints and metrics land together."""
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
-    tuner = trainer.dev.thread_tuner()
+    tuner = trainer.tuner = trainer.dev.thread_tuner()
     if steer is not None:
         steer.tuner = tuner
     watchers = [w for w in (tuner, steer) if w is not None]  # each called after every step: the thread count first
