@@ -194,8 +194,8 @@ class Steer:
 
         Unless the machine changed during the evaluation itself: one that takes more than EVAL_SURPRISE times (or
         less than its inverse) what the steps before it foretold was timed while the load changed (a process that
-        starts mid-evaluation runs it up to 5x slower until the thread tuner, every 2 s of training or evaluation, leaves
-        it a core; planning with that time ended a 1-minute run 16% early). It is set aside once, the earlier
+        starts mid-evaluation runs it up to 5x slower until the thread tuner, every 2 s of training or evaluation,
+        leaves it a core; planning with that time ended a 1-minute run 16% early). It is set aside once, the earlier
         time scaled by the steps' speed standing; a second such evaluation in a row is the machine as it now is."""
         step_s = self.recent_step_s or train_s / max(1, epoch_steps)
         measured = epoch_s - train_s
