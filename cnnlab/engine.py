@@ -253,7 +253,7 @@ def tta_logits(model, x, plain=None):
     return 0.5 * mirror(x, plain) + 0.5 * shifted
 
 
-TTA_STEP = 0.02  # with a deadline, each TTA chunk is foretold to take at most this share of the time left
+TTA_STEP = 0.02  # with a deadline, a TTA chunk is foretold to take at most this share of the time TTA has
 
 
 def tta_within(model, images: Callable, plain, share: float, amp_dtype, chunk: int, *, deadline: Optional[float] = None,
@@ -266,13 +266,15 @@ def tta_within(model, images: Callable, plain, share: float, amp_dtype, chunk: i
 
     The least confident go first, at most `chunk` images at a time. With a deadline (seconds on `now()`, budget=),
     the views are spent as the time left allows: each chunk is foretold at the time per image of the one before
-    (`s_per_image` for the first), is no longer than TTA_STEP of the time left (a load that arrives during it costs
-    little), and runs only when it ends before the deadline. (A load that arrived during the final test made it one
-    block of twice its planned time.) update(images done) after each chunk."""
+    (`s_per_image` for the first), is no longer than TTA_STEP of the time there was when TTA began (a load that
+    arrives during one costs little), and the last is cut to what ends by the deadline. (A load that arrived
+    during the final test made it one block of twice its planned time.) update(images done) after each chunk."""
     import torch
 
     model.eval()
     done, wanted = 0, math.ceil(share * len(plain))
+    if deadline is not None and s_per_image > 0:
+        chunk = min(chunk, max(1, int(TTA_STEP * (deadline - now()) / s_per_image)))
     with torch.inference_mode():
         least = plain.softmax(1).amax(1).argsort(stable=True)[:wanted]
         logits = plain.clone()
@@ -280,8 +282,8 @@ def tta_within(model, images: Callable, plain, share: float, amp_dtype, chunk: i
             while done < wanted:
                 take, started = chunk, now() if deadline is not None else 0.0
                 if deadline is not None and s_per_image > 0:
-                    take = min(chunk, max(1, int(TTA_STEP * (deadline - started) / s_per_image)))
-                    if started + s_per_image * take > deadline:
+                    take = min(chunk, int((deadline - started) / s_per_image))
+                    if take < 1:
                         break
                 idx = least[done:done + take]
                 logits[idx] = tta_logits(model, images(idx), plain[idx])

@@ -462,18 +462,19 @@ def test_muon_ns_coefficients_are_the_ones_its_newton_schulz_steps_use(coefficie
             assert update == pytest.approx(normalised, abs=1e-2 * normalised.abs().max().item())
 
 
-def test_a_process_that_starts_during_the_final_test_gets_its_core_there(monkeypatch, mlflow_client):
+def test_a_process_that_starts_during_the_final_test_gets_its_core_there(mlflow_client):
     """The thread tuner counts after each evaluation batch and TTA chunk too, not only after training steps: a process
     that starts during the final test (36 s) ran it 5x slower on two threads to its end. With one thread it runs 1.5x
     slower, so TTA scores more of the test set within the budget."""
     shares = {}
+    overrides = [*STEERED, "data.n_test=5000", "budget=60s", "tta=true", "eval.test_every_epoch=false"]
     for counted in (True, False):
         machine = Shared(per_image=0.0009, start=36.0)
-        machine.install(monkeypatch)
-        if not counted:
-            monkeypatch.setattr(Trainer, "_watched", lambda self, update: update)
-        overrides = [*STEERED, "data.n_test=5000", "budget=60s", "tta=true", "eval.test_every_epoch=false"]
-        result = train(compose(overrides), overrides, quiet=True, clock=machine)
+        with pytest.MonkeyPatch.context() as patch:
+            machine.install(patch)
+            if not counted:  # the tuner told only after training steps, as before
+                patch.setattr(Trainer, "_watched", lambda self, update: update)
+            result = train(compose(overrides), overrides, quiet=True, clock=machine)
         run = mlflow_client.get_run(result.run_id).data
         assert machine.threads == (1 if counted else 2)
         assert 0.95 * 60 <= run.metrics["budget_used"] * 60 + budget.END_SECONDS <= 60, run.metrics["budget_used"]
