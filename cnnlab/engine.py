@@ -334,15 +334,13 @@ def scores(logits, plain, y, num_classes: int, confusion: bool = False) -> Score
         matrix = torch.zeros(num_classes, num_classes, dtype=torch.long) if confusion else None
         return Scores(0.0, 0.0, matrix, 0.0, 0.0)
     with torch.inference_mode():
-        (loss, plain_loss), (acc, plain_acc) = [
-            torch.stack(pair).tolist() for pair in (
-                [F.cross_entropy(v, y) for v in (logits, plain)],
-                [(v.argmax(1) == y).float().mean() for v in (logits, plain)])]
+        loss, plain_loss = torch.stack([F.cross_entropy(v, y) for v in (logits, plain)]).tolist()
+        hits, plain_hits = torch.stack([(v.argmax(1) == y).sum() for v in (logits, plain)]).tolist()
         matrix = None
         if confusion:
             pred = logits.argmax(1)
             matrix = torch.bincount(y * num_classes + pred, minlength=num_classes ** 2).view(num_classes, -1).cpu()
-    return Scores(loss, acc, matrix, plain_loss, plain_acc)
+    return Scores(loss, hits / len(y), matrix, plain_loss, plain_hits / len(y))
 
 
 def evaluate(model, batches, amp_dtype, num_classes: int, confusion: bool = False,
