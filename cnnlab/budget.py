@@ -149,8 +149,7 @@ class Steer:
         self.eval_s, self.last_eval_s, self.eval_step_s = estimate["eval_s"], estimate["last_eval_s"], estimate["step_s"]
         self.started, self.dev, self.steps_per_epoch, self.every_s = started, dev, steps_per_epoch, every_s
         self.targets_s = estimate["targets_s"]
-        self.tuner = None  # the device's ThreadTuner, when it has one (training.fit sets it)
-        self._mark(started, 0)  # (time, steps) at the last check, and the thread count then
+        self.mark, self.mark_threads = (started, 0), None  # (time, steps) at the last check, and the thread count then
         self.recent_step_s = None  # the step time the last check measured in this epoch
         self.surprised = False  # the last evaluation was set aside (epoch_ended)
 
@@ -160,7 +159,7 @@ class Steer:
         return self.started + self.budget_s - END_SECONDS - self.targets_s
 
     def epoch_started(self, trainer) -> None:
-        self._mark(self.dev.now(), trainer.steps)
+        self._mark(self.dev.now(), trainer)
         self.recent_step_s = None
 
     def after_step(self, trainer) -> None:
@@ -172,20 +171,21 @@ class Steer:
         1-minute run that stopped on such a window ended 10% early, a stop being for good): the plan stands until
         a window at the new count."""
         then, steps = self.mark
-        if self.tuner is not None and self.tuner.threads != self.mark_threads:
-            self._mark(self.dev.now(), trainer.steps)
+        tuner = trainer.tuner  # the device's ThreadTuner, when it has one (training.fit gives it the trainer)
+        if tuner is not None and tuner.threads != self.mark_threads:
+            self._mark(self.dev.now(), trainer)
             return
         if self.dev.clock() - then < self.every_s or trainer.steps <= steps:
             return
         now = self.dev.now()
-        if self.tuner is None or not self.tuner.pending():
+        if tuner is None or not tuner.pending():
             self.recent_step_s = (now - then) / (trainer.steps - steps)
             trainer.retarget(trainer.steps + self._solve(trainer, self.recent_step_s, now))
-        self._mark(now, trainer.steps)
+        self._mark(now, trainer)
 
-    def _mark(self, now: float, steps: int) -> None:
-        self.mark = (now, steps)
-        self.mark_threads = self.tuner.threads if self.tuner is not None else None
+    def _mark(self, now: float, trainer) -> None:
+        self.mark = (now, trainer.steps)
+        self.mark_threads = trainer.tuner.threads if trainer.tuner is not None else None
 
     def epoch_ended(self, trainer, epoch_steps: int, train_s: float, epoch_s: float) -> None:
         """After an epoch of `epoch_steps` steps that trained for `train_s` seconds and took `epoch_s` in all

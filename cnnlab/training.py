@@ -221,9 +221,7 @@ def fit(cfg, trainer, loaders, rec: Recorder, on_epoch: Optional[Callable], stee
     report = rec.report
     per_epoch = len(loaders.train)
     epoch = rec.epoch
-    tuner = trainer.tuner = trainer.dev.thread_tuner()
-    if steer is not None:
-        steer.tuner = tuner
+    tuner = trainer.tuner = trainer.dev.thread_tuner()  # (steer reads it there)
     watchers = [w for w in (tuner, steer) if w is not None]  # each called after every step: the thread count first
     after_step = (lambda t: [w.after_step(t) for w in watchers]) if watchers else None
     while epoch < trainer.epochs:
