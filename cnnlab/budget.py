@@ -64,7 +64,8 @@ def _time_evaluation(cfg, model, trainer, loaders, dev, step_s: float, budget_s:
 
 
 def plan(cfg, model, loaders, dev, num_classes: int, started: float):
-    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s}). dev: the run's
+    """(cfg with max_steps and epochs for the budget, {step_s, eval_s, final_s, setup_s, budget_s, ...}; final_s is the
+    whole final test with the run's end, tta_s the part of it TTA's extra views take). dev: the run's
     device.Device, whose clock waits for the device's queued work before each reading. The model, the batches and
     the random streams are given back as they were."""
     from omegaconf import OmegaConf, open_dict
@@ -94,7 +95,7 @@ def plan(cfg, model, loaders, dev, num_classes: int, started: float):
     setup_s = dev.now() - started
     steps, epochs = solve(available(budget_s, setup_s, final_s), step_s, eval_s, len(loaders.train), last_eval_s)
     estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "last_eval_s": last_eval_s,
-                "final_s": final_s, "targets_s": targets_s, "setup_s": setup_s}
+                "final_s": final_s, "tta_s": n_test * tta_s, "targets_s": targets_s, "setup_s": setup_s}
     if steps < 1:
         need = setup_s + (step_s + last_eval_s + final_s) / (1 - MARGIN)
         raise CnnlabError(
@@ -136,8 +137,10 @@ class Steer:
 
     A machine's speed changes inside an epoch (a browser, another training beside it): a plan revised only at
     epoch ends saw a slowdown too late, and a one- or two-epoch run could not correct at all (runs ended 6-60%
-    early or 36% late under load). The evaluations still to come and the final test are timed once, then scaled
-    by how much slower the steps now run than when they were timed. After each re-plan the schedule
+    early or 36% late under load). The evaluations still to come and the final test's plain pass are timed once,
+    then scaled by how much slower the steps now run than when they were timed; the time kept for TTA's extra views
+    is not (TTA gives way by itself, see test_deadline: a slower machine costs TTA images, not training steps, and
+    one slow window of a quiet run no longer drops a step). After each re-plan the schedule
     goes on from where it stands over the new length (Trainer.retarget), so it completes its shape whatever the
     speed; training stops when only the evaluations and the final test fit, and the final test always runs: its
     plain pass whole, its TTA on as many images as end by `test_deadline`."""
@@ -148,7 +151,7 @@ class Steer:
         self.budget_s, self.final_s, self.probe_step_s = estimate["budget_s"], estimate["final_s"], estimate["step_s"]
         self.eval_s, self.last_eval_s, self.eval_step_s = estimate["eval_s"], estimate["last_eval_s"], estimate["step_s"]
         self.started, self.dev, self.steps_per_epoch, self.every_s = started, dev, steps_per_epoch, every_s
-        self.targets_s = estimate["targets_s"]
+        self.targets_s, self.tta_s = estimate["targets_s"], estimate["tta_s"]
         self.mark, self.mark_threads = (started, 0), None  # (time, steps) at the last check, and the thread count then
         self.recent_step_s = None  # the step time the last check measured in this epoch
         self.surprised = False  # the last evaluation was set aside (epoch_ended)
@@ -216,7 +219,8 @@ class Steer:
         # measured stand
         eval_scale = max(1.0, step_s / self.eval_step_s)
         final_scale = max(1.0, step_s / self.probe_step_s)
-        final_s = (self.final_s - END_SECONDS) * final_scale + END_SECONDS  # (the end: files, MLflow)
+        fixed_s = self.final_s - END_SECONDS - self.tta_s  # the plain pass and the target sets
+        final_s = fixed_s * final_scale + self.tta_s + END_SECONDS  # (the end: files, MLflow)
         left = available(self.budget_s, now - self.started, final_s)
         more, _ = solve(left, step_s, self.eval_s * eval_scale, self.steps_per_epoch, self.last_eval_s * eval_scale,
                         into=trainer.steps % self.steps_per_epoch)
