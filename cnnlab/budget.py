@@ -148,8 +148,8 @@ class Steer:
     epoch ends saw a slowdown too late, and a one- or two-epoch run could not correct at all (runs ended 6-60%
     early or 36% late under load). The evaluations still to come and the final test's plain pass are timed once,
     then scaled by how much slower the steps now run than when they were timed; the time kept for TTA's extra views
-    is not (TTA gives way by itself, see test_deadline: a slower machine costs TTA images, not training steps, and
-    one slow window of a quiet run no longer drops a step). After each re-plan the schedule
+    is not (TTA gives way by itself, see test_deadline: a slower machine costs TTA images, not training steps), and
+    a last step that does not quite fit takes its time from TTA (lent_by_tta). After each re-plan the schedule
     goes on from where it stands over the new length (Trainer.retarget), so it completes its shape whatever the
     speed; training stops when only the evaluations and the final test fit, and the final test always runs: its
     plain pass whole, its TTA on as many images as end by `test_deadline`."""
