@@ -89,14 +89,14 @@ def plan(cfg, model, loaders, dev, num_classes: int, started: float):
     # without a validation split the last epoch's weights are the ones the final test scores, and its point of the
     # test curve comes from that test (train.fit)
     last_eval_s = (n_val + (tested if n_val else 0)) * per_image["plain"] + 2 * save_s
-    tta_s = cfg.tta_share * (per_image["tta"] - per_image["plain"]) if cfg.tta else 0.0  # its extra views
+    tta_s = n_test * cfg.tta_share * (per_image["tta"] - per_image["plain"]) if cfg.tta else 0.0  # its extra views
     targets_s = n_test * len(cfg.eval.targets) * per_image["plain"]
-    final_s = n_test * (per_image["plain"] + tta_s) + targets_s + END_SECONDS
+    final_s = n_test * per_image["plain"] + tta_s + targets_s + END_SECONDS
     setup_s = dev.now() - started
-    left = available(budget_s, setup_s, final_s) + lent_by_tta(step_s, n_test * tta_s)
+    left = available(budget_s, setup_s, final_s) + lent_by_tta(step_s, tta_s)
     steps, epochs = solve(left, step_s, eval_s, len(loaders.train), last_eval_s)
     estimate = {"budget_s": budget_s, "step_s": step_s, "eval_s": eval_s, "last_eval_s": last_eval_s,
-                "final_s": final_s, "tta_s": n_test * tta_s, "targets_s": targets_s, "setup_s": setup_s}
+                "final_s": final_s, "tta_s": tta_s, "targets_s": targets_s, "setup_s": setup_s}
     if steps < 1:
         need = setup_s + (step_s + last_eval_s + final_s) / (1 - MARGIN)
         raise CnnlabError(

@@ -126,10 +126,9 @@ def test_a_budget_run_is_the_plain_run_of_the_steps_it_planned(mlflow_client, mo
     (without the re-plans as it trains, which follow the machine's speed)."""
     monkeypatch.setattr(budget, "Steer", lambda *args, **kwargs: None)
     machine = Machine(per_image=0.002)  # (an injected clock: set-up on a busy machine cannot eat the budget)
-    machine.install(monkeypatch)
     # a fixed thread count: the default one follows the machine's load, and sums split otherwise differ in their bits
     overrides = [*TINY, "arch=tf_cnn", "budget=10s", "experiment=budget", "threads=2"]
-    timed = train(compose(overrides), overrides, quiet=True, clock=machine)
+    timed = machine.train(monkeypatch, overrides)
     params = mlflow_client.get_run(timed.run_id).data.params
     metrics = mlflow_client.get_run(timed.run_id).data.metrics
     steps, epochs = int(params["max_steps"]), int(params["epochs"])
@@ -182,6 +181,17 @@ class Machine:
 
         monkeypatch.setattr(engine, "build", built)
 
+    def train(self, monkeypatch, overrides):
+        """`cnnlab train OVERRIDES` on this machine: its result."""
+        self.install(monkeypatch)
+        return train(compose(overrides), overrides, quiet=True, clock=self)
+
+
+def ended_s(metrics: dict, budget_s: float) -> float:
+    """When a budget run ended, on its clock: budget_used, plus the END_SECONDS the plan keeps for the run's end (its
+    files, MLflow), which take no time on an injected clock."""
+    return metrics["budget_used"] * budget_s + budget.END_SECONDS
+
 
 STEERED = ["data=synthetic", "data.n_train=1000", "data.n_test=100", "batch_size=10", "arch=tf_cnn", "optimizer=sgd",
            "lr=0.05", "scheduler=linear", "experiment=budget"]  # 900 training images: 90 steps of 0.27 s an epoch
@@ -198,13 +208,11 @@ def test_a_budget_run_is_steered_by_its_deadline_when_the_speed_changes_mid_epoc
     its budget however the load changes inside an epoch; the linear schedule still ends at 0 on the last step and
     the final test runs. An epoch takes about 25 s quiet: a plan revised only at epoch ends missed these."""
     machine = Machine(per_image=0.009, loads=loads)
-    machine.install(monkeypatch)
     overrides = [*STEERED, "budget=60s"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    result = machine.train(monkeypatch, overrides)
     run = mlflow_client.get_run(result.run_id).data
     planned, ran = int(run.params["max_steps"]), int(run.metrics["budget_steps"])
-    # the END_SECONDS the plan keeps for the run's end (its files, MLflow) take no time on this clock
-    ended = run.metrics["budget_used"] * 60 + budget.END_SECONDS
+    ended = ended_s(run.metrics, 60)
     assert 0.95 * 60 <= ended <= 60, (run.metrics["budget_used"], planned, ran)
     assert {"fewer": ran < planned, "more": ran > planned, "either": True}[steps_vs_plan], (planned, ran)
     assert result.status == "FINISHED" and result.metrics["test_acc"] >= 0  # the final test ran
@@ -216,9 +224,8 @@ def test_a_budget_mostly_spent_outside_training_says_so(monkeypatch, mlflow_clie
     """recipe=fast94 budget=1m on a CPU without AMX trained 12 s of its 60 (the set-up and the final test took the
     rest) and scored 0.15 without a word why: the plan says so when training gets under half of the budget."""
     machine = Machine(per_image=0.009)  # 2,500 test images: the final test and the last epoch's test 48 s of the 70
-    machine.install(monkeypatch)
     overrides = [*STEERED, f"data.n_test={n_test}", "budget=70s"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    result = machine.train(monkeypatch, overrides)
     log = (result.run_dir / "train.log").read_text()
     assert "budget 70s: training gets only" in log if says else "training gets only" not in log, log
     assert result.status == "FINISHED"
@@ -227,11 +234,10 @@ def test_a_budget_mostly_spent_outside_training_says_so(monkeypatch, mlflow_clie
 def test_a_budget_run_stops_in_time_for_the_final_test_even_when_the_load_grows_late(monkeypatch, mlflow_client):
     """A load that comes in the last epoch makes the final test slower too: it is scaled by the same slowdown."""
     machine = Machine(per_image=0.009, loads=[(0, 1.0), (45, 4.0)])
-    machine.install(monkeypatch)
     overrides = [*STEERED, "budget=60s"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
-    used = mlflow_client.get_run(result.run_id).data.metrics["budget_used"]
-    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60 and "test_acc" in result.metrics, used
+    result = machine.train(monkeypatch, overrides)
+    ended = ended_s(mlflow_client.get_run(result.run_id).data.metrics, 60)
+    assert 0.95 * 60 <= ended <= 60 and "test_acc" in result.metrics, ended
 
 
 @pytest.mark.parametrize("loads, deadline", [
@@ -277,12 +283,11 @@ def test_a_load_that_arrives_during_the_final_test_cuts_its_tta_not_the_budget(m
     The plain pass scores every image; TTA scores the least confident as long as the time left allows, and the run
     records and says how many."""
     machine = Machine(per_image=0.0009, loads=[(0, 1.0)], eval_loads=[(0, 1.0), (36, 3.0)])
-    machine.install(monkeypatch)
     overrides = [*STEERED, "data.n_test=5000", "budget=60s", "tta=true", "eval.test_every_epoch=false"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    result = machine.train(monkeypatch, overrides)
     run = mlflow_client.get_run(result.run_id).data
-    used, share = run.metrics["budget_used"], run.metrics["tta_share_used"]
-    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60, used
+    ended, share = ended_s(run.metrics, 60), run.metrics["tta_share_used"]
+    assert 0.95 * 60 <= ended <= 60, ended
     assert 0 < share < 1 and result.metrics["test_acc"] >= 0, share
     assert f"TTA scored the {share:.0%} least confident test images" in (result.run_dir / "train.log").read_text()
 
@@ -293,12 +298,11 @@ def test_a_slower_machine_costs_the_final_tests_tta_images_not_training_steps(mo
     Keeping 3x for the views too left them their whole share and cost the training steps (and on a quiet machine one
     slow window scaled all of it, which dropped a step of a 1-minute run: it ended 5.8% early)."""
     machine = Machine(per_image=0.0009, loads=[(0, 1.0), (20, 3.0)])
-    machine.install(monkeypatch)
     overrides = [*STEERED, "data.n_test=2000", "budget=60s", "tta=true", "eval.test_every_epoch=false"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    result = machine.train(monkeypatch, overrides)
     run = mlflow_client.get_run(result.run_id).data
-    used, share = run.metrics["budget_used"], run.metrics["tta_share_used"]
-    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60, used
+    ended, share = ended_s(run.metrics, 60), run.metrics["tta_share_used"]
+    assert 0.95 * 60 <= ended <= 60, ended
     assert 0 < share < 0.6, share  # about a third of its time at a third of the speed
 
 
@@ -309,12 +313,11 @@ def test_a_last_step_that_does_not_quite_fit_takes_its_time_from_tta_not_from_th
     and the run ended up to a step early with its TTA done. Now it takes its time from TTA, which gives way at the
     deadline, so the run ends there (the budget less its end and the margin), on whichever side of a step it falls."""
     machine = Machine(per_image=0.009)
-    machine.install(monkeypatch)
     overrides = [*STEERED, "batch_size=100", "data.n_test=200", f"budget={budget_s}s", "tta=true",
                  "tta_share=0.5", "eval.test_every_epoch=false"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
+    result = machine.train(monkeypatch, overrides)
     run = mlflow_client.get_run(result.run_id).data
-    ended = run.metrics["budget_used"] * budget_s + budget.END_SECONDS
+    ended = ended_s(run.metrics, budget_s)
     assert budget_s - budget.MARGIN * budget_s <= ended <= budget_s, (ended, run.metrics)
     assert 0 < run.metrics["tta_share_used"] <= 0.5
 
@@ -323,11 +326,10 @@ def test_steps_that_get_faster_do_not_make_the_final_test_count_as_faster(monkey
     """Training steps twice as fast from 10 s on (the thread tuner found a better count), evaluation as it was: the
     final test is still planned at its measured time (scaling it by the steps' speed-up overran quiet runs by 8%)."""
     machine = Machine(per_image=0.009, loads=[(0, 1.0), (10, 0.5)], eval_loads=[(0, 1.0)])
-    machine.install(monkeypatch)
     overrides = [*STEERED, "budget=60s", "tta=true"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
-    used = mlflow_client.get_run(result.run_id).data.metrics["budget_used"]
-    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60, used
+    result = machine.train(monkeypatch, overrides)
+    ended = ended_s(mlflow_client.get_run(result.run_id).data.metrics, 60)
+    assert 0.95 * 60 <= ended <= 60, ended
 
 
 def test_solve_counts_the_steps_already_taken_in_the_epoch_under_way():
@@ -439,12 +441,11 @@ def test_no_plan_is_made_from_steps_timed_while_the_thread_count_changes(monkeyp
     until a window timed at the new thread count. One that starts during the first epoch's evaluation (28 s) ran it
     5x slower: planning with that evaluation ended the run at 0.84; it is set aside. Every run ends within 5%."""
     machine = Shared(per_image=0.009, start=start)
-    machine.install(monkeypatch)
     overrides = [*STEERED, "budget=60s"]
-    result = train(compose(overrides), overrides, quiet=True, clock=machine)
-    used = mlflow_client.get_run(result.run_id).data.metrics["budget_used"]
+    result = machine.train(monkeypatch, overrides)
+    ended = ended_s(mlflow_client.get_run(result.run_id).data.metrics, 60)
     assert machine.threads == 1  # the tuner left the other process its core
-    assert 0.95 * 60 <= used * 60 + budget.END_SECONDS <= 60 and "test_acc" in result.metrics, used
+    assert 0.95 * 60 <= ended <= 60 and "test_acc" in result.metrics, ended
 
 
 def test_muon_norm_every_rescales_the_filters_only_every_nth_step_and_a_resume_keeps_the_count():
@@ -503,12 +504,11 @@ def test_a_process_that_starts_during_the_final_test_gets_its_core_there(mlflow_
     for counted in (True, False):
         machine = Shared(per_image=0.0009, start=36.0)
         with pytest.MonkeyPatch.context() as patch:
-            machine.install(patch)
             if not counted:  # the tuner told only after training steps, as before
                 patch.setattr(Trainer, "_watched", lambda self, update: update)
-            result = train(compose(overrides), overrides, quiet=True, clock=machine)
+            result = machine.train(patch, overrides)
         run = mlflow_client.get_run(result.run_id).data
         assert machine.threads == (1 if counted else 2)
-        assert 0.95 * 60 <= run.metrics["budget_used"] * 60 + budget.END_SECONDS <= 60, run.metrics["budget_used"]
+        assert 0.95 * 60 <= ended_s(run.metrics, 60) <= 60, run.metrics["budget_used"]
         shares[counted] = run.metrics["tta_share_used"]
     assert shares[True] > 2 * shares[False], shares
